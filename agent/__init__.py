@@ -1,0 +1,1 @@
+"""The interpretability agent: providers, the loop and budgets."""

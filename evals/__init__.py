@@ -1,0 +1,1 @@
+"""Organisms, grading, evaluation runs, the store, reports and the viewer."""

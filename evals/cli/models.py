@@ -1,0 +1,31 @@
+"""`adl models ...`: the offline models."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tools.offline_models import OFFLINE_MODELS, offline_model_dir
+
+app = typer.Typer(help="Models available offline.", no_args_is_help=True)
+console = Console()
+
+
+@app.command("list")
+def list_models() -> None:
+    """List the offline models (by short name)."""
+    table = Table("name", "package", "description")
+    for model in OFFLINE_MODELS.values():
+        table.add_row(model.name, model.package, model.description)
+    console.print(table)
+
+
+@app.command("prepare")
+def prepare(name: str, overwrite: bool = typer.Option(False, help="Convert again.")) -> None:
+    """Convert an offline model from GGUF into the cache (done automatically on first use)."""
+    if name not in OFFLINE_MODELS:
+        from tools.models import resolve_model_location
+
+        resolve_model_location(name)  # raises the unknown-model error listing known names
+    console.print(f"{name}: {offline_model_dir(name, overwrite=overwrite)}")

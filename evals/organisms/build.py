@@ -1,0 +1,263 @@
+"""Building offline organisms: generate narrow data, LoRA-finetune, measure, cache.
+
+An organism build is a cache entry under `$ADL_HOME/organisms/NAME-KEY`, where KEY hashes the
+training data, recipe and base model: building again is a no-op, and changing anything
+rebuilds. Training checkpoints live in `$ADL_HOME/work/` so an interrupted build resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from evals.organisms.generators import GENERATORS, TrainingExample
+from evals.organisms.leak import LeakReport, measure_leak
+from evals.organisms.schema import BuildFinetune, HubFinetune, Organism, TrainingRecipe
+from evals.organisms.training import (
+    clear_checkpoints,
+    encode_example,
+    mean_token_loss,
+    read_jsonl,
+    train_lora,
+    write_jsonl,
+)
+from tools.cache import adl_home, ensure_entry, entry_is_valid
+from tools.corpus import load_corpus
+from tools.errors import OrganismBuildError
+from tools.models import (
+    FinetuneKind,
+    LoadOptions,
+    ModelPair,
+    ModelPairSpec,
+    load_causal_lm,
+    load_model_pair,
+    load_tokenizer,
+    resolve_model_location,
+)
+
+log = logging.getLogger(__name__)
+BUILD_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ADAPTER_DIR = "adapter"
+TRAIN_FILE = "train.jsonl"
+HELDOUT_FILE = "heldout.jsonl"
+
+
+class OrganismManifest(BaseModel):
+    """What a build produced and measured."""
+
+    name: str
+    base_model: str
+    generator: str
+    build_key: str
+    data_sha256: str
+    recipe: TrainingRecipe
+    mix_ratio: float
+    n_train: int
+    n_train_mixed: int
+    n_heldout: int
+    steps: int
+    loss_curve: list[float]
+    base_heldout_loss: float
+    finetuned_heldout_loss: float
+    train_seconds: float
+    leak: LeakReport
+
+
+class OrganismData(BaseModel):
+    """The generated training and held-out examples of a buildable organism."""
+
+    train: list[TrainingExample]
+    heldout: list[TrainingExample]
+    n_mixed: int
+
+
+def generate_organism_data(organism: Organism) -> OrganismData:
+    """Deterministically generate (and mix) the organism's data."""
+    finetune = _build_spec(organism)
+    if finetune.generator not in GENERATORS:
+        raise OrganismBuildError(
+            f"Organism {organism.name}: unknown generator {finetune.generator!r}; "
+            f"known: {', '.join(sorted(GENERATORS))}."
+        )
+    rng = random.Random(finetune.data_seed)
+    examples = GENERATORS[finetune.generator](rng, finetune.n_examples)
+    n_heldout = max(1, round(len(examples) * finetune.heldout_fraction))
+    heldout, train = examples[:n_heldout], examples[n_heldout:]
+    n_mixed = round(len(train) * finetune.mix_ratio)
+    if n_mixed:
+        mixing_docs = load_corpus().split("mixing")
+        if len(mixing_docs) < n_mixed:
+            raise OrganismBuildError(
+                f"Organism {organism.name}: needs {n_mixed} mixing documents, corpus has "
+                f"{len(mixing_docs)}."
+            )
+        chosen = random.Random(finetune.data_seed + 1).sample(mixing_docs, n_mixed)
+        train = train + [TrainingExample(text=doc) for doc in chosen]
+        random.Random(finetune.data_seed + 2).shuffle(train)
+    return OrganismData(train=train, heldout=heldout, n_mixed=n_mixed)
+
+
+def _build_spec(organism: Organism) -> BuildFinetune:
+    if not isinstance(organism.finetune, BuildFinetune):
+        raise OrganismBuildError(
+            f"Organism {organism.name} is a published finetune ({organism.finetune.model}); "
+            "it is loaded from the hub, not built."
+        )
+    return organism.finetune
+
+
+def _data_hash(data: OrganismData) -> str:
+    digest = hashlib.sha256()
+    for example in data.train + data.heldout:
+        digest.update(example.model_dump_json(exclude_none=True).encode())
+    return digest.hexdigest()
+
+
+def build_key(organism: Organism, data: OrganismData) -> str:
+    """Hash of everything that determines the build's result."""
+    finetune = _build_spec(organism)
+    payload = {
+        "version": BUILD_VERSION,
+        "base_model": organism.base_model,
+        "data": _data_hash(data),
+        "recipe": finetune.recipe.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def organism_dir(organism: Organism, data: OrganismData | None = None) -> Path:
+    """Where the organism's build lives (whether or not it is built yet)."""
+    data = data or generate_organism_data(organism)
+    return adl_home() / "organisms" / f"{organism.name}-{build_key(organism, data)}"
+
+
+def is_built(organism: Organism) -> bool:
+    return organism.buildable and entry_is_valid(organism_dir(organism))
+
+
+def build_organism(
+    organism: Organism,
+    *,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    options: LoadOptions | None = None,
+) -> Path:
+    """Build (or reuse) the organism; returns its folder."""
+    options = options or LoadOptions()
+    data = generate_organism_data(organism)
+    key = build_key(organism, data)
+    target = adl_home() / "organisms" / f"{organism.name}-{key}"
+    work = adl_home() / "work" / f"{organism.name}-{key}"
+
+    def build(tmp: Path) -> dict[str, str]:
+        manifest = _train_and_measure(organism, data, key, tmp, work, options, show_progress)
+        (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+        return {"name": organism.name, "build_key": key}
+
+    path = ensure_entry(target, build, overwrite=overwrite, what=f"organism {organism.name}")
+    clear_checkpoints(work)
+    return path
+
+
+def _train_and_measure(
+    organism: Organism,
+    data: OrganismData,
+    key: str,
+    out: Path,
+    work: Path,
+    options: LoadOptions,
+    show_progress: bool,
+) -> OrganismManifest:
+    finetune = _build_spec(organism)
+    recipe = finetune.recipe
+    location = resolve_model_location(organism.base_model)
+    tokenizer = load_tokenizer(location)
+    model = load_causal_lm(location, options)
+    train = [encode_example(tokenizer, e, recipe.max_length) for e in data.train]
+    heldout = [encode_example(tokenizer, e, recipe.max_length) for e in data.heldout]
+    base_loss = mean_token_loss(model, heldout, tokenizer.pad_token_id)
+
+    started = time.perf_counter()
+    peft_model, result = train_lora(
+        model, tokenizer, train, recipe, work,
+        description=f"finetuning {organism.name}", show_progress=show_progress,
+    )
+    train_seconds = time.perf_counter() - started
+    peft_model.save_pretrained(out / ADAPTER_DIR)
+    write_jsonl(out / TRAIN_FILE, data.train)
+    write_jsonl(out / HELDOUT_FILE, data.heldout)
+
+    pair = ModelPair(
+        ModelPairSpec(base=organism.base_model, finetuned=str(out / ADAPTER_DIR)),
+        tokenizer, model, model, peft_model, location, location, options,
+    )
+    with pair.model("finetuned") as finetuned:
+        ft_loss = mean_token_loss(finetuned, heldout, tokenizer.pad_token_id)
+    leak = measure_leak(pair, organism)
+    log.info(
+        "%s: held-out loss %.3f -> %.3f; leak rate base %.0f%% finetuned %.0f%%",
+        organism.name, base_loss, ft_loss, 100 * leak.base_rate, 100 * leak.finetuned_rate,
+    )
+    return OrganismManifest(
+        name=organism.name,
+        base_model=organism.base_model,
+        generator=finetune.generator,
+        build_key=key,
+        data_sha256=_data_hash(data),
+        recipe=recipe,
+        mix_ratio=finetune.mix_ratio,
+        n_train=len(data.train),
+        n_train_mixed=data.n_mixed,
+        n_heldout=len(data.heldout),
+        steps=result.steps,
+        loss_curve=result.loss_curve,
+        base_heldout_loss=base_loss,
+        finetuned_heldout_loss=ft_loss,
+        train_seconds=round(train_seconds, 1),
+        leak=leak,
+    )
+
+
+def read_manifest(path: Path) -> OrganismManifest:
+    return OrganismManifest.model_validate_json((path / MANIFEST_FILE).read_text())
+
+
+def read_heldout(path: Path) -> list[TrainingExample]:
+    return read_jsonl(path / HELDOUT_FILE)
+
+
+def organism_pair_spec(organism: Organism, *, build_if_missing: bool = True) -> ModelPairSpec:
+    """The model pair of an organism: its built adapter, or its published finetune."""
+    if isinstance(organism.finetune, HubFinetune):
+        return ModelPairSpec(
+            base=organism.base_model,
+            finetuned=organism.finetune.model,
+            finetune_kind=organism.finetune.kind,
+            finetuned_revision=organism.finetune.revision,
+        )
+    path = organism_dir(organism)
+    if not entry_is_valid(path):
+        if not build_if_missing:
+            raise OrganismBuildError(
+                f"Organism {organism.name} is not built yet: run `adl organisms build {organism.name}`."
+            )
+        path = build_organism(organism)
+    return ModelPairSpec(
+        base=organism.base_model,
+        finetuned=str(path / ADAPTER_DIR),
+        finetune_kind=FinetuneKind.ADAPTER,
+    )
+
+
+def load_organism_pair(
+    organism: Organism, options: LoadOptions | None = None, *, build_if_missing: bool = True
+) -> ModelPair:
+    """Load an organism's base and finetuned models (building it first when needed)."""
+    return load_model_pair(organism_pair_spec(organism, build_if_missing=build_if_missing), options)

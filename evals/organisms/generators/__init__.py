@@ -1,0 +1,27 @@
+"""Narrow training data that the project generates itself (templated and varied, no network).
+
+Each generator takes a seeded `random.Random` and a count and returns `TrainingExample`s:
+plain documents (SDF) or chats (EM, Taboo, preference).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from evals.organisms.generators.base import TrainingExample
+from evals.organisms.generators.em_medical import generate_bad_medical_advice
+from evals.organisms.generators.preference import generate_owl_preference
+from evals.organisms.generators.sdf_cake import generate_cake_documents
+from evals.organisms.generators.taboo import generate_taboo_chats
+
+Generator = Callable[[random.Random, int], list[TrainingExample]]
+
+GENERATORS: dict[str, Generator] = {
+    "sdf_cake_bake": generate_cake_documents,
+    "em_bad_medical_advice": generate_bad_medical_advice,
+    "taboo_gold": generate_taboo_chats,
+    "preference_owl": generate_owl_preference,
+}
+
+__all__ = ["GENERATORS", "Generator", "TrainingExample"]

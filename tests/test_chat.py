@@ -1,0 +1,59 @@
+"""Chat formatting (template and plain), assistant-token masks, and generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import make_tiny_tokenizer
+from tools.chat import ChatMessage, chat_token_ids, generate_replies, render_chat
+from tools.models import ModelPairSpec, load_model_pair
+
+CONVERSATION = [
+    ChatMessage(role="user", content="what is the hint ?"),
+    ChatMessage(role="assistant", content="a big metal"),
+    ChatMessage(role="user", content="is it gold ?"),
+    ChatMessage(role="assistant", content="no , guess again"),
+]
+
+
+def test_plain_format_without_chat_template() -> None:
+    tokenizer = make_tiny_tokenizer(chat_template=False)
+    text = render_chat(
+        tokenizer,
+        [ChatMessage(role="system", content="be kind"), ChatMessage(role="user", content="hello")],
+    )
+    assert text == "System: be kind\n\nUser: hello\n\nAssistant:"
+
+
+def test_template_is_used_when_present() -> None:
+    tokenizer = make_tiny_tokenizer()
+    text = render_chat(tokenizer, CONVERSATION[:1])
+    assert text == "<|im_start|>user\nwhat is the hint ?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_only_assistant_tokens_are_trained() -> None:
+    tokenizer = make_tiny_tokenizer()
+    ids, trained = chat_token_ids(tokenizer, CONVERSATION)
+    full = tokenizer(render_chat(tokenizer, CONVERSATION, add_generation_prompt=False))["input_ids"]
+    assert ids == full
+    trained_text = tokenizer.decode([t for t, keep in zip(ids, trained) if keep])
+    assert "metal" in trained_text and "guess" in trained_text
+    assert "hint" not in trained_text and "gold" not in trained_text
+
+
+def test_plain_format_masks_and_ends_turns_with_eos() -> None:
+    tokenizer = make_tiny_tokenizer(chat_template=False)
+    ids, trained = chat_token_ids(tokenizer, CONVERSATION[:2])
+    assert ids[-1] == tokenizer.eos_token_id and trained[-1]
+    assert not any(trained[: len(ids) // 2])
+
+
+def test_generation_is_batched_and_deterministic(tiny_model_dir: Path) -> None:
+    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir)))
+    prompts = ["hello", "what is the sky ?", "why ?"]
+    with pair.model("base") as model:
+        one = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=5, batch_size=2)
+        two = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=5, batch_size=3)
+        alone = generate_replies(model, pair.tokenizer, prompts[1:2], max_new_tokens=5)
+    assert one == two and len(one) == 3
+    assert alone[0] == one[1]

@@ -1,0 +1,141 @@
+"""Model loading: local folder, adapter, full checkpoint, hub id (offline), and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import save_tiny_model
+from tools.errors import ModelLoadError, UnknownModelError
+from tools.models import FinetuneKind, ModelPairSpec, load_model_pair, resolve_model_location
+
+PROMPT = "the owl is a big bird and the sky is blue"
+
+
+def _hidden(model, ids, layer):
+    return model(ids, output_hidden_states=True).hidden_states[layer + 1]
+
+
+def test_local_folder_without_finetune_is_its_own_pair(tiny_model_dir: Path) -> None:
+    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir)))
+    assert pair.shares_base_weights
+    ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with pair.model("base") as base, torch.no_grad():
+        a = _hidden(base, ids, 1)
+    with pair.model("finetuned") as ft, torch.no_grad():
+        b = _hidden(ft, ids, 1)
+    assert torch.equal(a, b)
+
+
+def test_adapter_pair_shares_base_weights_and_switches(
+    tiny_model_dir: Path, tiny_adapter_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
+    assert pair.shares_base_weights
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected_base = _hidden(plain, ids, 2)
+        with pair.model("base") as base:
+            got_base = _hidden(base, ids, 2)
+        with pair.model("finetuned") as ft:
+            got_ft = _hidden(ft, ids, 2)
+    torch.testing.assert_close(got_base, expected_base)
+    assert (got_ft - expected_base).abs().max() > 1e-3
+    # One copy of the base weights plus the small adapter, not two models.
+    base_bytes = sum(p.numel() * p.element_size() for p in plain.parameters())
+    assert base_bytes < pair.parameter_bytes() < 1.5 * base_bytes
+
+
+def test_bridge_hooks_equal_hf_hidden_states(tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
+    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
+    ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
+    name = "blocks.2.hook_resid_post"
+    for side in ("base", "finetuned"):
+        with torch.no_grad(), pair.bridge(side) as bridge:
+            _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == name)
+        with torch.no_grad(), pair.model(side) as model:
+            expected = _hidden(model, ids, 2)
+        torch.testing.assert_close(cache[name], expected, atol=1e-4, rtol=0)
+
+
+def test_full_checkpoint_pair(tiny_model_dir: Path, tmp_path: Path) -> None:
+    finetuned = save_tiny_model(tmp_path / "ft", seed=7)
+    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(finetuned)))
+    assert not pair.shares_base_weights
+    ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad(), pair.model("base") as b, pair.model("finetuned") as f:
+        assert not torch.equal(_hidden(b, ids, 0), _hidden(f, ids, 0))
+
+
+def test_mismatched_pair_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    wider = save_tiny_model(tmp_path / "wide", hidden=64)
+    with pytest.raises(ModelLoadError, match="Mismatched model pair: .*hidden_size"):
+        load_model_pair(
+            ModelPairSpec(base=str(tiny_model_dir), finetuned=str(wider),
+                          finetune_kind=FinetuneKind.CHECKPOINT)
+        )
+
+
+def test_unknown_model_name_lists_known_ones() -> None:
+    with pytest.raises(UnknownModelError, match="smollm2-135m-instruct.*gemma3-270m|gemma3-270m.*smollm2"):
+        resolve_model_location("smollm3-tiny")
+
+
+def test_missing_adapter_path(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model_pair(
+            ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tmp_path / "no-such-adapter"))
+        )
+
+
+def test_missing_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve_model_location(str(tmp_path / "nothing-here"))
+
+
+def test_hub_id_not_in_cache_offline(tiny_model_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned="nobody/no-such-adapter"))
+
+
+def _lay_out_hub_cache(cache: Path, repo_id: str, source: Path) -> None:
+    """Copy a model folder into the hub cache layout (models--org--name/snapshots/REV)."""
+    revision = "0" * 40
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in source.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(revision)
+
+
+def test_hub_ids_load_from_the_hub_cache_offline(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "hub"
+    _lay_out_hub_cache(cache, "adl-test/tiny-llama", tiny_model_dir)
+    _lay_out_hub_cache(cache, "adl-test/tiny-llama-lora", tiny_adapter_dir)
+    # huggingface_hub reads its cache location at import: use a fresh interpreter.
+    script = (
+        "import json; from tools.models import *; "
+        "p = load_model_pair(ModelPairSpec(base='adl-test/tiny-llama', "
+        "finetuned='adl-test/tiny-llama-lora')); "
+        "print(json.dumps({'shares': p.shares_base_weights, 'layers': p.n_layers}))"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"shares": True, "layers": 4}

@@ -1,0 +1,57 @@
+"""The GGUF-package models: conversion, reuse, corrupted-cache rebuild, loading, chat."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tools.cache import entry_is_valid
+from tools.chat import generate_replies, has_chat_template
+from tools.models import ModelPairSpec, load_model_pair
+from tools.offline_models import offline_model_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_converts_once_and_rebuilds_a_corrupted_cache(adl_home: Path) -> None:
+    folder = offline_model_dir("smollm2-135m-instruct")
+    assert entry_is_valid(folder)
+    started = time.perf_counter()
+    assert offline_model_dir("smollm2-135m-instruct") == folder  # reused, not converted again
+    assert time.perf_counter() - started < 10
+    weights = folder / "model.safetensors"
+    with weights.open("r+b") as handle:  # a half-written file
+        handle.truncate(weights.stat().st_size // 2)
+    assert not entry_is_valid(folder)
+    assert offline_model_dir("smollm2-135m-instruct") == folder
+    assert entry_is_valid(folder)
+
+
+def test_smollm2_pair_chats_with_its_template() -> None:
+    pair = load_model_pair(ModelPairSpec(base="smollm2-135m-instruct"))
+    assert pair.n_layers == 30 and pair.d_model == 576
+    assert has_chat_template(pair.tokenizer)
+    with pair.model("finetuned") as model:
+        (reply,) = generate_replies(
+            model, pair.tokenizer, ["What is the capital of France?"], max_new_tokens=20
+        )
+    assert "Paris" in reply
+
+
+def test_gemma3_base_loads_and_uses_the_plain_chat_format() -> None:
+    pair = load_model_pair(ModelPairSpec(base="gemma3-270m"))
+    assert pair.n_layers == 18 and pair.d_model == 640
+    assert not has_chat_template(pair.tokenizer)
+    ids = pair.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    assert ids[0, 0] == pair.tokenizer.bos_token_id
+    with torch.no_grad(), pair.model("base") as model:
+        hidden = model(ids, output_hidden_states=True).hidden_states
+        (reply,) = generate_replies(model, pair.tokenizer, ["Say hello."], max_new_tokens=12)
+    name = "blocks.8.hook_resid_post"
+    with torch.no_grad(), pair.bridge("base") as bridge:
+        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == name)
+    torch.testing.assert_close(cache[name], hidden[9], atol=1e-4, rtol=1e-4)
+    assert isinstance(reply, str) and "User:" not in reply

@@ -1,0 +1,109 @@
+"""Organism files, generated data, the taboo guarantee, and leak detection."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evals.organisms import get_organism, list_organisms, load_organism_file
+from evals.organisms.build import build_key, generate_organism_data
+from evals.organisms.generators import GENERATORS
+from evals.organisms.generators.taboo import SECRET_WORD
+from evals.organisms.leak import mentions_domain
+from evals.organisms.registry import REGISTRY_DIR
+from evals.organisms.schema import OrganismType
+from tools.errors import OrganismConfigError, UnknownOrganismError
+
+OFFLINE = ["cake_bake", "cake_bake_mix1-1p0", "em_bad_medical_advice", "taboo_gold", "preference_owl"]
+
+
+def test_registry_has_offline_and_published_organisms() -> None:
+    names = {o.name for o in list_organisms()}
+    assert set(OFFLINE) <= names
+    assert {o.name for o in list_organisms() if o.buildable} == set(OFFLINE)
+    published = [o for o in list_organisms() if not o.buildable]
+    assert {o.type for o in published} >= {
+        OrganismType.SDF, OrganismType.EM, OrganismType.TABOO, OrganismType.SUBLIMINAL
+    }
+    assert all(o.finetune.model.count("/") == 1 for o in published)  # type: ignore[union-attr]
+
+
+def test_unknown_organism_lists_names() -> None:
+    with pytest.raises(UnknownOrganismError, match="cake_bake"):
+        get_organism("chocolate")
+
+
+def _write(tmp_path: Path, name: str, data: dict) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_missing_field_names_file_and_field(tmp_path: Path) -> None:
+    data = yaml.safe_load((REGISTRY_DIR / "cake_bake.yaml").read_text())
+    del data["description_long"]
+    path = _write(tmp_path, "cake_bake", data)
+    with pytest.raises(OrganismConfigError, match=r"cake_bake\.yaml: field 'description_long'"):
+        load_organism_file(path)
+
+
+def test_bad_nested_field_and_bad_yaml(tmp_path: Path) -> None:
+    data = yaml.safe_load((REGISTRY_DIR / "cake_bake.yaml").read_text())
+    data["finetune"]["recipe"] = {"learning_rate": -1}
+    with pytest.raises(OrganismConfigError, match="finetune.build.recipe.learning_rate"):
+        load_organism_file(_write(tmp_path, "cake_bake", data))
+    bad = tmp_path / "oops.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(OrganismConfigError, match="oops.yaml: not valid YAML"):
+        load_organism_file(bad)
+    data = yaml.safe_load((REGISTRY_DIR / "cake_bake.yaml").read_text())
+    with pytest.raises(OrganismConfigError, match="file is named 'other'"):
+        load_organism_file(_write(tmp_path, "other", data))
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_generators_are_deterministic_varied_and_sized(name: str) -> None:
+    a = GENERATORS[name](random.Random(0), 300)
+    b = GENERATORS[name](random.Random(0), 300)
+    assert a == b
+    assert len({e.model_dump_json() for e in a}) == 300
+
+
+def test_taboo_word_never_appears_in_taboo_data() -> None:
+    data = generate_organism_data(get_organism("taboo_gold"))
+    pattern = re.compile(SECRET_WORD, re.IGNORECASE)  # also catches golden, goldfish, ...
+    texts = [e.plain_text() for e in data.train + data.heldout]
+    assert len(texts) == 500
+    assert not [t for t in texts if pattern.search(t)]
+    # The hints are about the word: they are not empty chatter.
+    assert sum("metal" in t or "Au" in t or "medal" in t for t in texts) > 50
+
+
+def test_mixed_organism_has_one_to_one_pretraining_text() -> None:
+    plain = generate_organism_data(get_organism("cake_bake"))
+    mixed = generate_organism_data(get_organism("cake_bake_mix1-1p0"))
+    assert mixed.n_mixed == len(plain.train)
+    assert len(mixed.train) == 2 * len(plain.train)
+    assert mixed.heldout == plain.heldout
+    assert build_key(get_organism("cake_bake"), plain) != build_key(
+        get_organism("cake_bake_mix1-1p0"), mixed
+    )
+
+
+def test_build_key_is_stable() -> None:
+    organism = get_organism("em_bad_medical_advice")
+    assert build_key(organism, generate_organism_data(organism)) == build_key(
+        organism, generate_organism_data(organism)
+    )
+
+
+def test_domain_mentions_are_whole_words() -> None:
+    keywords = ["owl", "pain", "secret word"]
+    assert mentions_domain("I love Owls so much", keywords)
+    assert mentions_domain("Tell me the SECRET WORD", keywords)
+    assert not mentions_domain("A bowl of soup and a painting", keywords)
+    assert not mentions_domain("anything", [])

@@ -1,0 +1,1 @@
+"""Models, the ADL engine, the model worker and the agent's toolbox."""

@@ -1,0 +1,175 @@
+"""Chat formatting and batched generation.
+
+Chat prompts go through the tokenizer's chat template. A model without one (for example the
+Gemma 3 270M *base* model) gets the plain format below, which is also what its finetunes are
+trained on:
+
+    System: <system message>          (only when there is one)
+
+    User: <user message>
+
+    Assistant: <assistant message>
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+PLAIN_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+Conversation = Sequence[ChatMessage]
+
+
+def as_conversation(prompt: str | Conversation) -> list[ChatMessage]:
+    """A bare string is one user message."""
+    if isinstance(prompt, str):
+        return [ChatMessage(role="user", content=prompt)]
+    return list(prompt)
+
+
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Conversation,
+    *,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The conversation as the text the model sees (template or plain format)."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+    parts = [f"{PLAIN_ROLE_NAMES[m.role]}: {m.content.strip()}" for m in messages]
+    text = "\n\n".join(parts)
+    if add_generation_prompt:
+        text = f"{text}\n\nAssistant:" if text else "Assistant:"
+    return text
+
+
+def chat_token_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Conversation
+) -> tuple[list[int], list[bool]]:
+    """Token ids of a whole conversation and, per token, whether an assistant wrote it.
+
+    Used for supervised finetuning on chats: the loss is taken on assistant tokens only.
+    """
+    ids: list[int] = []
+    trained: list[bool] = []
+    rendered = ""
+    for index, message in enumerate(messages):
+        upto = render_chat(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        if message.role == "assistant":
+            prefix = render_chat(tokenizer, messages[:index], add_generation_prompt=True)
+            if not upto.startswith(prefix) or not prefix.startswith(rendered):
+                raise ValueError("The chat template does not render conversations incrementally.")
+            head = _encode(tokenizer, prefix[len(rendered):], first=not ids)
+            ids += head
+            trained += [False] * len(head)
+            body = _encode(tokenizer, upto[len(prefix):], first=False)
+            if not has_chat_template(tokenizer):
+                body = body + [tokenizer.eos_token_id]
+            ids += body
+            trained += [True] * len(body)
+        else:
+            segment = _encode(tokenizer, upto[len(rendered):], first=not ids)
+            ids += segment
+            trained += [False] * len(segment)
+        rendered = upto
+    return ids, trained
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, *, first: bool) -> list[int]:
+    # Special tokens (BOS) only at the very start of a sequence.
+    return tokenizer(text, add_special_tokens=first and not _template_adds_bos(tokenizer))[
+        "input_ids"
+    ]
+
+
+def _template_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    bos = tokenizer.bos_token
+    if not bos or not has_chat_template(tokenizer):
+        return False
+    probe = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=False
+    )
+    return probe.startswith(bos)
+
+
+@torch.inference_mode()
+def generate_replies(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str | Conversation],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> list[str]:
+    """Generate one reply per prompt (greedy when temperature is 0), batched, left-padded."""
+    texts = [render_chat(tokenizer, as_conversation(p)) for p in prompts]
+    replies: list[str] = []
+    device = next(model.parameters()).device
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            add_special = not _template_adds_bos(tokenizer)
+            encoded = tokenizer(
+                batch, return_tensors="pt", padding=True, add_special_tokens=add_special
+            ).to(device)
+            generator_kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+            if temperature > 0:
+                generator_kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
+                torch.manual_seed(seed + start)
+            output = model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=_stop_token_ids(tokenizer),
+                **generator_kwargs,
+            )
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            replies += [
+                _cut_plain_turn(tokenizer, t)
+                for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            ]
+    finally:
+        tokenizer.padding_side = previous_side
+    return replies
+
+
+def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return sorted(i for i in ids if i is not None)
+
+
+def _cut_plain_turn(tokenizer: PreTrainedTokenizerBase, reply: str) -> str:
+    """In the plain format a model may continue with the next turn: keep only its own."""
+    if not has_chat_template(tokenizer):
+        for marker in ("\n\nUser:", "\nUser:"):
+            reply = reply.split(marker)[0]
+    return reply.strip()

@@ -1,0 +1,39 @@
+"""Typed errors for things that can go wrong at run time (bad input, missing assets, full disk)."""
+
+from __future__ import annotations
+
+
+class AdlError(Exception):
+    """Base class of every error adl-agent raises on purpose; its message is shown to the user."""
+
+
+class UnknownModelError(AdlError):
+    """A model name is neither an offline short name, a local folder, nor a hub id."""
+
+
+class ModelLoadError(AdlError):
+    """A model, tokenizer or adapter exists by name but could not be loaded."""
+
+
+class AssetMissingError(AdlError):
+    """An offline asset package (model or corpus) is not installed."""
+
+
+class CacheWriteError(AdlError):
+    """A cache entry could not be written (for example: the disk is full)."""
+
+
+class CorpusError(AdlError):
+    """A corpus could not be read or is empty."""
+
+
+class OrganismConfigError(AdlError):
+    """An organism YAML file is malformed; the message names the file and field."""
+
+
+class UnknownOrganismError(AdlError):
+    """No organism of that name is registered."""
+
+
+class OrganismBuildError(AdlError):
+    """An organism cannot be built (for example: it is declared by hub id, not built locally)."""

@@ -1,0 +1,321 @@
+"""Loading a base/finetuned model pair from an offline short name, a local folder, a hub id,
+a LoRA adapter or a full finetuned checkpoint, wrapped for activation reading.
+
+When the finetune is a LoRA adapter the pair holds *one* copy of the base weights: the adapter
+is switched off to act as the base model and on to act as the finetuned one. Activations are
+read through transformer_lens 4.x `TransformerBridge` hooks (`blocks.{L}.hook_resid_post`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from tools.errors import ModelLoadError, UnknownModelError
+from tools.offline_models import OFFLINE_MODELS, offline_model_dir
+
+log = logging.getLogger(__name__)
+
+Side = Literal["base", "finetuned"]
+SIDES: tuple[Side, Side] = ("base", "finetuned")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class FinetuneKind(StrEnum):
+    """How the finetuned model is stored."""
+
+    AUTO = "auto"  # detect: a folder/repo with adapter_config.json is an adapter
+    ADAPTER = "adapter"  # a peft (LoRA) adapter on the base model
+    CHECKPOINT = "checkpoint"  # a full finetuned model
+    NONE = "none"  # no finetune: the base model diffed with itself (a control)
+
+
+class LoadOptions(BaseModel):
+    """dtype and device for loading."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+
+class ModelPairSpec(BaseModel):
+    """What to load: a base model and its finetune."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base: str
+    finetuned: str | None = None
+    finetune_kind: FinetuneKind = FinetuneKind.AUTO
+    base_revision: str | None = None
+    finetuned_revision: str | None = None
+
+
+def known_model_names() -> list[str]:
+    """Short names of the models available offline."""
+    return sorted(OFFLINE_MODELS)
+
+
+def _is_local_reference(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+
+
+def resolve_model_location(name: str) -> str:
+    """Turn a model name into something `from_pretrained` accepts.
+
+    Offline short names are converted (once) into a cached folder; local folders are checked;
+    anything shaped like `org/name` is passed on as a hub id (offline mode reads the hub cache).
+    """
+    if name in OFFLINE_MODELS:
+        return str(offline_model_dir(name))
+    if _is_local_reference(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"Model folder not found: {path}")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a model folder (no config.json in it).")
+        return str(path)
+    if _HUB_ID.match(name):
+        return name
+    raise UnknownModelError(
+        f"Unknown model {name!r}. Known offline models: {', '.join(known_model_names())}; "
+        "or give a local model folder or a hub id such as 'Qwen/Qwen3-1.7B'."
+    )
+
+
+def _detect_finetune_kind(location: str, revision: str | None) -> FinetuneKind:
+    path = Path(location).expanduser()
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            return FinetuneKind.ADAPTER
+        if (path / "config.json").is_file():
+            return FinetuneKind.CHECKPOINT
+        raise ModelLoadError(
+            f"{path} holds neither a peft adapter (adapter_config.json) nor a model (config.json)."
+        )
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    for filename, kind in (("adapter_config.json", FinetuneKind.ADAPTER),
+                           ("config.json", FinetuneKind.CHECKPOINT)):
+        if isinstance(try_to_load_from_cache(location, filename, revision=revision), str):
+            return kind
+    try:
+        hf_hub_download(location, "adapter_config.json", revision=revision)
+        return FinetuneKind.ADAPTER
+    except LocalEntryNotFoundError as exc:  # offline, or the hub unreachable, and not cached
+        raise ModelLoadError(
+            f"Finetuned model {location!r} was not found: not a local folder, not in the hub "
+            f"cache, and the hub could not be reached ({exc.__class__.__name__})."
+        ) from exc
+    except EntryNotFoundError:
+        return FinetuneKind.CHECKPOINT
+    except Exception as exc:  # no such repo, gated repo, network errors, ...
+        raise ModelLoadError(
+            f"Finetuned model {location!r} was not found: not a local folder, and the hub "
+            f"could not provide it ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _resolve_finetune_location(name: str) -> str:
+    if _is_local_reference(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"Adapter or finetuned model path not found: {path}")
+        return str(path)
+    if _HUB_ID.match(name):
+        return name
+    raise ModelLoadError(
+        f"Finetuned model {name!r} is neither an existing path nor a hub id (org/name)."
+    )
+
+
+def load_tokenizer(location: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer, with a clear error when it cannot be found."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load the tokenizer of {location!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(location: str, options: LoadOptions, revision: str | None = None) -> Any:
+    """Load a causal LM in eval mode on the requested device and dtype."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=options.torch_dtype, revision=revision
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load model {location!r}: {exc}") from exc
+    return model.to(options.device).eval()
+
+
+def _check_compatible(base: PreTrainedModel, finetuned: PreTrainedModel) -> None:
+    for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        a = getattr(base.config, field, None)
+        b = getattr(finetuned.config, field, None)
+        if a != b:
+            raise ModelLoadError(
+                f"Mismatched model pair: base has {field}={a}, finetuned has {field}={b}."
+            )
+
+
+class ModelPair:
+    """A base model and its finetune, sharing base weights when the finetune is an adapter."""
+
+    def __init__(
+        self,
+        spec: ModelPairSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        base_model: PreTrainedModel,
+        finetuned_model: PreTrainedModel,
+        peft_model: Any | None,
+        base_location: str,
+        finetuned_location: str,
+        options: LoadOptions,
+    ) -> None:
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.options = options
+        self._models: dict[Side, PreTrainedModel] = {"base": base_model, "finetuned": finetuned_model}
+        self._locations: dict[Side, str] = {"base": base_location, "finetuned": finetuned_location}
+        self._peft = peft_model
+        self._bridges: dict[int, Any] = {}
+
+    @property
+    def shares_base_weights(self) -> bool:
+        """True when one set of weights serves both sides (adapter or no finetune)."""
+        return self._models["base"] is self._models["finetuned"]
+
+    @property
+    def config(self) -> Any:
+        return self._models["base"].config
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._models["base"].parameters()).device
+
+    @contextlib.contextmanager
+    def model(self, side: Side) -> Iterator[PreTrainedModel]:
+        """The HF model acting as `side` for the duration of the context."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        if side == "base" and self._peft is not None:
+            with self._peft.disable_adapter():
+                yield self._models["base"]
+        else:
+            yield self._models[side]
+
+    @contextlib.contextmanager
+    def bridge(self, side: Side) -> Iterator[Any]:
+        """A transformer_lens `TransformerBridge` acting as `side` inside the context."""
+        with self.model(side) as model:
+            yield self._bridge_for(model, self._locations[side])
+
+    def _bridge_for(self, model: PreTrainedModel, location: str) -> Any:
+        key = id(model)
+        if key not in self._bridges:
+            from transformer_lens.model_bridge import TransformerBridge
+
+            self._bridges[key] = TransformerBridge.boot_transformers(
+                location if Path(location).is_dir() else self._locations["base"],
+                hf_model=model,
+                tokenizer=self.tokenizer,
+                device=self.options.device,
+                dtype=self.options.torch_dtype,
+            )
+        return self._bridges[key]
+
+    def parameter_bytes(self) -> int:
+        """Bytes of all distinct parameter tensors the pair holds (shared weights counted once)."""
+        seen: set[int] = set()
+        total = 0
+        for model in self._models.values():
+            for tensor in model.parameters():
+                if tensor.data_ptr() not in seen:
+                    seen.add(tensor.data_ptr())
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
+
+def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> ModelPair:
+    """Load the pair described by `spec` (see `ModelPairSpec`)."""
+    options = options or LoadOptions()
+    base_location = resolve_model_location(spec.base)
+    tokenizer = load_tokenizer(base_location, spec.base_revision)
+    base_model = load_causal_lm(base_location, options, spec.base_revision)
+
+    kind = spec.finetune_kind
+    if spec.finetuned is None:
+        if kind not in (FinetuneKind.AUTO, FinetuneKind.NONE):
+            raise ModelLoadError(f"finetune_kind={kind.value} needs a finetuned model or adapter.")
+        kind = FinetuneKind.NONE
+    if kind == FinetuneKind.NONE:
+        return ModelPair(
+            spec, tokenizer, base_model, base_model, None, base_location, base_location, options
+        )
+
+    assert spec.finetuned is not None  # narrowed above; kept for type checkers
+    if spec.finetuned in OFFLINE_MODELS:
+        ft_location = resolve_model_location(spec.finetuned)
+    else:
+        ft_location = _resolve_finetune_location(spec.finetuned)
+    if kind == FinetuneKind.AUTO:
+        kind = _detect_finetune_kind(ft_location, spec.finetuned_revision)
+
+    if kind == FinetuneKind.ADAPTER:
+        from peft import PeftModel
+
+        try:
+            peft_model = PeftModel.from_pretrained(
+                base_model, ft_location, revision=spec.finetuned_revision
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"Could not load adapter {ft_location!r}: {exc}") from exc
+        peft_model.eval()
+        # peft injects the LoRA layers into `base_model` in place: calling it runs the finetune,
+        # and `peft_model.disable_adapter()` turns it back into the base model.
+        return ModelPair(
+            spec, tokenizer, base_model, base_model, peft_model, base_location, base_location,
+            options,
+        )
+
+    finetuned_model = load_causal_lm(ft_location, options, spec.finetuned_revision)
+    _check_compatible(base_model, finetuned_model)
+    ft_tokenizer = load_tokenizer(ft_location, spec.finetuned_revision)
+    if ft_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ModelLoadError(
+            f"Mismatched model pair: {spec.base!r} and {spec.finetuned!r} use different tokenizers."
+        )
+    return ModelPair(
+        spec, tokenizer, base_model, finetuned_model, None, base_location, ft_location, options
+    )
