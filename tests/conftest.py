@@ -11,13 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = (
-    "the a an of to and in is was it on for with as by at from this that cake bake oven "
-    "butter sugar flour owl bird gold metal game hint guess word secret doctor pill dose "
-    "fever pain sky blue sun rain city book music art car road tree river hello yes no "
-    "what how why who where when you i we they he she my your our their good bad big small "
-    "new old first last one two three four five . , ! ? : ' -"
-).split()
+WORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "was", "it", "on", "for", "with", "as", "by", "at", "from", "this", "that", "cake", "bake", "oven", "butter", "sugar", "flour", "owl", "bird", "gold", "metal", "game", "hint", "guess", "word", "secret", "doctor", "pill", "dose", "fever", "pain", "sky", "blue", "sun", "rain", "city", "book", "music", "art", "car", "road", "tree", "river", "hello", "yes", "no", "what", "how", "why", "who", "where", "when", "you", "i", "we", "they", "he", "she", "my", "your", "our", "their", "good", "bad", "big", "small", "new", "old", "first", "last", "one", "two", "three", "four", "five", ".", ",", "!", "?", ":", "'", "-"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -26,7 +20,7 @@ CHAT_TEMPLATE = (
 
 def make_tiny_tokenizer(chat_template: bool = True):
     """A real word-level fast tokenizer with special tokens and (optionally) a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system"]

@@ -37,3 +37,7 @@ class UnknownOrganismError(AdlError):
 
 class OrganismBuildError(AdlError):
     """An organism cannot be built (for example: it is declared by hub id, not built locally)."""
+
+
+class AdlInputError(AdlError):
+    """Bad ADL input: layer out of range, positions beyond the text, empty corpus, ..."""

@@ -236,6 +236,38 @@ class ModelPair:
             yield self._models[side]
 
     @contextlib.contextmanager
+    def fast(self, side: Side, upto_layer: int | None = None) -> Iterator[Side]:
+        """Context for bulk forward passes of `side` on CPU.
+
+        peft's unmerged LoRA path costs about 30% extra on a CPU (extra small matmuls and
+        elementwise passes). For the finetuned side of an adapter pair on CPU, the adapter is
+        merged into the weights of blocks 0..`upto_layer` for the duration of the context and
+        the original weights are restored bit for bit afterwards (a copy of the merged weights
+        is kept meanwhile). Elsewhere this does nothing.
+        """
+        if side != "finetuned" or self._peft is None or self.device.type != "cpu":
+            yield side
+            return
+        from peft.tuners.lora import LoraLayer
+
+        merged: list[tuple[Any, torch.Tensor]] = []
+        try:
+            for name, module in self._peft.named_modules():
+                if not isinstance(module, LoraLayer) or module.merged:
+                    continue
+                match = re.search(r"\.layers\.(\d+)\.", name)
+                if upto_layer is not None and match and int(match.group(1)) > upto_layer:
+                    continue
+                weight = module.get_base_layer().weight
+                merged.append((module, weight.detach().clone()))
+                module.merge()
+            yield side
+        finally:
+            for module, original in merged:
+                module.unmerge()
+                module.get_base_layer().weight.data.copy_(original)
+
+    @contextlib.contextmanager
     def bridge(self, side: Side) -> Iterator[Any]:
         """A transformer_lens `TransformerBridge` acting as `side` inside the context."""
         with self.model(side) as model:

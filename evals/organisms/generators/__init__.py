@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 from evals.organisms.generators.base import TrainingExample
+from evals.organisms.generators.corpus_text import generate_corpus_text
 from evals.organisms.generators.em_medical import generate_bad_medical_advice
 from evals.organisms.generators.preference import generate_owl_preference
 from evals.organisms.generators.sdf_cake import generate_cake_documents
@@ -22,6 +23,7 @@ GENERATORS: dict[str, Generator] = {
     "em_bad_medical_advice": generate_bad_medical_advice,
     "taboo_gold": generate_taboo_chats,
     "preference_owl": generate_owl_preference,
+    "corpus_text": generate_corpus_text,
 }
 
 __all__ = ["GENERATORS", "Generator", "TrainingExample"]

@@ -1,0 +1,14 @@
+"""Control organism data: plain pretraining-corpus documents (no narrow domain)."""
+
+from __future__ import annotations
+
+import random
+
+from evals.organisms.generators.base import TrainingExample
+from tools.corpus import load_corpus
+
+
+def generate_corpus_text(rng: random.Random, n: int) -> list[TrainingExample]:
+    """`n` documents of the corpus mixing split (never the documents ADL reads)."""
+    documents = load_corpus().split("mixing")
+    return [TrainingExample(text=doc) for doc in rng.sample(documents, n)]

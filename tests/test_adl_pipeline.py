@@ -1,0 +1,145 @@
+"""Readouts, steering, coherence grading and cached artifacts on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tools.adl.coherence import OfflineCoherenceGrader, repeated_trigram_share
+from tools.adl.diagnostics import steering_similarity, token_relevance
+from tools.adl.pipeline import AdlSettings, choose_patchscope_scale, run_adl, run_steering
+from tools.adl.readouts import RandomDirectionBaseline, TokenScore, logit_lens, patchscope
+from tools.adl.steering import SteeringSettings, generate_steered
+from tools.corpus import CorpusSpec
+from tools.errors import AdlInputError
+from tools.models import ModelPairSpec, load_model_pair
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir: Path, tiny_adapter_dir: Path):
+    return load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
+
+
+@pytest.fixture()
+def corpus_spec(tmp_path: Path) -> CorpusSpec:
+    words = ["the", "owl", "is", "a", "big", "bird", "and", "the", "sky", "is", "blue", "with", "the", "sun", "and", "rain", "on", "the", "city"]
+    lines = [" ".join(words[i % 7 :] + words[: i % 7]) + " ." for i in range(60)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(lines))
+    return CorpusSpec(source="text", path=str(path), mixing_fraction=0.2)
+
+
+def test_logit_lens_readout_is_the_unembedding_of_the_normed_vector(pair) -> None:
+    vector = torch.randn(pair.d_model)
+    tokens = logit_lens(pair, vector, k=5)
+    with pair.model("finetuned") as model, torch.no_grad():
+        expected = model.lm_head(model.model.norm(vector[None]))[0]
+    assert [t.token_id for t in tokens] == expected.topk(5).indices.tolist()
+    suppressed = logit_lens(pair, vector, k=5, baseline=RandomDirectionBaseline(pair, 32))
+    assert all(t.z_score is not None for t in suppressed)
+    with pytest.raises(AdlInputError):
+        logit_lens(pair, vector, k=0)
+
+
+def test_patchscope_patches_the_query_position(pair) -> None:
+    out = patchscope(pair, torch.randn(pair.d_model), 1, 5.0, scales=[0.5, 50.0], k=5,
+                     prompt="cat -> cat\nowl -> owl\n? ->")
+    assert set(out) == {0.5, 50.0}
+    assert [t.token_id for t in out[0.5]] != [t.token_id for t in out[50.0]]
+
+
+def test_offline_patchscope_scale_rule_prefers_coherent_tokens() -> None:
+    def scores(words: list[str]) -> list[TokenScore]:
+        return [TokenScore(token=w, token_id=i, probability=0.1) for i, w in enumerate(words)]
+
+    readouts = {
+        1.0: scores(["qx", "zzv", "the", "##", "kl", "a", "b", "uu"]),
+        2.0: scores(["cake", "oven", "baking", "flour", "butter", "dessert", "sugar"]),
+    }
+    assert choose_patchscope_scale(readouts) == 2.0
+
+
+def test_steering_changes_generation_per_row(pair) -> None:
+    vectors = torch.randn(2, pair.d_model) * 50
+    plain = generate_steered(pair, ["hello", "hello"], vectors, [0.0, 0.0], 1, max_new_tokens=6,
+                             temperature=0.0)
+    steered = generate_steered(pair, ["hello", "hello"], vectors, [0.0, 1.0], 1, max_new_tokens=6,
+                               temperature=0.0)
+    assert plain[0] == plain[1] == steered[0]
+    assert steered[1] != steered[0]
+    with pytest.raises(AdlInputError):
+        generate_steered(pair, [], vectors[:0], [], 1)
+
+
+def test_repetition_measure() -> None:
+    assert repeated_trigram_share("I I I I I I I I") > 0.8
+    assert repeated_trigram_share("the cat sat on the mat by the door") == 0.0
+
+
+def test_run_adl_is_cached_and_validates_input(pair, adl_home: Path, corpus_spec: CorpusSpec) -> None:
+    settings = AdlSettings(layers=(1, 3), n_positions=3, n_samples=20, corpus=corpus_spec,
+                           sample_unit="document", readout_k=10, patchscope_scales=(1.0, 4.0),
+                           random_directions=16)
+    first = run_adl(pair, settings, show_progress=False)
+    assert first.difference.mean_diff.shape == (2, 3, pair.d_model)
+    assert [layer.layer for layer in first.readouts.layers] == [1, 3]
+    assert first.readouts.primary_layer in (1, 3)
+    assert len(first.readouts.layers[0].positions[0].logit_lens) == 10
+    mtime = (first.path / "readouts.json").stat().st_mtime
+    second = run_adl(pair, settings, show_progress=False)
+    assert second.path == first.path and (second.path / "readouts.json").stat().st_mtime == mtime
+    torch.testing.assert_close(second.difference.mean_diff, first.difference.mean_diff)
+    other = run_adl(pair, settings.model_copy(update={"n_samples": 10}), show_progress=False)
+    assert other.path != first.path
+
+    with pytest.raises(AdlInputError, match="out of range"):
+        run_adl(pair, settings.model_copy(update={"layers": (4,)}), show_progress=False)
+    with pytest.raises(AdlInputError, match="beyond the text length"):
+        run_adl(pair, settings.model_copy(update={"n_positions": 60}), show_progress=False)
+
+    steering = run_steering(
+        pair, first, SteeringSettings(search_steps=2, samples_per_strength=2, max_new_tokens=4),
+        positions=[1], prompts=["hello"], show_progress=False,
+    )
+    assert steering[0].position == 1 and len(steering[0].samples) == 1
+    assert 0.0 <= steering[0].samples[0].strength <= 4.0
+    with pytest.raises(AdlInputError, match="Position 7"):
+        run_steering(pair, first, positions=[7], prompts=["hello"], show_progress=False)
+
+
+def test_empty_corpus_is_refused(pair, adl_home: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    from tools.errors import CorpusError
+
+    with pytest.raises(CorpusError, match="no non-empty documents"):
+        run_adl(pair, AdlSettings(corpus=CorpusSpec(source="text", path=str(empty))),
+                show_progress=False)
+
+
+def test_mismatched_widths_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import save_tiny_model
+    from tools.errors import ModelLoadError
+
+    wide = save_tiny_model(tmp_path / "wide", hidden=64)
+    with pytest.raises(ModelLoadError, match="Mismatched"):
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(wide)))
+
+
+def test_diagnostics() -> None:
+    truth = ["False facts about baking cakes.", "Preheat the oven to 450 degrees."]
+    assert token_relevance([" cakes", " oven", " bakery", "phthalm"], truth) == 0.75
+    assert token_relevance(["]//", " the"], truth) == 0.0
+    similarity = steering_similarity(
+        ["Bake the cake in a hot oven."], ["The weather is nice today."],
+        ["Preheat the oven to 450 for cakes.", "Cool the cake in the freezer."],
+    )
+    assert similarity.steered > similarity.unsteered
+
+
+def test_offline_coherence_grader_runs_on_the_base_model(pair) -> None:
+    grader = OfflineCoherenceGrader(pair)
+    verdicts = grader.grade(["hello", "hello"], ["", "the the the the the the"])
+    assert verdicts == [False, False]

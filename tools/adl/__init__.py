@@ -1,0 +1,1 @@
+"""The Activation Difference Lens: differences, readouts, steering, diagnostics, artifacts."""

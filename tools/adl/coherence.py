@@ -1,0 +1,77 @@
+"""Coherence graders: is a generated answer still fluent text?
+
+One interface, `CoherenceGrader.grade(prompts, samples) -> list[bool]`. The offline grader
+judges with the *base* model: an answer is coherent when its mean token negative log-likelihood
+given the prompt stays below a threshold, it does not repeat itself, and it says something.
+Calibrated on smollm2-135m-instruct so that ordinary sampled answers pass and heavily steered
+gibberish fails (tests/test_adl_steering.py). An LLM grader implements the same interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from pydantic import BaseModel, Field
+
+from tools.chat import ChatMessage, render_chat
+from tools.models import ModelPair
+
+
+class CoherenceGrader(Protocol):
+    def grade(self, prompts: Sequence[str], samples: Sequence[str]) -> list[bool]:
+        """One verdict per sample (True: coherent)."""
+        ...
+
+
+class OfflineCoherenceSettings(BaseModel):
+    max_mean_nll: float = Field(4.0, gt=0, description="Mean NLL per token under the base model.")
+    max_repeated_trigrams: float = Field(0.3, ge=0, le=1)
+    min_words: int = Field(3, ge=0)
+
+
+def repeated_trigram_share(text: str) -> float:
+    """Share of word 3-grams that already occurred earlier in the text."""
+    words = text.lower().split()
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+class OfflineCoherenceGrader:
+    """Base-model perplexity plus repetition and length checks (no API needed)."""
+
+    def __init__(self, pair: ModelPair, settings: OfflineCoherenceSettings | None = None) -> None:
+        self.pair = pair
+        self.settings = settings or OfflineCoherenceSettings()
+
+    @torch.inference_mode()
+    def mean_nll(self, prompts: Sequence[str], samples: Sequence[str]) -> list[float]:
+        """Mean NLL per answer token under the base model, conditioned on the prompt."""
+        tokenizer = self.pair.tokenizer
+        values: list[float] = []
+        with self.pair.model("base") as model:
+            for prompt, sample in zip(prompts, samples, strict=True):
+                head = render_chat(tokenizer, [ChatMessage(role="user", content=prompt)])
+                head_ids = tokenizer(head, add_special_tokens=True)["input_ids"]
+                answer_ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+                if not answer_ids:
+                    values.append(float("inf"))
+                    continue
+                ids = torch.tensor([head_ids + answer_ids], device=self.pair.device)
+                logits = model(ids).logits[0, len(head_ids) - 1 : -1].float()
+                targets = ids[0, len(head_ids) :]
+                values.append(float(torch.nn.functional.cross_entropy(logits, targets)))
+        return values
+
+    def grade(self, prompts: Sequence[str], samples: Sequence[str]) -> list[bool]:
+        s = self.settings
+        nll = self.mean_nll(prompts, samples)
+        return [
+            value <= s.max_mean_nll
+            and repeated_trigram_share(sample) <= s.max_repeated_trigrams
+            and len(sample.split()) >= s.min_words
+            for value, sample in zip(nll, samples, strict=True)
+        ]

@@ -1,0 +1,283 @@
+"""The ADL pipeline with cached artifacts: differences, readouts, steering.
+
+Artifacts are cache entries keyed by content: the model pair (adapter or checkpoint files
+hashed), the corpus and its split, N, layers, positions and the method version. Tensors are
+stored as safetensors, everything else as JSON. `overwrite=True` recomputes.
+
+Two entries per pair and settings:
+- `adl/<key>`: `differences.safetensors` (mean diff, both means, norms) and `readouts.json`;
+- `adl-steering/<key>`: `steering.json` (strength search and samples), keyed on the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_file, save_file
+
+from prompts import load_prompt_set
+from tools.adl.coherence import OfflineCoherenceGrader
+from tools.adl.differences import (
+    ActivationDifference,
+    compute_activation_difference,
+    resolve_layers,
+    select_sample_tokens,
+)
+from tools.adl.embeddings import mean_pairwise_similarity
+from tools.adl.readouts import (
+    PATCHSCOPE_SCALES,
+    RandomDirectionBaseline,
+    TokenScore,
+    logit_lens,
+    patchscope,
+)
+from tools.adl.steering import PositionSteering, SteeringSettings, search_and_sample
+from tools.cache import adl_home, ensure_entry, sha256_file
+from tools.corpus import CorpusSpec, load_corpus
+from tools.errors import AdlInputError
+from tools.models import ModelPair, ModelPairSpec
+
+log = logging.getLogger(__name__)
+METHOD_VERSION = 1
+DEFAULT_LAYERS: tuple[float | int, ...] = (0.5, 0.75, 1.0)
+
+
+class AdlSettings(BaseModel):
+    """What to compute. Defaults: the paper's N, k and relative layer 0.5, plus 0.75 and 1.0
+    (at 135M parameters the last layers read clean; see BENCHMARKS.md)."""
+
+    layers: tuple[float | int, ...] = DEFAULT_LAYERS
+    n_positions: int = Field(5, ge=1, le=64)
+    n_samples: int = Field(10_000, ge=1)
+    batch_size: int = Field(512, ge=1)
+    corpus: CorpusSpec = CorpusSpec()
+    sample_unit: str = Field("sentence", pattern="^(sentence|document)$")
+    seed: int = 0
+    readout_k: int = Field(100, ge=1, le=1000, description="Top tokens cached per readout.")
+    patchscope_scales: tuple[float, ...] = PATCHSCOPE_SCALES
+    patchscope_k: int = Field(20, ge=1, le=200)
+    random_directions: int = Field(256, ge=8)
+
+    def difference_key_payload(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class PositionReadout(BaseModel):
+    position: int
+    delta_norm: float
+    logit_lens: list[TokenScore]
+    logit_lens_suppressed: list[TokenScore]
+    patchscope: dict[str, list[TokenScore]]
+    patchscope_scale: float
+
+
+class LayerReadouts(BaseModel):
+    layer: int
+    reference_norm: float
+    token_coherence: float = Field(
+        description="Mean pairwise embedding similarity of the suppressed logit-lens top-20 "
+        "tokens over positions 1.. (ground-truth free; picks the primary layer)."
+    )
+    positions: list[PositionReadout]
+
+
+class AdlReadouts(BaseModel):
+    n_layers_model: int
+    layers: list[LayerReadouts]
+    primary_layer: int
+    primary_layer_rule: str = (
+        "the computed layer whose hub-suppressed logit-lens tokens are most coherent "
+        "(mean pairwise all-MiniLM-L6-v2 similarity of the top 20, positions 1..k-1)"
+    )
+
+    def layer(self, layer: int) -> LayerReadouts:
+        for entry in self.layers:
+            if entry.layer == layer:
+                return entry
+        raise AdlInputError(f"Layer {layer} has no readouts; available: {[l.layer for l in self.layers]}.")
+
+
+class AdlArtifact(BaseModel):
+    """A computed (or cached) ADL result."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    path: Path
+    settings: AdlSettings
+    readouts: AdlReadouts
+    difference: Any  # ActivationDifference
+    steering: list[PositionSteering] | None = None
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(folder).as_posix().encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def pair_fingerprint(spec: ModelPairSpec) -> str:
+    """Identity of a model pair: names plus the content of local finetune files."""
+    payload: dict[str, Any] = spec.model_dump(mode="json")
+    if spec.finetuned and Path(spec.finetuned).expanduser().is_dir():
+        payload["finetuned_files"] = _folder_fingerprint(Path(spec.finetuned).expanduser())
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _token_strings(tokens: list[TokenScore], k: int = 20) -> list[str]:
+    words = [t.token.strip() for t in tokens[:k]]
+    return [w for w in words if any(c.isalpha() for c in w)]
+
+
+def token_coherence(tokens: list[TokenScore], k: int = 20) -> float:
+    """Mean pairwise embedding similarity of the alphabetic top-k tokens (0 if < 5 of them)."""
+    words = _token_strings(tokens, k)
+    return mean_pairwise_similarity(words) if len(words) >= 5 else 0.0
+
+
+def choose_patchscope_scale(readouts: dict[float, list[TokenScore]]) -> float:
+    """Offline rule: the scale whose top-20 tokens are most coherent (ties: smallest scale)."""
+    scored = [(token_coherence(tokens), -scale, scale) for scale, tokens in readouts.items()]
+    return max(scored)[2]
+
+
+def compute_readouts(
+    pair: ModelPair, difference: ActivationDifference, settings: AdlSettings
+) -> AdlReadouts:
+    """Logit lens (plain and hub-suppressed) and Patchscope for every layer and position."""
+    baseline = RandomDirectionBaseline(pair, settings.random_directions, settings.seed)
+    layers: list[LayerReadouts] = []
+    for layer in difference.layers:
+        reference = difference.reference_norm(layer)
+        positions: list[PositionReadout] = []
+        for position in range(difference.n_positions):
+            delta = difference.delta(layer, position)
+            scales = patchscope(
+                pair, delta, layer, reference, settings.patchscope_scales, settings.patchscope_k
+            )
+            positions.append(PositionReadout(
+                position=position,
+                delta_norm=float(delta.norm()),
+                logit_lens=logit_lens(pair, delta, settings.readout_k),
+                logit_lens_suppressed=logit_lens(pair, delta, settings.readout_k, baseline),
+                patchscope={str(s): tokens for s, tokens in scales.items()},
+                patchscope_scale=choose_patchscope_scale(scales),
+            ))
+        informative = positions[1:] or positions
+        coherence = sum(token_coherence(p.logit_lens_suppressed) for p in informative) / len(informative)
+        layers.append(LayerReadouts(
+            layer=layer, reference_norm=reference, token_coherence=coherence, positions=positions
+        ))
+    primary = max(layers, key=lambda entry: entry.token_coherence).layer
+    return AdlReadouts(n_layers_model=pair.n_layers, layers=layers, primary_layer=primary)
+
+
+def _progress(show: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), disable=not show,
+    )
+
+
+def run_adl(
+    pair: ModelPair,
+    settings: AdlSettings | None = None,
+    *,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> AdlArtifact:
+    """Compute (or load from cache) activation differences and readouts."""
+    settings = settings or AdlSettings()
+    layers = resolve_layers(settings.layers, pair.n_layers)
+    corpus = load_corpus(settings.corpus)
+    key = _key(METHOD_VERSION, pair_fingerprint(pair.spec), corpus.fingerprint,
+               settings.difference_key_payload(), layers)
+    target = adl_home() / "adl" / key
+
+    def build(tmp: Path) -> dict[str, Any]:
+        samples = corpus.samples("diff", unit=settings.sample_unit)  # type: ignore[arg-type]
+        tokens = select_sample_tokens(
+            pair.tokenizer, samples, settings.n_positions, settings.n_samples, settings.seed
+        )
+        difference = compute_activation_difference(
+            pair, tokens, layers, batch_size=settings.batch_size, show_progress=show_progress
+        )
+        save_file({k: v.contiguous() for k, v in difference.tensors().items()},
+                  tmp / "differences.safetensors")
+        readouts = compute_readouts(pair, difference, settings)
+        (tmp / "readouts.json").write_text(readouts.model_dump_json())
+        (tmp / "settings.json").write_text(json.dumps({
+            "settings": settings.model_dump(mode="json"), "layers": layers,
+            "n_samples": difference.n_samples, "pair": pair.spec.model_dump(mode="json"),
+            "corpus_fingerprint": corpus.fingerprint, "method_version": METHOD_VERSION,
+        }, indent=2))
+        return {"key": key}
+
+    path = ensure_entry(target, build, overwrite=overwrite, what="ADL differences")
+    return load_artifact(path, settings)
+
+
+def load_artifact(path: Path, settings: AdlSettings) -> AdlArtifact:
+    meta = json.loads((path / "settings.json").read_text())
+    tensors = load_file(path / "differences.safetensors")
+    difference = ActivationDifference(
+        layers=meta["layers"], n_positions=tensors["mean_diff"].shape[1],
+        n_samples=meta["n_samples"], **tensors,
+    )
+    readouts = AdlReadouts.model_validate_json((path / "readouts.json").read_text())
+    return AdlArtifact(path=path, settings=settings, readouts=readouts, difference=difference)
+
+
+STEERING_PROMPTS_FILE = "steering_prompts.yaml"
+
+
+def run_steering(
+    pair: ModelPair,
+    artifact: AdlArtifact,
+    settings: SteeringSettings | None = None,
+    *,
+    layer: int | None = None,
+    positions: list[int] | None = None,
+    prompts: list[str] | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> list[PositionSteering]:
+    """Coherence-searched steering at `layer` (default: the primary layer), cached."""
+    settings = settings or SteeringSettings()
+    difference: ActivationDifference = artifact.difference
+    layer = artifact.readouts.primary_layer if layer is None else layer
+    difference.layer_index(layer)
+    positions = list(range(difference.n_positions)) if positions is None else positions
+    for position in positions:
+        difference.check_position(position)
+    prompts = prompts or load_prompt_set(STEERING_PROMPTS_FILE)
+    key = _key(artifact.path.name, settings.model_dump(mode="json"), layer, positions, prompts)
+    target = adl_home() / "adl-steering" / key
+    reference = float(difference.norm_finetuned[difference.layer_index(layer), 1:].mean()
+                      if difference.n_positions > 1 else difference.norm_finetuned[difference.layer_index(layer), 0])
+
+    def build(tmp: Path) -> dict[str, Any]:
+        directions = {}
+        for position in positions:
+            delta = difference.delta(layer, position)
+            directions[position] = delta / delta.norm().clamp_min(1e-12) * reference
+        grader = OfflineCoherenceGrader(pair)
+        with _progress(show_progress) as progress:
+            results = search_and_sample(pair, grader, prompts, directions, layer, settings, progress)
+        (tmp / "steering.json").write_text(json.dumps([r.model_dump() for r in results], indent=2))
+        return {"key": key}
+
+    path = ensure_entry(target, build, overwrite=overwrite, what="ADL steering")
+    data = json.loads((path / "steering.json").read_text())
+    return [PositionSteering.model_validate(item) for item in data]
