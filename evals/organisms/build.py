@@ -28,7 +28,7 @@ from evals.organisms.training import (
     write_jsonl,
 )
 from tools.cache import adl_home, ensure_entry, entry_is_valid
-from tools.corpus import load_corpus
+from tools.corpus import leading_text, load_corpus
 from tools.errors import OrganismBuildError
 from tools.models import (
     FinetuneKind,
@@ -99,7 +99,8 @@ def generate_organism_data(organism: Organism) -> OrganismData:
                 f"{len(mixing_docs)}."
             )
         chosen = random.Random(finetune.data_seed + 1).sample(mixing_docs, n_mixed)
-        train = train + [TrainingExample(text=doc) for doc in chosen]
+        # Leading sentences only, about as long as the domain examples (and training stays fast).
+        train = train + [TrainingExample(text=leading_text(doc)) for doc in chosen]
         random.Random(finetune.data_seed + 2).shuffle(train)
     return OrganismData(train=train, heldout=heldout, n_mixed=n_mixed)
 

@@ -44,7 +44,7 @@ from tools.errors import AdlInputError
 from tools.models import ModelPair, ModelPairSpec
 
 log = logging.getLogger(__name__)
-METHOD_VERSION = 1
+METHOD_VERSION = 2
 DEFAULT_LAYERS: tuple[float | int, ...] = (0.5, 0.75, 1.0)
 
 
@@ -63,6 +63,10 @@ class AdlSettings(BaseModel):
     patchscope_scales: tuple[float, ...] = PATCHSCOPE_SCALES
     patchscope_k: int = Field(20, ge=1, le=200)
     random_directions: int = Field(256, ge=8)
+    primary_layer: float | int = Field(
+        1.0, description="Layer used for steering and overviews (relative or block index); "
+        "it must be one of `layers`. Default: the deepest, measured to read best at 135M."
+    )
 
     def difference_key_payload(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -82,7 +86,7 @@ class LayerReadouts(BaseModel):
     reference_norm: float
     token_coherence: float = Field(
         description="Mean pairwise embedding similarity of the suppressed logit-lens top-20 "
-        "tokens over positions 1.. (ground-truth free; picks the primary layer)."
+        "tokens over positions 1.. (a ground-truth-free readability diagnostic)."
     )
     positions: list[PositionReadout]
 
@@ -91,10 +95,6 @@ class AdlReadouts(BaseModel):
     n_layers_model: int
     layers: list[LayerReadouts]
     primary_layer: int
-    primary_layer_rule: str = (
-        "the computed layer whose hub-suppressed logit-lens tokens are most coherent "
-        "(mean pairwise all-MiniLM-L6-v2 similarity of the top 20, positions 1..k-1)"
-    )
 
     def layer(self, layer: int) -> LayerReadouts:
         for entry in self.layers:
@@ -153,7 +153,7 @@ def choose_patchscope_scale(readouts: dict[float, list[TokenScore]]) -> float:
 
 
 def compute_readouts(
-    pair: ModelPair, difference: ActivationDifference, settings: AdlSettings
+    pair: ModelPair, difference: ActivationDifference, settings: AdlSettings, primary_layer: int
 ) -> AdlReadouts:
     """Logit lens (plain and hub-suppressed) and Patchscope for every layer and position."""
     baseline = RandomDirectionBaseline(pair, settings.random_directions, settings.seed)
@@ -179,8 +179,7 @@ def compute_readouts(
         layers.append(LayerReadouts(
             layer=layer, reference_norm=reference, token_coherence=coherence, positions=positions
         ))
-    primary = max(layers, key=lambda entry: entry.token_coherence).layer
-    return AdlReadouts(n_layers_model=pair.n_layers, layers=layers, primary_layer=primary)
+    return AdlReadouts(n_layers_model=pair.n_layers, layers=layers, primary_layer=primary_layer)
 
 
 def _progress(show: bool) -> Progress:
@@ -200,6 +199,12 @@ def run_adl(
     """Compute (or load from cache) activation differences and readouts."""
     settings = settings or AdlSettings()
     layers = resolve_layers(settings.layers, pair.n_layers)
+    primary_layer = resolve_layers([settings.primary_layer], pair.n_layers)[0]
+    if primary_layer not in layers:
+        raise AdlInputError(
+            f"The primary layer {settings.primary_layer} (block {primary_layer}) is not among the "
+            f"computed layers {layers}."
+        )
     corpus = load_corpus(settings.corpus)
     key = _key(METHOD_VERSION, pair_fingerprint(pair.spec), corpus.fingerprint,
                settings.difference_key_payload(), layers)
@@ -215,7 +220,7 @@ def run_adl(
         )
         save_file({k: v.contiguous() for k, v in difference.tensors().items()},
                   tmp / "differences.safetensors")
-        readouts = compute_readouts(pair, difference, settings)
+        readouts = compute_readouts(pair, difference, settings, primary_layer)
         (tmp / "readouts.json").write_text(readouts.model_dump_json())
         (tmp / "settings.json").write_text(json.dumps({
             "settings": settings.model_dump(mode="json"), "layers": layers,

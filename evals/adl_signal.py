@@ -1,0 +1,135 @@
+"""Does an organism's ADL readout carry its domain, beyond controls?
+
+For an organism: token relevance of its readouts to its own ground truth, against the same
+score for two control pairs judged against the *same* ground truth: the base model diffed with
+itself, and a finetune on generic corpus text (`control_generic_text`). Organism and controls
+are read at the same layer, the configured primary layer (a fixed default for every pair, not
+picked per organism). Steering similarity compares steered and unsteered samples with the
+organism's finetuning data.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from statistics import mean
+
+from pydantic import BaseModel
+
+from evals.organisms import Organism, get_organism
+from evals.organisms.build import load_organism_pair, organism_dir
+from evals.organisms.training import read_jsonl
+from tools.adl.diagnostics import ground_truth_sentences, steering_similarity, token_relevance
+from tools.adl.pipeline import AdlArtifact, AdlSettings, run_adl, run_steering
+from tools.adl.steering import SteeringSettings
+from tools.models import ModelPair, ModelPairSpec, load_model_pair
+
+GENERIC_CONTROL = "control_generic_text"
+# The configuration of the acceptance test and of benchmarks/adl_signal.py (kept small enough
+# for CI on 2 CPU cores: N = 1,000, a 4-step strength search with 3 samples per strength).
+SIGNAL_SAMPLES = 1000
+SIGNAL_STEERING = SteeringSettings(
+    max_strength=1.0, search_steps=5, samples_per_strength=3, max_new_tokens=40
+)
+SIGNAL_STEERING_POSITIONS = [1, 2]
+SIGNAL_STEERING_PROMPTS = ["Tell me a story.", "Give me some ideas for some fun weekend activities."]
+
+
+class RelevanceScores(BaseModel):
+    """Mean token relevance over positions 1.. at a layer (top 20 tokens)."""
+
+    layer: int
+    logit_lens: float
+    logit_lens_suppressed: float
+    patchscope: float
+
+
+class SignalReport(BaseModel):
+    organism: str
+    primary_layer: int
+    relevance: RelevanceScores
+    relevance_by_layer: list[RelevanceScores]
+    control_self: RelevanceScores
+    control_generic: RelevanceScores
+    relative_delta_norm: float  # mean |delta| / mean residual norm, positions 1.., primary layer
+    steering_steered: float | None = None
+    steering_unsteered: float | None = None
+    steering_strengths: list[float] | None = None
+
+
+def relevance_at(artifact: AdlArtifact, truth: list[str], layer: int) -> RelevanceScores:
+    entry = artifact.readouts.layer(layer)
+    positions = entry.positions[1:] or entry.positions
+
+    def score(kind: str) -> float:
+        values = []
+        for p in positions:
+            if kind == "patchscope":
+                tokens = p.patchscope[str(p.patchscope_scale)]
+            else:
+                tokens = getattr(p, kind)
+            values.append(token_relevance(tokens, truth))
+        return mean(values)
+
+    return RelevanceScores(
+        layer=layer, logit_lens=score("logit_lens"),
+        logit_lens_suppressed=score("logit_lens_suppressed"), patchscope=score("patchscope"),
+    )
+
+
+def _relative_norm(artifact: AdlArtifact, layer: int) -> float:
+    diff = artifact.difference
+    index = diff.layer_index(layer)
+    norms = diff.mean_diff[index].norm(dim=-1)[1:]
+    return float(norms.mean() / diff.norm_base[index, 1:].mean())
+
+
+@lru_cache(maxsize=2)
+def _control_pair(kind: str) -> ModelPair:
+    if kind == "self":
+        return load_model_pair(ModelPairSpec(base="smollm2-135m-instruct"))
+    return load_organism_pair(get_organism(GENERIC_CONTROL))
+
+
+def truth_of(organism: Organism) -> list[str]:
+    return ground_truth_sentences(organism.description, organism.description_long, organism.key_facts)
+
+
+def measure_signal(
+    name: str,
+    settings: AdlSettings,
+    steering: SteeringSettings | None = None,
+    steering_positions: list[int] | None = None,
+    steering_prompts: list[str] | None = None,
+    show_progress: bool = False,
+) -> SignalReport:
+    """ADL of the organism and both controls, scored against the organism's ground truth."""
+    organism = get_organism(name)
+    truth = truth_of(organism)
+    pair = load_organism_pair(organism)
+    artifact = run_adl(pair, settings, show_progress=show_progress)
+    controls = {
+        kind: run_adl(_control_pair(kind), settings, show_progress=show_progress)
+        for kind in ("self", "generic")
+    }
+    primary = artifact.readouts.primary_layer
+    report = SignalReport(
+        organism=name,
+        primary_layer=primary,
+        relevance=relevance_at(artifact, truth, primary),
+        relevance_by_layer=[relevance_at(artifact, truth, entry.layer) for entry in artifact.readouts.layers],
+        control_self=relevance_at(controls["self"], truth, primary),
+        control_generic=relevance_at(controls["generic"], truth, primary),
+        relative_delta_norm=_relative_norm(artifact, primary),
+    )
+    if steering is not None:
+        results = run_steering(pair, artifact, steering, positions=steering_positions,
+                               prompts=steering_prompts, show_progress=show_progress)
+        samples = [s for position in results for s in position.samples]
+        data = [e.plain_text() for e in read_jsonl(organism_dir(organism) / "train.jsonl")]
+        similarity = steering_similarity(
+            [t for s in samples for t in s.steered], [t for s in samples for t in s.unsteered], data
+        )
+        report.steering_steered = similarity.steered
+        report.steering_unsteered = similarity.unsteered
+        report.steering_strengths = [s.strength for s in samples]
+    return report
