@@ -74,33 +74,32 @@ def chat_token_ids(
     ids: list[int] = []
     trained: list[bool] = []
     rendered = ""
+    bos_from_template = _template_adds_bos(tokenizer)
     for index, message in enumerate(messages):
         upto = render_chat(tokenizer, messages[: index + 1], add_generation_prompt=False)
         if message.role == "assistant":
             prefix = render_chat(tokenizer, messages[:index], add_generation_prompt=True)
             if not upto.startswith(prefix) or not prefix.startswith(rendered):
                 raise ValueError("The chat template does not render conversations incrementally.")
-            head = _encode(tokenizer, prefix[len(rendered):], first=not ids)
+            head = _encode(tokenizer, prefix[len(rendered):], not ids and not bos_from_template)
             ids += head
             trained += [False] * len(head)
-            body = _encode(tokenizer, upto[len(prefix):], first=False)
+            body = _encode(tokenizer, upto[len(prefix):], False)
             if not has_chat_template(tokenizer):
                 body = body + [tokenizer.eos_token_id]
             ids += body
             trained += [True] * len(body)
         else:
-            segment = _encode(tokenizer, upto[len(rendered):], first=not ids)
+            segment = _encode(tokenizer, upto[len(rendered):], not ids and not bos_from_template)
             ids += segment
             trained += [False] * len(segment)
         rendered = upto
     return ids, trained
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str, *, first: bool) -> list[int]:
-    # Special tokens (BOS) only at the very start of a sequence.
-    return tokenizer(text, add_special_tokens=first and not _template_adds_bos(tokenizer))[
-        "input_ids"
-    ]
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool) -> list[int]:
+    # Special tokens (BOS) only at the very start of a sequence, unless the template wrote them.
+    return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def _template_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -130,10 +129,10 @@ def generate_replies(
     device = next(model.parameters()).device
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    add_special = not _template_adds_bos(tokenizer)
     try:
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
-            add_special = not _template_adds_bos(tokenizer)
             encoded = tokenizer(
                 batch, return_tensors="pt", padding=True, add_special_tokens=add_special
             ).to(device)

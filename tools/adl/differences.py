@@ -11,9 +11,8 @@ prepends BOS (Gemma) runs BOS too, but BOS is not a position.
 
 from __future__ import annotations
 
-import contextlib
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,10 +130,10 @@ class ActivationDifference:
         self.check_position(position)
         return self.mean_diff[self.layer_index(layer), position]
 
-    def reference_norm(self, layer: int) -> float:
-        """Mean base residual norm at a layer over positions 1.. (position 0 is an attention
+    def reference_norm(self, layer: int, side: Side = "base") -> float:
+        """Mean residual norm of `side` at a layer over positions 1.. (position 0 is an attention
         sink with a norm orders of magnitude larger, so it is left out when there are others)."""
-        norms = self.norm_base[self.layer_index(layer)]
+        norms = (self.norm_base if side == "base" else self.norm_finetuned)[self.layer_index(layer)]
         return float(norms[1:].mean() if self.n_positions > 1 else norms[0])
 
     def tensors(self) -> dict[str, Tensor]:
@@ -157,11 +156,6 @@ class _Accumulator:
         resid = resid.double()
         self.sum[layer_slot] += resid.sum(0).cpu()
         self.norm_sum[layer_slot] += resid.norm(dim=-1).sum(0).cpu()
-
-
-@contextlib.contextmanager
-def _no_progress() -> Iterator[None]:
-    yield
 
 
 @torch.inference_mode()

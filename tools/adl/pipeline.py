@@ -269,8 +269,7 @@ def run_steering(
     prompts = prompts or load_prompt_set(STEERING_PROMPTS_FILE)
     key = _key(artifact.path.name, settings.model_dump(mode="json"), layer, positions, prompts)
     target = adl_home() / "adl-steering" / key
-    reference = float(difference.norm_finetuned[difference.layer_index(layer), 1:].mean()
-                      if difference.n_positions > 1 else difference.norm_finetuned[difference.layer_index(layer), 0])
+    reference = difference.reference_norm(layer, side="finetuned")
 
     def build(tmp: Path) -> dict[str, Any]:
         directions = {}
