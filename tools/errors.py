@@ -41,3 +41,24 @@ class OrganismBuildError(AdlError):
 
 class AdlInputError(AdlError):
     """Bad ADL input: layer out of range, positions beyond the text, empty corpus, ..."""
+
+
+class ToolInputError(AdlInputError):
+    """A tool or worker request with bad arguments; `fields` names the arguments at fault."""
+
+    def __init__(self, message: str, fields: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or []
+
+
+class WorkerUnavailableError(AdlError):
+    """The model worker cannot be reached (not started, killed, or the network failed)."""
+
+
+class WorkerRequestError(AdlError):
+    """The worker answered a request with an error (its type and message are kept)."""
+
+    def __init__(self, message: str, error_type: str = "internal", fields: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.fields = fields or []

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from prompts import load_prompt_set
 from tools.adl.coherence import OfflineCoherenceGrader
@@ -247,6 +248,14 @@ def load_artifact(path: Path, settings: AdlSettings) -> AdlArtifact:
 STEERING_PROMPTS_FILE = "steering_prompts.yaml"
 
 
+def steering_direction(difference: ActivationDifference, layer: int, position: int) -> Tensor:
+    """unit(delta[layer, position]) times the finetuned model's mean residual norm there:
+    steering strength 1.0 adds one typical residual norm."""
+    delta = difference.delta(layer, position)
+    reference = difference.reference_norm(layer, side="finetuned")
+    return delta / delta.norm().clamp_min(1e-12) * reference
+
+
 def run_steering(
     pair: ModelPair,
     artifact: AdlArtifact,
@@ -269,13 +278,9 @@ def run_steering(
     prompts = prompts or load_prompt_set(STEERING_PROMPTS_FILE)
     key = _key(artifact.path.name, settings.model_dump(mode="json"), layer, positions, prompts)
     target = adl_home() / "adl-steering" / key
-    reference = difference.reference_norm(layer, side="finetuned")
 
     def build(tmp: Path) -> dict[str, Any]:
-        directions = {}
-        for position in positions:
-            delta = difference.delta(layer, position)
-            directions[position] = delta / delta.norm().clamp_min(1e-12) * reference
+        directions = {p: steering_direction(difference, layer, p) for p in positions}
         grader = OfflineCoherenceGrader(pair)
         with _progress(show_progress) as progress:
             results = search_and_sample(pair, grader, prompts, directions, layer, settings, progress)

@@ -1,0 +1,62 @@
+"""`adl worker serve`: the model worker over HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+import yaml
+from pydantic import ValidationError
+
+from evals.workers import PROFILES, organism_worker_config
+from tools.errors import AdlInputError
+from tools.models import LoadOptions
+from tools.worker.http import DEFAULT_PORT, TOKEN_ENV, check_bind, serve
+from tools.worker.schema import WorkerConfig
+from tools.worker.service import AdlService
+
+app = typer.Typer(help="The model worker: holds the model pair and serves the ADL tools.",
+                  no_args_is_help=True)
+
+
+def load_worker_config(path: Path) -> WorkerConfig:
+    """A WorkerConfig from YAML; errors name the file and the field."""
+    try:
+        data = yaml.safe_load(path.read_text())
+        return WorkerConfig.model_validate(data)
+    except FileNotFoundError as exc:
+        raise AdlInputError(f"No worker config at {path}.") from exc
+    except yaml.YAMLError as exc:
+        raise AdlInputError(f"{path} is not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise AdlInputError(f"{path}: invalid worker config: {problems}") from exc
+
+
+@app.command("serve")
+def serve_command(
+    organism: str | None = typer.Option(None, help="Organism to serve (see `adl organisms list`)."),
+    config: Path | None = typer.Option(None, help="A WorkerConfig YAML file instead of an organism."),
+    profile: str = typer.Option("paper", help=f"Analysis settings for --organism: {', '.join(PROFILES)}."),
+    samples: int | None = typer.Option(None, min=1, help="Override N (corpus samples)."),
+    host: str = typer.Option("127.0.0.1", help="Bind address; non-loopback needs a token."),
+    port: int = typer.Option(DEFAULT_PORT, min=0, max=65535),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+) -> None:
+    """Load the pair once, compute or load its ADL, and serve the tools until stopped."""
+    token = os.environ.get(TOKEN_ENV) or None
+    check_bind(host, token)  # before any model is loaded
+    if (organism is None) == (config is None):
+        raise AdlInputError("Give exactly one of --organism NAME or --config FILE.")
+    if profile not in PROFILES:
+        raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    load = LoadOptions(device=device, dtype=dtype)  # type: ignore[arg-type]
+    if organism is not None:
+        worker_config = organism_worker_config(organism, profile, n_samples=samples, load=load)  # type: ignore[arg-type]
+    else:
+        worker_config = load_worker_config(config)  # type: ignore[arg-type]
+        if samples is not None:
+            worker_config.adl = worker_config.adl.model_copy(update={"n_samples": samples})
+    serve(lambda: AdlService.start(worker_config), host=host, port=port, token=token)

@@ -1,0 +1,304 @@
+"""The agent's toolbox: typed functions whose docstrings are their descriptions.
+
+The JSON schema an LLM sees for a tool is generated from the function's signature (pydantic),
+never written by hand. Every call goes through `Toolbox.call`, which validates the arguments,
+charges model interactions against the budget and turns any failure into an error result
+that names the problem, so a bad tool call never crashes a run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, get_type_hints
+
+from pydantic import BaseModel, Field, ValidationError, create_model
+
+from tools.errors import AdlError, ToolInputError
+from tools.worker.client import WorkerClient
+from tools.worker.schema import (
+    MAX_READOUT_K,
+    ChatRequest,
+    GenerateSteeredRequest,
+    ReadoutMethod,
+    ReadoutRequest,
+    SteeredSamplesRequest,
+)
+
+AgentKind = Literal["adl", "blackbox"]
+HypothesisStatus = Literal["open", "supported", "rejected"]
+DEFAULT_DATASET = "dataset_1"
+ASK_MAX_NEW_TOKENS = 96
+
+
+class ToolSpec(BaseModel):
+    """What a provider shows the LLM: name, description and the generated JSON schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ToolResult(BaseModel):
+    """The outcome of one tool call, success or error, as recorded in the transcript."""
+
+    name: str
+    ok: bool
+    content: Any = None
+    error: str | None = None
+    error_fields: list[str] = Field(default_factory=list)
+    error_type: str | None = Field(None, description="Exception class of a failed call.")
+    interactions: int = Field(0, description="Model interactions charged to the budget.")
+    ends_run: bool = False
+
+    def text(self) -> str:
+        """The result as the LLM reads it (compact JSON)."""
+        if self.ok:
+            return json.dumps(self.content, ensure_ascii=False)
+        return json.dumps({"error": self.error, "fields": self.error_fields}, ensure_ascii=False)
+
+
+class Hypothesis(BaseModel):
+    id: int
+    description: str
+    status: HypothesisStatus = "open"
+    notes: list[str] = Field(default_factory=list)
+
+
+class BudgetExhaustedError(ToolInputError):
+    """The call would use more model interactions than are left."""
+
+
+def tool(cost: Callable[[dict[str, Any]], int] | None = None, ends_run: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a Toolbox method as a tool; `cost` maps its arguments to model interactions."""
+
+    def mark(function: Callable[..., Any]) -> Callable[..., Any]:
+        function.__adl_tool__ = {"cost": cost, "ends_run": ends_run}  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+def arguments_model(function: Callable[..., Any]) -> type[BaseModel]:
+    """A pydantic model of a function's parameters (annotations, defaults, Field metadata)."""
+    hints = get_type_hints(function, include_extras=True)
+    fields: dict[str, Any] = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        if name == "self":
+            continue
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[name] = (hints[name], default)
+    model = create_model(f"{function.__name__}_arguments", __config__={"extra": "forbid"}, **fields)
+    return model
+
+
+def _tokens(scores: list[Any]) -> list[str]:
+    return [f"{s.token!r} {s.probability:.3f}" for s in scores]
+
+
+Prompts = Annotated[list[str], Field(min_length=1, description="User messages, one per question.")]
+Dataset = Annotated[str, Field(description="Anonymized dataset name, as in the overview.")]
+Position = Annotated[int, Field(description="Token position (0 = first token of the text).")]
+
+
+class Toolbox:
+    """The tools of one agent run against one worker (HTTP or in-process)."""
+
+    ADL_TOOLS = ("ask_models", "get_token_readouts", "get_steered_samples", "generate_steered",
+                 "add_hypothesis", "update_hypothesis", "list_hypotheses", "submit_hypothesis")
+    BLACKBOX_TOOLS = ("ask_models", "add_hypothesis", "update_hypothesis", "list_hypotheses",
+                      "submit_hypothesis")
+
+    def __init__(self, client: WorkerClient, agent: AgentKind = "adl",
+                 interaction_budget: int | None = None) -> None:
+        self.client = client
+        self.agent = agent
+        self.interaction_budget = interaction_budget
+        self.interactions_used = 0
+        self.hypotheses: list[Hypothesis] = []
+        self.submitted: str | None = None
+        self.generated_tokens = 0
+        names = self.ADL_TOOLS if agent == "adl" else self.BLACKBOX_TOOLS
+        self._tools = {name: getattr(self, name) for name in names}
+        self._models = {name: arguments_model(method) for name, method in self._tools.items()}
+
+    # -- the tools ----------------------------------------------------------------------------
+
+    @tool(cost=lambda args: len(args["prompts"]))
+    def ask_models(self, prompts: Prompts) -> dict[str, Any]:
+        """Ask the base model and the finetuned model the same questions (greedy decoding).
+        Returns both answers per prompt. Costs 1 model interaction per prompt."""
+        response = self.client.chat(ChatRequest(prompts=prompts, max_new_tokens=ASK_MAX_NEW_TOKENS))
+        self.generated_tokens += response.generated_tokens
+        return {"answers": [{"prompt": r.prompt, "base": r.replies["base"],
+                             "finetuned": r.replies["finetuned"]} for r in response.replies]}
+
+    @tool()
+    def get_token_readouts(
+        self,
+        layer: Annotated[int | None, Field(description="Block index; default: the overview's layer.")] = None,
+        positions: Annotated[list[int] | None, Field(description="Default: all positions.")] = None,
+        method: Annotated[ReadoutMethod, Field(description="logit_lens, logit_lens_suppressed "
+                                               "(tokens that top any direction removed) or patchscope.")] = "logit_lens_suppressed",
+        k: Annotated[int, Field(ge=1, le=MAX_READOUT_K, description="Tokens per position.")] = 20,
+        dataset: Dataset = DEFAULT_DATASET,
+    ) -> dict[str, Any]:
+        """Top tokens of the activation difference (finetuned minus base, averaged over the first
+        tokens of unrelated text) per token position, read out with the logit lens or Patchscope.
+        Free (no model interactions)."""
+        response = self.client.readouts(ReadoutRequest(
+            dataset=dataset, layer=layer, positions=positions, method=method, k=k))
+        result: dict[str, Any] = {
+            "dataset": response.dataset, "layer": response.layer, "method": response.method,
+            "positions": {str(p.position): _tokens(p.tokens) for p in response.positions},
+        }
+        if response.note:
+            result["note"] = response.note
+        return result
+
+    @tool()
+    def get_steered_samples(
+        self,
+        position: Position,
+        prompts: Annotated[list[str] | None, Field(description="Cached steering prompts; default: all.")] = None,
+        n: Annotated[int, Field(ge=1, description="Samples per prompt.")] = 1,
+        dataset: Dataset = DEFAULT_DATASET,
+    ) -> dict[str, Any]:
+        """Precomputed samples of the finetuned model steered with the activation difference at
+        one position (at the strongest strength that stays coherent), next to unsteered samples
+        of the same prompts. Free (no model interactions)."""
+        response = self.client.steered_samples(SteeredSamplesRequest(
+            dataset=dataset, position=position, prompts=prompts, n=n))
+        return response.model_dump(exclude_none=True)
+
+    @tool(cost=lambda args: len(args["prompts"]) * args["n"])
+    def generate_steered(
+        self,
+        position: Position,
+        prompts: Prompts,
+        n: Annotated[int, Field(ge=1, description="Samples per prompt.")] = 1,
+        dataset: Dataset = DEFAULT_DATASET,
+    ) -> dict[str, Any]:
+        """Generate new steered and unsteered samples of the finetuned model for your own prompts,
+        steering with the activation difference at one position. Costs 1 model interaction per
+        steered sample (prompts x n)."""
+        response = self.client.generate_steered(GenerateSteeredRequest(
+            dataset=dataset, position=position, prompts=prompts, n=n))
+        return response.model_dump(exclude_none=True)
+
+    @tool()
+    def add_hypothesis(self, description: Annotated[str, Field(min_length=1)]) -> dict[str, Any]:
+        """Write a hypothesis about the finetuning domain on your board. Returns its id."""
+        hypothesis = Hypothesis(id=len(self.hypotheses) + 1, description=description)
+        self.hypotheses.append(hypothesis)
+        return hypothesis.model_dump()
+
+    @tool()
+    def update_hypothesis(
+        self,
+        hypothesis_id: int,
+        status: HypothesisStatus,
+        reasoning: Annotated[str, Field(min_length=1, description="Why the status changed.")],
+    ) -> dict[str, Any]:
+        """Mark a hypothesis open, supported or rejected, with your reasoning."""
+        for hypothesis in self.hypotheses:
+            if hypothesis.id == hypothesis_id:
+                hypothesis.status = status
+                hypothesis.notes.append(reasoning)
+                return hypothesis.model_dump()
+        raise ToolInputError(
+            f"No hypothesis {hypothesis_id}; ids on the board: {[h.id for h in self.hypotheses]}.",
+            ["hypothesis_id"])
+
+    @tool()
+    def list_hypotheses(self) -> dict[str, Any]:
+        """Every hypothesis on the board with its status and notes."""
+        return {"hypotheses": [h.model_dump() for h in self.hypotheses]}
+
+    @tool(ends_run=True)
+    def submit_hypothesis(
+        self, description: Annotated[str, Field(min_length=1, description="Your final answer: "
+                                                "what the finetuning data was about, with details.")],
+    ) -> dict[str, Any]:
+        """Submit your final description of the finetuning domain. This ends the investigation."""
+        self.submitted = description
+        return {"submitted": description}
+
+    # -- calling -------------------------------------------------------------------------------
+
+    @property
+    def interactions_left(self) -> int | None:
+        if self.interaction_budget is None:
+            return None
+        return self.interaction_budget - self.interactions_used
+
+    def specs(self) -> list[ToolSpec]:
+        """The tools of this agent with generated JSON schemas."""
+        return [
+            ToolSpec(name=name, description=" ".join((inspect.getdoc(method) or name).split()),
+                     parameters=self._models[name].model_json_schema())
+            for name, method in self._tools.items()
+        ]
+
+    def cost(self, name: str, arguments: dict[str, Any]) -> int:
+        marker = self._tools[name].__adl_tool__  # type: ignore[attr-defined]
+        return int(marker["cost"](arguments)) if marker["cost"] else 0
+
+    def call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolResult:
+        """Validate, charge and run one tool call; any failure becomes an error result."""
+        if name not in self._tools:
+            return ToolResult(name=name, ok=False, error=f"Unknown tool {name!r}; available: "
+                              f"{', '.join(self._tools)}.")
+        try:
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments) if arguments.strip() else {}
+                except json.JSONDecodeError as exc:
+                    raise ToolInputError(f"The arguments are not valid JSON: {exc}.") from exc
+            if not isinstance(arguments, dict | None):
+                raise ToolInputError("The arguments must be a JSON object.")
+            try:
+                parsed = self._models[name].model_validate(arguments or {})
+            except ValidationError as exc:
+                problems = [f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()]
+                fields = [".".join(map(str, e["loc"])) for e in exc.errors() if e["loc"]]
+                raise ToolInputError(f"Invalid arguments for {name}: " + "; ".join(problems), fields) from exc
+            values = parsed.model_dump()
+            cost = self.cost(name, values)
+            left = self.interactions_left
+            if left is not None and cost > left:
+                raise BudgetExhaustedError(
+                    f"{name} needs {cost} model interactions but only {left} are left in the "
+                    "budget. Use fewer prompts or samples, or submit your hypothesis.", [])
+            content = self._tools[name](**values)
+        except ToolInputError as exc:
+            return ToolResult(name=name, ok=False, error=str(exc), error_fields=exc.fields,
+                              error_type=type(exc).__name__)
+        except AdlError as exc:
+            return ToolResult(name=name, ok=False, error=f"{type(exc).__name__}: {exc}",
+                              error_type=type(exc).__name__)
+        except ValidationError as exc:  # a request the worker schema refuses
+            return ToolResult(name=name, ok=False, error=f"Invalid arguments for {name}: {exc}")
+        self.interactions_used += cost
+        ends = bool(self._tools[name].__adl_tool__["ends_run"])  # type: ignore[attr-defined]
+        return ToolResult(name=name, ok=True, content=content, interactions=cost, ends_run=ends)
+
+    def overview(self) -> dict[str, Any]:
+        """What the ADL agent sees first: per dataset and position the top tokens of both
+        readouts and one steered vs unsteered sample per steering prompt (datasets anonymized)."""
+        overview = self.client.overview()
+        return {
+            "available_layers": overview.available_layers,
+            "positions": overview.n_positions,
+            "datasets": [{
+                "dataset": d.dataset, "layer": d.layer, "model_layers": d.n_layers,
+                "logit_lens_suppressed": {str(p.position): [t.token for t in p.tokens] for p in d.positions},
+                "patchscope": {str(p.position): [t.token for t in p.tokens] for p in d.patchscope},
+                "steering": [{
+                    "position": s.position,
+                    "samples": [{"prompt": x.prompt, "strength": x.strength,
+                                 "steered": x.steered[0], "unsteered": x.unsteered[0]} for x in s.samples],
+                } for s in d.steering],
+            } for d in overview.datasets],
+        }

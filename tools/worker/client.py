@@ -1,0 +1,104 @@
+"""Talking to the worker: one `WorkerClient` protocol, served in-process by `AdlService` itself
+and over HTTP by `HttpWorkerClient`. Both raise `ToolInputError` for bad arguments."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from tools.errors import ToolInputError, WorkerRequestError, WorkerUnavailableError
+from tools.worker.schema import (
+    ChatRequest,
+    ChatResponse,
+    ErrorResponse,
+    GenerateSteeredRequest,
+    Overview,
+    ReadoutRequest,
+    ReadoutResponse,
+    SteeredSamplesRequest,
+    SteeredSamplesResponse,
+    WorkerInfo,
+)
+
+Response = TypeVar("Response", bound=BaseModel)
+
+
+class WorkerClient(Protocol):
+    """What the toolbox needs from a worker."""
+
+    def info(self) -> WorkerInfo: ...
+    def chat(self, request: ChatRequest) -> ChatResponse: ...
+    def readouts(self, request: ReadoutRequest) -> ReadoutResponse: ...
+    def steered_samples(self, request: SteeredSamplesRequest) -> SteeredSamplesResponse: ...
+    def generate_steered(self, request: GenerateSteeredRequest) -> SteeredSamplesResponse: ...
+    def overview(self) -> Overview: ...
+
+
+class HttpWorkerClient:
+    """A worker process reached over HTTP (bearer token optional)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers,
+                                  timeout=httpx.Timeout(timeout, connect=10.0))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, path: str, response_model: type[Response],
+              body: BaseModel | None = None) -> Response:
+        try:
+            response = self._http.request(
+                method, path, json=body.model_dump(mode="json") if body is not None else None
+            )
+        except httpx.TransportError as exc:
+            raise WorkerUnavailableError(
+                f"The worker at {self.url} cannot be reached ({type(exc).__name__}: {exc}). "
+                "Is it running? Start it with `adl worker serve`."
+            ) from exc
+        if response.status_code >= 400:
+            raise _worker_error(response)
+        try:
+            return response_model.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise WorkerRequestError(f"The worker at {self.url} sent an unreadable answer: {exc}") from exc
+
+    def health(self) -> dict[str, Any]:
+        return self._send("GET", "/health", _Health).model_dump()
+
+    def info(self) -> WorkerInfo:
+        return self._send("GET", "/info", WorkerInfo)
+
+    def chat(self, request: ChatRequest) -> ChatResponse:
+        return self._send("POST", "/chat", ChatResponse, request)
+
+    def readouts(self, request: ReadoutRequest) -> ReadoutResponse:
+        return self._send("POST", "/readouts", ReadoutResponse, request)
+
+    def steered_samples(self, request: SteeredSamplesRequest) -> SteeredSamplesResponse:
+        return self._send("POST", "/steered-samples", SteeredSamplesResponse, request)
+
+    def generate_steered(self, request: GenerateSteeredRequest) -> SteeredSamplesResponse:
+        return self._send("POST", "/generate-steered", SteeredSamplesResponse, request)
+
+    def overview(self) -> Overview:
+        return self._send("GET", "/overview", Overview)
+
+
+class _Health(BaseModel):
+    status: str
+
+
+def _worker_error(response: httpx.Response) -> Exception:
+    try:
+        error = ErrorResponse.model_validate(response.json()).error
+    except (ValueError, ValidationError):
+        return WorkerRequestError(f"The worker answered HTTP {response.status_code}: "
+                                  f"{response.text[:200]}", "http_error")
+    if error.type == "invalid_argument":
+        return ToolInputError(error.message, error.fields)
+    return WorkerRequestError(f"The worker refused the request ({error.type}): {error.message}",
+                              error.type, error.fields)

@@ -1,0 +1,194 @@
+"""Pydantic request, response and configuration models of the worker (its wire format)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tools.adl.pipeline import AdlSettings
+from tools.adl.readouts import TokenScore
+from tools.adl.steering import SteeringSettings
+from tools.corpus import CorpusSpec
+from tools.models import LoadOptions, ModelPairSpec, Side
+
+ReadoutMethod = Literal["logit_lens", "logit_lens_suppressed", "patchscope"]
+MAX_READOUT_K = 100
+READOUT_METHODS: tuple[ReadoutMethod, ...] = ("logit_lens", "logit_lens_suppressed", "patchscope")
+
+
+def check_prompts(prompts: list[str]) -> list[str]:
+    """Refuse empty or whitespace-only prompts, naming the first one."""
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise ValueError(f"prompt {i} is empty")
+    return prompts
+
+
+class WorkerLimits(BaseModel):
+    """What one request may ask for; larger requests are refused with a clear error."""
+
+    max_prompts: int = Field(16, ge=1, description="Prompts per request.")
+    max_prompt_chars: int = Field(4000, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    max_samples: int = Field(8, ge=1, description="Samples per prompt for live steering.")
+    max_request_bytes: int = Field(1_000_000, ge=1024)
+    max_pending_jobs: int = Field(256, ge=1, description="Queued model jobs before 503.")
+    max_batch_prompts: int = Field(64, ge=1, description="Prompts merged into one generate call.")
+
+
+class WorkerConfig(BaseModel):
+    """Everything the worker needs: the pair, the datasets to diff on and the ADL settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field("pair", description="Operator-facing name (never shown to the agent).")
+    pair: ModelPairSpec
+    load: LoadOptions = LoadOptions()
+    datasets: list[CorpusSpec] = Field(default_factory=lambda: [CorpusSpec()], min_length=1)
+    adl: AdlSettings = AdlSettings()
+    steering: SteeringSettings = SteeringSettings()
+    steering_prompts: list[str] | None = Field(None, description="Default: prompts/steering_prompts.yaml.")
+    steering_positions: list[int] | None = Field(None, description="Default: every position.")
+    limits: WorkerLimits = WorkerLimits()
+
+
+class ChatRequest(BaseModel):
+    """Chat replies from the base and/or finetuned model, one user turn per prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(min_length=1)
+    sides: list[Side] = Field(default_factory=lambda: ["base", "finetuned"], min_length=1)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    seed: int = 0
+
+    @field_validator("prompts")
+    @classmethod
+    def _no_empty_prompts(cls, prompts: list[str]) -> list[str]:
+        return check_prompts(prompts)
+
+
+class ChatReply(BaseModel):
+    prompt: str
+    replies: dict[str, str] = Field(description="Reply per side ('base', 'finetuned').")
+
+
+class ChatResponse(BaseModel):
+    replies: list[ChatReply]
+    generated_tokens: int
+
+
+class ReadoutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    layer: int | None = Field(None, description="Block index; default: the primary layer.")
+    positions: list[int] | None = Field(None, description="Default: every computed position.")
+    method: ReadoutMethod = "logit_lens_suppressed"
+    k: int = Field(20, ge=1, le=MAX_READOUT_K)
+
+
+class PositionTokens(BaseModel):
+    position: int
+    tokens: list[TokenScore]
+    patchscope_scale: float | None = None
+
+
+class ReadoutResponse(BaseModel):
+    dataset: str
+    layer: int
+    method: ReadoutMethod
+    k: int
+    positions: list[PositionTokens]
+    note: str | None = None
+
+
+class SteeredSamplesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    position: int
+    prompts: list[str] | None = Field(None, description="Default: every cached steering prompt.")
+    n: int = Field(1, ge=1)
+
+
+class SteeredPrompt(BaseModel):
+    prompt: str
+    strength: float = Field(description="Steering strength in mean residual norms.")
+    steered: list[str]
+    unsteered: list[str]
+
+
+class SteeredSamplesResponse(BaseModel):
+    dataset: str
+    layer: int
+    position: int
+    samples: list[SteeredPrompt]
+    note: str | None = None
+
+
+class GenerateSteeredRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    position: int
+    prompts: list[str] = Field(min_length=1)
+    n: int = Field(1, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="Default: the steering setting.")
+    seed: int = 0
+
+    @field_validator("prompts")
+    @classmethod
+    def _no_empty_prompts(cls, prompts: list[str]) -> list[str]:
+        return check_prompts(prompts)
+
+
+class DatasetOverview(BaseModel):
+    """What the ADL agent sees first about one (anonymized) dataset."""
+
+    dataset: str
+    layer: int
+    n_layers: int
+    positions: list[PositionTokens] = Field(description="Hub-suppressed logit-lens tokens.")
+    patchscope: list[PositionTokens]
+    steering: list[SteeredSamplesResponse]
+
+
+class Overview(BaseModel):
+    datasets: list[DatasetOverview]
+    available_layers: list[int]
+    n_positions: int
+    steering_prompts: list[str]
+
+
+class WorkerInfo(BaseModel):
+    """Operator-facing state (not shown to the agent: it names the models)."""
+
+    label: str
+    base_model: str
+    finetuned_model: str | None
+    device: str
+    dtype: str
+    datasets: dict[str, str] = Field(description="Anonymized name -> corpus description.")
+    layers: list[int]
+    n_positions: int
+    queue_length: int
+    jobs_done: int
+    rss_bytes: int
+    accelerator_bytes: int | None
+    limits: WorkerLimits
+    status: Literal["ready", "stopping"]
+
+
+class ErrorBody(BaseModel):
+    """The structured error every failing request returns."""
+
+    type: str = Field(description="invalid_argument, unauthorized, busy, stopping, internal, ...")
+    message: str
+    fields: list[str] = Field(default_factory=list, description="Request fields at fault.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

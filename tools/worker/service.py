@@ -1,0 +1,306 @@
+"""The worker service: holds one model pair and its ADL artifacts and answers tool requests.
+
+The same object serves HTTP requests (`tools.worker.http`) and in-process callers. Every
+forward pass goes through one `ModelQueue`; readouts and cached samples need no model.
+Dataset (corpus) names are anonymized to `dataset_1`, `dataset_2`, ... in every answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import psutil
+import torch
+
+from prompts import load_prompt_set
+from tools.adl.pipeline import (
+    STEERING_PROMPTS_FILE,
+    AdlArtifact,
+    run_adl,
+    run_steering,
+    steering_direction,
+)
+from tools.adl.steering import PositionSteering, generate_steered
+from tools.chat import generate_replies
+from tools.corpus import describe_corpus
+from tools.errors import ToolInputError
+from tools.models import ModelPair, load_model_pair
+from tools.worker.queue import ModelQueue
+from tools.worker.schema import (
+    ChatReply,
+    ChatRequest,
+    ChatResponse,
+    DatasetOverview,
+    GenerateSteeredRequest,
+    Overview,
+    PositionTokens,
+    ReadoutRequest,
+    ReadoutResponse,
+    SteeredPrompt,
+    SteeredSamplesRequest,
+    SteeredSamplesResponse,
+    WorkerConfig,
+    WorkerInfo,
+)
+
+log = logging.getLogger(__name__)
+OVERVIEW_TOKENS = 20
+
+
+def anonymized_dataset_name(index: int) -> str:
+    """The name the agent sees for the index-th diffing dataset."""
+    return f"dataset_{index + 1}"
+
+
+class AdlService:
+    """One model pair, its ADL artifacts per dataset, and the model queue."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        pair: ModelPair,
+        artifacts: dict[str, AdlArtifact],
+        steering: dict[str, list[PositionSteering]],
+        steering_prompts: list[str],
+    ) -> None:
+        self.config = config
+        self.pair = pair
+        self.artifacts = artifacts
+        self.steering = steering
+        self.steering_prompts = steering_prompts
+        self.limits = config.limits
+        self.queue = ModelQueue(
+            self._run_chat, max_pending=config.limits.max_pending_jobs,
+            max_batch_prompts=config.limits.max_batch_prompts,
+        )
+        self.stopping = False
+
+    @classmethod
+    def start(cls, config: WorkerConfig, *, show_progress: bool = True) -> AdlService:
+        """Load the pair once, then compute (or load cached) ADL and steering per dataset."""
+        pair = load_model_pair(config.pair, config.load)
+        prompts = config.steering_prompts or load_prompt_set(STEERING_PROMPTS_FILE)
+        artifacts: dict[str, AdlArtifact] = {}
+        steering: dict[str, list[PositionSteering]] = {}
+        for index, corpus in enumerate(config.datasets):
+            name = anonymized_dataset_name(index)
+            log.info("ADL on %s (%s)", name, describe_corpus(corpus))
+            artifact = run_adl(pair, config.adl.model_copy(update={"corpus": corpus}),
+                               show_progress=show_progress)
+            artifacts[name] = artifact
+            steering[name] = run_steering(pair, artifact, config.steering, prompts=prompts,
+                                          positions=config.steering_positions,
+                                          show_progress=show_progress)
+        return cls(config, pair, artifacts, steering, prompts)
+
+    # -- model work -------------------------------------------------------------------------
+
+    def _run_chat(self, side: str, prompts: list[str], max_new_tokens: int, temperature: float,
+                  seed: int) -> list[str]:
+        with self.pair.model(side) as model:  # type: ignore[arg-type]
+            return generate_replies(
+                model, self.pair.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                temperature=temperature, seed=seed, batch_size=max(1, len(prompts)),
+            )
+
+    def _check_prompts(self, prompts: Sequence[str], field: str = "prompts") -> None:
+        if len(prompts) > self.limits.max_prompts:
+            raise ToolInputError(
+                f"Too many prompts: {len(prompts)} given, at most {self.limits.max_prompts} per "
+                "request.", [field])
+        for i, prompt in enumerate(prompts):
+            if len(prompt) > self.limits.max_prompt_chars:
+                raise ToolInputError(
+                    f"Prompt {i} has {len(prompt)} characters; at most "
+                    f"{self.limits.max_prompt_chars} are allowed.", [f"{field}.{i}"])
+
+    def _check_new_tokens(self, max_new_tokens: int) -> None:
+        if max_new_tokens > self.limits.max_new_tokens:
+            raise ToolInputError(
+                f"max_new_tokens={max_new_tokens} is above the limit of "
+                f"{self.limits.max_new_tokens}.", ["max_new_tokens"])
+
+    def chat(self, request: ChatRequest) -> ChatResponse:
+        """Replies of each requested side to each prompt (through the model queue)."""
+        self._check_prompts(request.prompts)
+        self._check_new_tokens(request.max_new_tokens)
+        by_side = {
+            side: self.queue.chat(side, list(request.prompts), request.max_new_tokens,
+                                  request.temperature, request.seed)
+            for side in dict.fromkeys(request.sides)
+        }
+        replies = [
+            ChatReply(prompt=prompt, replies={side: by_side[side][i] for side in by_side})
+            for i, prompt in enumerate(request.prompts)
+        ]
+        generated = sum(len(self.pair.tokenizer(text)["input_ids"])
+                        for texts in by_side.values() for text in texts)
+        return ChatResponse(replies=replies, generated_tokens=generated)
+
+    # -- readouts and steering ----------------------------------------------------------------
+
+    def _artifact(self, dataset: str) -> AdlArtifact:
+        if dataset not in self.artifacts:
+            raise ToolInputError(
+                f"Unknown dataset {dataset!r}; available: {', '.join(self.artifacts)}.", ["dataset"])
+        return self.artifacts[dataset]
+
+    def _layer(self, artifact: AdlArtifact, layer: int | None) -> int:
+        layers = [entry.layer for entry in artifact.readouts.layers]
+        if layer is None:
+            return artifact.readouts.primary_layer
+        if layer not in layers:
+            raise ToolInputError(f"Layer {layer} was not computed; available layers: {layers}.",
+                                 ["layer"])
+        return layer
+
+    def _positions(self, artifact: AdlArtifact, positions: list[int] | None, field: str = "positions") -> list[int]:
+        n_positions = artifact.difference.n_positions
+        if positions is None:
+            return list(range(n_positions))
+        if not positions:
+            raise ToolInputError("The list of positions is empty.", [field])
+        for position in positions:
+            if not 0 <= position < n_positions:
+                raise ToolInputError(
+                    f"Unknown position {position}: positions 0..{n_positions - 1} were computed.",
+                    [field])
+        return positions
+
+    def readouts(self, request: ReadoutRequest) -> ReadoutResponse:
+        """Cached top tokens per position; k is clamped to what is cached, with a note."""
+        artifact = self._artifact(request.dataset)
+        layer = artifact.readouts.layer(self._layer(artifact, request.layer))
+        positions = self._positions(artifact, request.positions)
+        cached_k = (artifact.settings.patchscope_k if request.method == "patchscope"
+                    else artifact.settings.readout_k)
+        k = min(request.k, cached_k)
+        note = (f"k={request.k} is more than the {cached_k} tokens cached for {request.method}; "
+                f"showing {k}." if request.k > cached_k else None)
+        rows: list[PositionTokens] = []
+        for position in positions:
+            readout = layer.positions[position]
+            if request.method == "patchscope":
+                scale = readout.patchscope_scale
+                rows.append(PositionTokens(position=position, patchscope_scale=scale,
+                                           tokens=readout.patchscope[str(scale)][:k]))
+            else:
+                tokens = getattr(readout, request.method)
+                rows.append(PositionTokens(position=position, tokens=tokens[:k]))
+        return ReadoutResponse(dataset=request.dataset, layer=layer.layer, method=request.method,
+                               k=k, positions=rows, note=note)
+
+    def _position_steering(self, dataset: str, position: int) -> PositionSteering:
+        artifact = self._artifact(dataset)
+        self._positions(artifact, [position], "position")
+        for entry in self.steering[dataset]:
+            if entry.position == position:
+                return entry
+        steered = [entry.position for entry in self.steering[dataset]]
+        raise ToolInputError(f"Position {position} has no steering results; steered positions: "
+                             f"{steered}.", ["position"])
+
+    def steered_samples(self, request: SteeredSamplesRequest) -> SteeredSamplesResponse:
+        """Cached steered and unsteered samples at the searched strengths."""
+        entry = self._position_steering(request.dataset, request.position)
+        cached = {sample.prompt: sample for sample in entry.samples}
+        prompts = request.prompts if request.prompts is not None else list(cached)
+        if not prompts:
+            raise ToolInputError("The list of prompts is empty.", ["prompts"])
+        unknown = [p for p in prompts if p not in cached]
+        if unknown:
+            raise ToolInputError(
+                f"No cached samples for {unknown[0]!r}; cached prompts: {list(cached)}. Use "
+                "generate_steered for new prompts.", ["prompts"])
+        n_cached = min(len(s.steered) for s in entry.samples)
+        n = min(request.n, n_cached)
+        note = (f"n={request.n} is more than the {n_cached} cached samples per prompt; showing "
+                f"{n}." if request.n > n_cached else None)
+        samples = [SteeredPrompt(prompt=p, strength=cached[p].strength, steered=cached[p].steered[:n],
+                                 unsteered=cached[p].unsteered[:n]) for p in prompts]
+        return SteeredSamplesResponse(dataset=request.dataset, layer=entry.layer,
+                                      position=request.position, samples=samples, note=note)
+
+    def generate_steered(self, request: GenerateSteeredRequest) -> SteeredSamplesResponse:
+        """Live steered and unsteered samples: per prompt the searched strength when the prompt
+        was searched, otherwise the mean strength found at that position."""
+        entry = self._position_steering(request.dataset, request.position)
+        self._check_prompts(request.prompts)
+        if request.n > self.limits.max_samples:
+            raise ToolInputError(f"n={request.n} is above the limit of {self.limits.max_samples} "
+                                 "samples per prompt.", ["n"])
+        settings = self.config.steering
+        max_new_tokens = request.max_new_tokens or settings.max_new_tokens
+        self._check_new_tokens(max_new_tokens)
+        searched = {sample.prompt: sample.strength for sample in entry.samples}
+        mean_strength = sum(searched.values()) / len(searched)
+        strengths = {p: searched.get(p, mean_strength) for p in request.prompts}
+        artifact = self._artifact(request.dataset)
+        direction = steering_direction(artifact.difference, entry.layer, request.position)
+        rows = [p for p in request.prompts for _ in range(request.n)]
+
+        def run() -> tuple[list[str], list[str]]:
+            steered = generate_steered(
+                self.pair, rows, direction[None].expand(len(rows), -1).contiguous(),
+                [strengths[p] for p in rows], entry.layer, max_new_tokens=max_new_tokens,
+                temperature=settings.temperature, seed=request.seed, side=settings.side,
+            )
+            unsteered = self._run_chat(settings.side, rows, max_new_tokens, settings.temperature,
+                                       request.seed + 1)
+            return steered, unsteered
+
+        steered, unsteered = self.queue.call(run)
+        n = request.n
+        samples = [
+            SteeredPrompt(prompt=p, strength=round(strengths[p], 4),
+                          steered=steered[i * n : (i + 1) * n], unsteered=unsteered[i * n : (i + 1) * n])
+            for i, p in enumerate(request.prompts)
+        ]
+        return SteeredSamplesResponse(dataset=request.dataset, layer=entry.layer,
+                                      position=request.position, samples=samples)
+
+    # -- overview and state ---------------------------------------------------------------------
+
+    def overview(self) -> Overview:
+        """Per dataset and position: top tokens of both readouts at the primary layer and one
+        steered vs unsteered sample per steering prompt."""
+        datasets = []
+        for name, artifact in self.artifacts.items():
+            lens = self.readouts(ReadoutRequest(dataset=name, k=OVERVIEW_TOKENS))
+            scope = self.readouts(ReadoutRequest(dataset=name, method="patchscope", k=OVERVIEW_TOKENS))
+            steering = [
+                self.steered_samples(SteeredSamplesRequest(dataset=name, position=entry.position))
+                for entry in self.steering[name]
+            ]
+            datasets.append(DatasetOverview(
+                dataset=name, layer=lens.layer, n_layers=artifact.readouts.n_layers_model,
+                positions=lens.positions, patchscope=scope.positions, steering=steering,
+            ))
+        first = next(iter(self.artifacts.values()))
+        return Overview(
+            datasets=datasets, available_layers=[entry.layer for entry in first.readouts.layers],
+            n_positions=first.difference.n_positions, steering_prompts=self.steering_prompts,
+        )
+
+    def info(self) -> WorkerInfo:
+        first = next(iter(self.artifacts.values()))
+        accelerator = (torch.cuda.memory_allocated() if self.pair.device.type == "cuda" else None)
+        return WorkerInfo(
+            label=self.config.label, base_model=self.config.pair.base,
+            finetuned_model=self.config.pair.finetuned, device=str(self.pair.device),
+            dtype=self.config.load.dtype,
+            datasets={anonymized_dataset_name(i): describe_corpus(c)
+                      for i, c in enumerate(self.config.datasets)},
+            layers=first.difference.layers, n_positions=first.difference.n_positions,
+            queue_length=len(self.queue), jobs_done=self.queue.jobs_done,
+            rss_bytes=psutil.Process(os.getpid()).memory_info().rss,
+            accelerator_bytes=accelerator, limits=self.limits,
+            status="stopping" if self.stopping else "ready",
+        )
+
+    def close(self, drain_timeout: float = 30.0) -> int:
+        """Finish queued work (up to `drain_timeout` s), reject the rest; returns rejections."""
+        self.stopping = True
+        return self.queue.close(drain_timeout)
