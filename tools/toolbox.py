@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_type_hints
 
@@ -26,6 +27,7 @@ from tools.worker.schema import (
     SteeredSamplesRequest,
 )
 
+log = logging.getLogger(__name__)
 AgentKind = Literal["adl", "blackbox"]
 HypothesisStatus = Literal["open", "supported", "rejected"]
 DEFAULT_DATASET = "dataset_1"
@@ -279,7 +281,12 @@ class Toolbox:
             return ToolResult(name=name, ok=False, error=f"{type(exc).__name__}: {exc}",
                               error_type=type(exc).__name__)
         except ValidationError as exc:  # a request the worker schema refuses
-            return ToolResult(name=name, ok=False, error=f"Invalid arguments for {name}: {exc}")
+            return ToolResult(name=name, ok=False, error=f"Invalid arguments for {name}: {exc}",
+                              error_type="ValidationError")
+        except Exception as exc:
+            log.exception("tool %s failed", name)
+            return ToolResult(name=name, ok=False, error=f"The tool failed: {type(exc).__name__}: {exc}",
+                              error_type=type(exc).__name__)
         self.interactions_used += cost
         ends = bool(self._tools[name].__adl_tool__["ends_run"])  # type: ignore[attr-defined]
         return ToolResult(name=name, ok=True, content=content, interactions=cost, ends_run=ends)

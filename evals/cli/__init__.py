@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from evals.cli import demo, diff, models, organisms, worker
+from evals.cli import agent, demo, diff, models, organisms, worker
 from tools.errors import AdlError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(organisms.app, name="organisms")
 app.add_typer(models.app, name="models")
 app.add_typer(worker.app, name="worker")
+app.add_typer(agent.app, name="agent")
 app.command("demo")(demo.demo)
 app.command("diff")(diff.diff)
 

@@ -1,0 +1,20 @@
+"""Typed errors of the agent side."""
+
+from __future__ import annotations
+
+from tools.errors import AdlError
+
+
+class ProviderConfigError(AdlError):
+    """A provider spec is malformed, or its API key variable is not set."""
+
+
+class ProviderError(AdlError):
+    """A provider call failed (after retries, or with an error that is not retried)."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after

@@ -1,0 +1,207 @@
+"""The agent loop: a provider, a toolbox and budgets; every event goes to the transcript.
+
+The ADL agent gets the overview first and every tool; the blackbox baseline gets ask_models and
+the hypothesis board only. Both share provider, model and budgets. A bad tool call becomes an
+error result for the model; a provider failure after retries, or an unreachable worker, ends the
+run with its reason recorded. When a budget (agent turns, agent tokens, wall time) runs out the
+agent is asked once for its final answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from agent.errors import ProviderError
+from agent.providers.base import ChatTurn, Completion, Provider
+from agent.transcript import TranscriptWriter
+from prompts import load_text
+from tools.errors import AdlError
+from tools.toolbox import AgentKind, Toolbox, ToolSpec
+from tools.worker.client import WorkerClient
+
+EndReason = Literal["submitted", "final_answer", "no_final_answer", "provider_error",
+                    "worker_unavailable"]
+FINAL_LINE = re.compile(r"^\s*FINAL HYPOTHESIS:\s*(.+)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
+MAX_NUDGES = 2
+
+
+class Budgets(BaseModel):
+    """Limits of one run. `interactions` are model interactions (the paper's i)."""
+
+    interactions: int = Field(5, ge=0)
+    llm_calls: int = Field(30, ge=1, description="Agent turns (provider calls).")
+    agent_tokens: int = Field(500_000, ge=1, description="Agent LLM tokens, input + output.")
+    wall_time_s: float = Field(1800.0, gt=0)
+
+
+class RunOutcome(BaseModel):
+    hypothesis: str | None
+    end_reason: EndReason
+    detail: str | None = None
+    llm_calls: int
+    interactions_used: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None = Field(description="None when any call's price is unknown.")
+    tool_calls: int
+    tool_errors: int
+    wall_time_s: float
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.llm_calls = self.input_tokens = self.output_tokens = 0
+        self.cost: float | None = 0.0
+        self.tool_calls = self.tool_errors = 0
+
+    def add(self, completion: Completion) -> None:
+        self.llm_calls += 1
+        self.input_tokens += completion.usage.input_tokens
+        self.output_tokens += completion.usage.output_tokens
+        self.cost = None if self.cost is None or completion.cost_usd is None else self.cost + completion.cost_usd
+
+
+def system_prompt(agent: AgentKind) -> str:
+    guidance = load_text("adl_tool_guidance.md" if agent == "adl" else "blackbox_tool_guidance.md")
+    return load_text("agent_system.md").format(tool_guidance=guidance.strip(),
+                                               final_answer=load_text("final_answer.md").strip())
+
+
+def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
+              transcript: TranscriptWriter) -> RunOutcome:
+    """Run one investigation to its end; the transcript receives every event as it happens."""
+    started = time.monotonic()
+    tally = _Tally()
+    agent = toolbox.agent
+    system = system_prompt(agent)
+    tools = toolbox.specs()
+    transcript.write("message", role="system", content=system)
+    transcript.write("notice", tools=[t.model_dump() for t in tools], budgets=budgets.model_dump())
+
+    def finish(reason: EndReason, hypothesis: str | None, detail: str | None = None) -> RunOutcome:
+        outcome = RunOutcome(
+            hypothesis=hypothesis, end_reason=reason, detail=detail, llm_calls=tally.llm_calls,
+            interactions_used=toolbox.interactions_used, input_tokens=tally.input_tokens,
+            output_tokens=tally.output_tokens, cost_usd=tally.cost, tool_calls=tally.tool_calls,
+            tool_errors=tally.tool_errors, wall_time_s=round(time.monotonic() - started, 3),
+        )
+        transcript.write("run_ended", **outcome.model_dump())
+        return outcome
+
+    kickoff = load_text("agent_task.md").format(interactions=budgets.interactions,
+                                                llm_calls=budgets.llm_calls).strip()
+    if agent == "adl":
+        try:
+            overview = toolbox.overview()
+        except AdlError as exc:
+            return finish("worker_unavailable", None, f"The overview could not be fetched: {exc}")
+        kickoff += "\n\nOverview of the activation difference (JSON):\n" + json.dumps(overview, ensure_ascii=False)
+    messages = [ChatTurn(role="user", content=kickoff)]
+    transcript.write("message", role="user", content=kickoff)
+
+    def call(turn_tools: list[ToolSpec]) -> Completion:
+        call_started = time.monotonic()
+        completion = provider.complete(system, messages, turn_tools)
+        tally.add(completion)
+        transcript.write(
+            "llm_call", model=completion.model, provider=provider.name, usage=completion.usage.model_dump(),
+            cost_usd=completion.cost_usd, latency_s=round(time.monotonic() - call_started, 3),
+            attempts=completion.attempts, stop_reason=completion.stop_reason,
+        )
+        turn = ChatTurn(role="assistant", content=completion.text, tool_calls=completion.tool_calls)
+        messages.append(turn)
+        transcript.write("message", **turn.model_dump())
+        return completion
+
+    def exhausted() -> str | None:
+        if tally.llm_calls >= budgets.llm_calls:
+            return f"{budgets.llm_calls} agent turns used"
+        if tally.input_tokens + tally.output_tokens >= budgets.agent_tokens:
+            return f"{budgets.agent_tokens} agent tokens used"
+        if time.monotonic() - started >= budgets.wall_time_s:
+            return f"wall time of {budgets.wall_time_s:.0f} s reached"
+        return None
+
+    def run_tools(completion: Completion) -> RunOutcome | None:
+        for tool_call in completion.tool_calls:
+            tool_started = time.monotonic()
+            result = toolbox.call(tool_call.name, tool_call.arguments)
+            tally.tool_calls += 1
+            tally.tool_errors += 0 if result.ok else 1
+            transcript.write(
+                "tool_call", id=tool_call.id, name=tool_call.name, arguments=tool_call.arguments,
+                ok=result.ok, result=result.content, error=result.error,
+                error_fields=result.error_fields, interactions=result.interactions,
+                latency_s=round(time.monotonic() - tool_started, 3),
+                interactions_left=toolbox.interactions_left,
+            )
+            turn = ChatTurn(role="tool", content=result.text(), tool_call_id=tool_call.id,
+                            tool_name=tool_call.name, is_error=not result.ok)
+            messages.append(turn)
+            if result.error_type == "WorkerUnavailableError":
+                return finish("worker_unavailable", None, result.error)
+            if result.ends_run:
+                return finish("submitted", toolbox.submitted)
+        return None
+
+    nudges = 0
+    try:
+        while (reason := exhausted()) is None:
+            completion = call(tools)
+            if completion.tool_calls:
+                nudges = 0
+                if (outcome := run_tools(completion)) is not None:
+                    return outcome
+                continue
+            if match := FINAL_LINE.search(completion.text):
+                return finish("final_answer", match.group(1).strip())
+            nudges += 1
+            if nudges > MAX_NUDGES:
+                reason = "no tool call or final answer in several turns"
+                break
+            nudge = load_text("continue_nudge.md").strip()
+            messages.append(ChatTurn(role="user", content=nudge))
+            transcript.write("message", role="user", content=nudge)
+
+        request = load_text("final_answer_request.md").format(reason=reason).strip()
+        messages.append(ChatTurn(role="user", content=request))
+        transcript.write("message", role="user", content=request)
+        submit = [t for t in tools if t.name == "submit_hypothesis"]
+        completion = call(submit)
+        for tool_call in completion.tool_calls:
+            if tool_call.name == "submit_hypothesis":
+                result = toolbox.call(tool_call.name, tool_call.arguments)
+                transcript.write("tool_call", id=tool_call.id, name=tool_call.name,
+                                 arguments=tool_call.arguments, ok=result.ok, result=result.content,
+                                 error=result.error, interactions=0, latency_s=0.0,
+                                 interactions_left=toolbox.interactions_left)
+                if result.ok:
+                    return finish("final_answer", toolbox.submitted, f"budget: {reason}")
+        if match := FINAL_LINE.search(completion.text):
+            return finish("final_answer", match.group(1).strip(), f"budget: {reason}")
+        return finish("no_final_answer", None, f"budget: {reason}; no final answer was given")
+    except ProviderError as exc:
+        return finish("provider_error", None, str(exc))
+
+
+def investigate(
+    client: WorkerClient,
+    provider: Provider,
+    agent: AgentKind,
+    budgets: Budgets,
+    transcript_path: Path,
+    metadata: dict[str, Any] | None = None,
+) -> RunOutcome:
+    """One run: a fresh toolbox on `client`, the loop, and the transcript at `transcript_path`."""
+    toolbox = Toolbox(client, agent, interaction_budget=budgets.interactions)
+    with TranscriptWriter(transcript_path) as transcript:
+        transcript.write("run_started", agent=agent, provider=provider.name,
+                         provider_is_llm=provider.is_llm, model=provider.model,
+                         budgets=budgets.model_dump(), **(metadata or {}))
+        return run_agent(provider, toolbox, budgets, transcript)

@@ -1,0 +1,102 @@
+"""Providers, chosen by one spec string; each backend module is imported only when used.
+
+    openai:MODEL                        OpenAI (OPENAI_API_KEY; OPENAI_BASE_URL optional)
+    anthropic:MODEL                     Anthropic (ANTHROPIC_API_KEY; ANTHROPIC_BASE_URL optional)
+    openai-compatible:BASE_URL:MODEL    any OpenAI-compatible server (OpenRouter, vLLM, a local
+                                        server); key from OPENAI_COMPATIBLE_API_KEY if set.
+                                        The model is what follows the last colon.
+    heuristic                           the offline non-LLM baseline policy (no key)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel
+
+from agent.errors import ProviderConfigError
+from agent.providers.base import ChatTurn, Completion, Provider, ToolCall, Usage
+from agent.retry import RetryPolicy
+
+__all__ = [
+    "API_KEY_VARIABLES",
+    "ChatTurn",
+    "Completion",
+    "Provider",
+    "ProviderSpec",
+    "ToolCall",
+    "Usage",
+    "make_provider",
+    "parse_provider_spec",
+]
+
+ProviderKind = Literal["openai", "anthropic", "openai-compatible", "heuristic"]
+API_KEY_VARIABLES: dict[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai-compatible": "OPENAI_COMPATIBLE_API_KEY",
+}
+HEURISTIC_MODEL = "offline-baseline-v1"
+
+
+class ProviderSpec(BaseModel):
+    kind: ProviderKind
+    model: str
+    base_url: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "openai-compatible":
+            return f"{self.kind}:{self.base_url}:{self.model}"
+        return f"{self.kind}:{self.model}"
+
+
+def parse_provider_spec(spec: str) -> ProviderSpec:
+    """'openai:gpt-5', 'anthropic:claude-sonnet-4-5', 'openai-compatible:URL:MODEL', 'heuristic'."""
+    kind, _, rest = spec.strip().partition(":")
+    if kind == "heuristic":
+        return ProviderSpec(kind="heuristic", model=rest or HEURISTIC_MODEL)
+    if kind in ("openai", "anthropic"):
+        if not rest:
+            raise ProviderConfigError(f"Provider spec {spec!r} names no model: use {kind}:MODEL.")
+        return ProviderSpec(kind=kind, model=rest)  # type: ignore[arg-type]
+    if kind == "openai-compatible":
+        url, _, model = rest.rpartition(":")
+        if not url.startswith(("http://", "https://")) or not model or model.startswith("//"):
+            raise ProviderConfigError(
+                f"Provider spec {spec!r}: use openai-compatible:BASE_URL:MODEL, for example "
+                "openai-compatible:http://localhost:8000/v1:Qwen/Qwen3-8B.")
+        return ProviderSpec(kind="openai-compatible", model=model, base_url=url)
+    raise ProviderConfigError(
+        f"Unknown provider {kind!r} in {spec!r}; use openai:MODEL, anthropic:MODEL, "
+        "openai-compatible:BASE_URL:MODEL or heuristic.")
+
+
+def api_key(kind: str, *, required: bool = True) -> str | None:
+    """The API key from its environment variable; a clear error names a missing one."""
+    variable = API_KEY_VARIABLES[kind]
+    value = os.environ.get(variable)
+    if not value and required:
+        raise ProviderConfigError(f"{variable} is not set: export it to use the {kind} provider.")
+    return value or None
+
+
+def make_provider(spec: str | ProviderSpec, retry: RetryPolicy | None = None) -> Provider:
+    """Build a provider from its spec, importing only that backend."""
+    parsed = spec if isinstance(spec, ProviderSpec) else parse_provider_spec(spec)
+    if parsed.kind == "heuristic":
+        from agent.providers.heuristic import HeuristicProvider
+
+        return HeuristicProvider(parsed.model)
+    if parsed.kind == "anthropic":
+        from agent.providers.anthropic_provider import AnthropicProvider
+
+        return AnthropicProvider(parsed.model, api_key=api_key("anthropic"),  # type: ignore[arg-type]
+                                 base_url=os.environ.get("ANTHROPIC_BASE_URL"), retry=retry)
+    from agent.providers.openai_provider import OpenAIProvider
+
+    if parsed.kind == "openai":
+        return OpenAIProvider(parsed.model, api_key=api_key("openai"),  # type: ignore[arg-type]
+                              base_url=os.environ.get("OPENAI_BASE_URL"), retry=retry)
+    return OpenAIProvider(parsed.model, api_key=api_key("openai-compatible", required=False) or "none",
+                          base_url=parsed.base_url, retry=retry, kind="openai-compatible")

@@ -1,0 +1,179 @@
+"""OpenAI (and any OpenAI-compatible server) through the Chat Completions API.
+
+The SDK's own retries are off (`max_retries=0`): `agent.retry.with_retries` is the one policy.
+SDK errors become `ProviderError`s marked retryable or not; messages never carry the API key.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import openai
+
+from agent.errors import ProviderError
+from agent.pricing import cost_usd
+from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
+from agent.retry import RetryPolicy, with_retries
+from tools.toolbox import ToolSpec
+
+OpenAIKind = Literal["openai", "openai-compatible"]
+DEFAULT_TIMEOUT_S = 600.0
+RETRYABLE_4XX = {408, 429}  # request timeout, rate limit
+NOT_RETRYABLE_429_CODES = {"insufficient_quota"}  # billing, not load: waiting will not help
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    """`text` with every occurrence of `secret` masked."""
+    if secret and len(secret) >= 8:
+        return text.replace(secret, "***")
+    return text
+
+
+def to_chat_messages(system: str, messages: list[ChatTurn]) -> list[dict[str, Any]]:
+    """Provider-neutral turns as Chat Completions messages (system message first)."""
+    out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for turn in messages:
+        if turn.role == "user":
+            out.append({"role": "user", "content": turn.content})
+        elif turn.role == "assistant":
+            message: dict[str, Any] = {"role": "assistant", "content": turn.content or None}
+            if turn.tool_calls:
+                message["tool_calls"] = [
+                    {"id": call.id, "type": "function",
+                     "function": {"name": call.name, "arguments": call.arguments}}
+                    for call in turn.tool_calls]
+            elif not turn.content:
+                message["content"] = ""
+            out.append(message)
+        else:
+            if not turn.tool_call_id:
+                raise ProviderError("a tool turn has no tool_call_id: cannot send it to the model")
+            out.append({"role": "tool", "tool_call_id": turn.tool_call_id,
+                        "content": turn.content})
+    return out
+
+
+def to_chat_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
+    """Tool specs as Chat Completions function tools."""
+    return [{"type": "function",
+             "function": {"name": t.name, "description": t.description,
+                          "parameters": t.parameters}}
+            for t in tools]
+
+
+class OpenAIProvider:
+    """A chat model behind the OpenAI Chat Completions API, with native tool calls."""
+
+    is_llm = True
+
+    def __init__(self, model: str, *, api_key: str, base_url: str | None = None,
+                 retry: RetryPolicy | None = None, kind: OpenAIKind = "openai",
+                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.model = model
+        self.kind: OpenAIKind = kind
+        self.base_url = base_url
+        self.retry = retry
+        self.name = f"openai-compatible:{base_url}:{model}" if kind == "openai-compatible" \
+            else f"openai:{model}"
+        self._api_key = api_key
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0,
+                                     timeout=timeout)
+
+    def complete(self, system: str, messages: list[ChatTurn], tools: list[ToolSpec],
+                 max_output_tokens: int = 2048) -> Completion:
+        """One completion under the shared retry policy; raises ProviderError when it fails."""
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": to_chat_messages(system, messages),
+            "max_completion_tokens": max_output_tokens,
+        }
+        if tools:
+            request["tools"] = to_chat_tools(tools)
+        response, attempts = with_retries(lambda: self._call(request), self.retry)
+        return self._completion(response, attempts)
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        try:
+            return self._client.chat.completions.create(**request)
+        except openai.OpenAIError as exc:
+            raise self._provider_error(exc) from None
+
+    def _completion(self, response: Any, attempts: int) -> Completion:
+        if not response.choices:
+            raise ProviderError(f"{self.name}: the response has no choices")
+        choice = response.choices[0]
+        message = choice.message
+        calls: list[ToolCall] = []
+        for call in message.tool_calls or []:
+            function = getattr(call, "function", None)
+            if function is not None:
+                calls.append(ToolCall(id=call.id, name=function.name,
+                                      arguments=function.arguments or ""))
+            else:  # a custom (free-text) tool call
+                custom = getattr(call, "custom", None)
+                calls.append(ToolCall(id=call.id, name=getattr(custom, "name", ""),
+                                      arguments=getattr(custom, "input", "") or ""))
+        usage = Usage()
+        if response.usage is not None:
+            details = getattr(response.usage, "prompt_tokens_details", None)
+            usage = Usage(input_tokens=response.usage.prompt_tokens or 0,
+                          output_tokens=response.usage.completion_tokens or 0,
+                          cached_input_tokens=getattr(details, "cached_tokens", None) or 0)
+        return Completion(text=message.content or "", tool_calls=calls, usage=usage,
+                          cost_usd=cost_usd(self.kind, self.model, usage),
+                          model=response.model or self.model, stop_reason=choice.finish_reason,
+                          attempts=attempts,
+                          raw=response.model_dump(mode="json", warnings=False))
+
+    def _provider_error(self, exc: openai.OpenAIError) -> ProviderError:
+        """The SDK error as a ProviderError, retryable for load, server and network failures."""
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderError(f"{self.name}: request timed out", retryable=True)
+        if isinstance(exc, openai.APIConnectionError):
+            detail = _scrub(str(exc), self._api_key)
+            return ProviderError(f"{self.name}: connection error: {detail}", retryable=True)
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status in (401, 403):
+                variable = ("OPENAI_API_KEY" if self.kind == "openai"
+                            else "OPENAI_COMPATIBLE_API_KEY")
+                what = "authentication failed" if status == 401 else "permission denied"
+                return ProviderError(f"{self.name}: {what} (HTTP {status}): check {variable}",
+                                     status=status)
+            body = exc.body if isinstance(exc.body, Mapping) else {}
+            detail = _scrub(str(body.get("message") or exc.message), self._api_key)
+            code = body.get("code") or body.get("type")
+            retryable = status >= 500 or (status in RETRYABLE_4XX
+                                          and code not in NOT_RETRYABLE_429_CODES)
+            retry_after = parse_retry_after(exc.response.headers) if retryable else None
+            return ProviderError(f"{self.name}: HTTP {status}: {detail}", retryable=retryable,
+                                 status=status, retry_after=retry_after)
+        return ProviderError(f"{self.name}: {type(exc).__name__}: "
+                             f"{_scrub(str(exc), self._api_key)}")

@@ -1,0 +1,77 @@
+"""`adl agent run`: one investigation of an organism by the ADL agent or the blackbox baseline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from agent.loop import Budgets, investigate
+from agent.providers import make_provider
+from agent.secrets import install_log_redaction
+from evals.workers import PROFILES, organism_worker_config
+from tools.errors import AdlInputError
+from tools.worker.client import HttpWorkerClient, WorkerClient
+from tools.worker.http import TOKEN_ENV
+from tools.worker.service import AdlService
+
+app = typer.Typer(help="Run the interpretability agent or the blackbox baseline.", no_args_is_help=True)
+console = Console(soft_wrap=True)
+AGENTS = ("adl", "blackbox")
+
+
+def results_dir() -> Path:
+    """Where runs are written: $ADL_RESULTS, or ./adl-results."""
+    return Path(os.environ.get("ADL_RESULTS") or "adl-results").expanduser().resolve()
+
+
+def connect(organism: str, worker_url: str | None, profile: str) -> WorkerClient:
+    """A worker for `organism`: the one at `worker_url`, or an in-process service."""
+    if profile not in PROFILES:
+        raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    if worker_url:
+        client = HttpWorkerClient(worker_url, token=os.environ.get(TOKEN_ENV) or None)
+        served = client.info().label
+        if served != organism:
+            raise AdlInputError(f"The worker at {worker_url} serves {served!r}, not {organism!r}.")
+        return client
+    return AdlService.start(organism_worker_config(organism, profile))  # type: ignore[arg-type]
+
+
+@app.command("run")
+def run_command(
+    organism: str = typer.Argument(..., help="Organism to investigate."),
+    agent: str = typer.Option("adl", help="adl (all tools and the overview) or blackbox."),
+    provider: str = typer.Option("heuristic", help="openai:MODEL, anthropic:MODEL, "
+                                 "openai-compatible:URL:MODEL, or heuristic (offline, not an LLM)."),
+    budget: int = typer.Option(5, min=0, help="Model interactions (the paper uses 0, 5, 50)."),
+    llm_calls: int = typer.Option(30, min=1, help="Agent turns."),
+    wall_time: float = typer.Option(1800, min=1, help="Seconds."),
+    worker_url: str | None = typer.Option(None, envvar="ADL_WORKER_URL",
+                                          help="A running `adl worker serve`; default: in-process."),
+    profile: str = typer.Option("paper", help="ADL settings of an in-process worker: paper or quick."),
+) -> None:
+    """Investigate one organism and print the hypothesis and where the transcript is."""
+    install_log_redaction()
+    if agent not in AGENTS:
+        raise AdlInputError(f"Unknown agent {agent!r}; choose adl or blackbox.")
+    chosen = make_provider(provider)
+    client = connect(organism, worker_url, profile)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = results_dir() / "transcripts" / f"{stamp}-{organism}-{agent}-{uuid.uuid4().hex[:6]}.jsonl"
+    budgets = Budgets(interactions=budget, llm_calls=llm_calls, wall_time_s=wall_time)
+    outcome = investigate(client, chosen, agent, budgets, path, {"organism": organism})  # type: ignore[arg-type]
+    label = "" if chosen.is_llm else " (not an LLM: the offline heuristic baseline policy)"
+    console.print(f"[bold]{agent} agent[/] with {chosen.name}{label} on [bold]{organism}[/]")
+    console.print(f"end: {outcome.end_reason}" + (f" ({outcome.detail})" if outcome.detail else ""))
+    console.print(f"hypothesis: {outcome.hypothesis}")
+    cost = "unknown" if outcome.cost_usd is None else f"${outcome.cost_usd:.4f}"
+    console.print(f"agent turns {outcome.llm_calls}, model interactions {outcome.interactions_used}"
+                  f"/{budget}, tokens {outcome.input_tokens}+{outcome.output_tokens}, cost {cost}")
+    console.print(f"transcript: {path}")
+    if outcome.end_reason in ("provider_error", "worker_unavailable"):
+        raise typer.Exit(3)
