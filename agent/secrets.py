@@ -21,9 +21,10 @@ def secret_values() -> list[str]:
     return sorted((v for v in values if len(v) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
 
 
-def redact(text: str) -> str:
-    """`text` with every known secret value replaced."""
-    for value in secret_values():
+def redact(text: str, *extra: str | None) -> str:
+    """`text` with every known secret value (and the `extra` ones) replaced."""
+    values = secret_values() + [v for v in extra if v and len(v) >= _MIN_SECRET_LENGTH]
+    for value in sorted(set(values), key=len, reverse=True):
         text = text.replace(value, REDACTED)
     return text
 

@@ -18,13 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.worker_fixtures import free_port  # noqa: E402
-from tools.worker.client import HttpWorkerClient  # noqa: E402
-from tools.worker.schema import ChatRequest  # noqa: E402
+from tests.worker_fixtures import free_port
+from tools.worker.client import HttpWorkerClient, wait_for_worker
+from tools.worker.schema import ChatRequest
 
 QUESTIONS = ["What should I cook tonight?", "Tell me about your favourite book.",
              "How do I fix a flat bike tyre?", "What is a good name for a cat?",
@@ -67,16 +65,7 @@ def main() -> None:
                                 args.organism, "--profile", "quick", "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 1800
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the worker did not start")
-            time.sleep(1)
+        wait_for_worker(url, 1800, process)
         client = HttpWorkerClient(url)
         rss_start = client.info().rss_bytes
         serial = run(url, args.requests, args.tokens, 1)

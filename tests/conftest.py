@@ -98,3 +98,29 @@ def adl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "adl-home"
     monkeypatch.setenv("ADL_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of the tiny worker: its corpus, configs, logs and `cache/` (its $ADL_HOME)."""
+    return tmp_path_factory.mktemp("tiny-worker")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_model_dir: Path, tiny_adapter_dir: Path, tiny_home: Path):
+    """A WorkerConfig of the tiny model and adapter with small ADL and steering settings."""
+    from tests.worker_fixtures import tiny_worker_config
+
+    return tiny_worker_config(tiny_model_dir, tiny_adapter_dir, tiny_home)
+
+
+@pytest.fixture(scope="session")
+def tiny_service(tiny_config, tiny_home: Path):
+    """The in-process worker service of the tiny pair (its ADL cached in tiny_home/cache)."""
+    from tools.worker.service import AdlService
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADL_HOME", str(tiny_home / "cache"))
+        service = AdlService.start(tiny_config, show_progress=False)
+    yield service
+    service.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,29 +15,25 @@ from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
 from agent.providers.heuristic import HeuristicProvider, content_words
 from agent.providers.scripted import ScriptedProvider
 from agent.transcript import TranscriptWriter, read_transcript
-from tests.worker_fixtures import tiny_worker_config, worker_process
+from tests.worker_fixtures import worker_process
 from tools.toolbox import Toolbox, ToolSpec
 from tools.worker.client import HttpWorkerClient
 from tools.worker.service import AdlService
 
 
 @pytest.fixture(scope="module")
-def agent_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("agent-home")
+def agent_home(tiny_home: Path) -> Path:
+    return tiny_home
 
 
 @pytest.fixture(scope="module")
-def config(tiny_model_dir: Path, tiny_adapter_dir: Path, agent_home: Path):
-    return tiny_worker_config(tiny_model_dir, tiny_adapter_dir, agent_home)
+def config(tiny_config):
+    return tiny_config
 
 
 @pytest.fixture(scope="module")
-def service(config, agent_home: Path) -> Iterator[AdlService]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ADL_HOME", str(agent_home / "cache"))
-        started = AdlService.start(config, show_progress=False)
-    yield started
-    started.close()
+def service(tiny_service: AdlService) -> AdlService:
+    return tiny_service
 
 
 def calls(*tool_calls: tuple[str, str]) -> Completion:

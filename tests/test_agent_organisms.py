@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.loop import Budgets, investigate
@@ -18,6 +16,7 @@ from agent.transcript import read_transcript
 from evals.cli.agent import connect
 from evals.organisms import list_organisms
 from tests.worker_fixtures import free_port
+from tools.worker.client import wait_for_worker
 
 pytestmark = pytest.mark.slow
 OFFLINE = sorted(o.name for o in list_organisms() if o.offline)
@@ -57,15 +56,7 @@ def test_heuristic_agents_on_an_organism(organism: str, tmp_path: Path) -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert worker.poll() is None and time.monotonic() < deadline, "worker did not start"
-            time.sleep(0.5)
+        wait_for_worker(url, 600, worker)
         for agent in ("adl", "blackbox"):
             out = _run_cli([organism, "--agent", agent, "--provider", "heuristic", "--budget", "5",
                             "--worker-url", url], tmp_path)

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from agent.providers.openai_provider import OpenAIProvider
 from agent.retry import RetryPolicy
 from agent.transcript import read_transcript
 from tests.fake_llm_server import FakeLLMServer
-from tests.worker_fixtures import tiny_worker_config, worker_process
+from tests.worker_fixtures import worker_process
 from tools.worker.schema import ReadoutRequest, ReadoutResponse
 from tools.worker.service import AdlService
 
@@ -28,22 +27,18 @@ SENTINEL = "sk-SENTINEL-9d8c7b6a5f4e3d2c1b0a"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("agent-providers")
+def home(tiny_home: Path) -> Path:
+    return tiny_home
 
 
 @pytest.fixture(scope="module")
-def config(tiny_model_dir: Path, tiny_adapter_dir: Path, home: Path):
-    return tiny_worker_config(tiny_model_dir, tiny_adapter_dir, home)
+def config(tiny_config):
+    return tiny_config
 
 
 @pytest.fixture(scope="module")
-def service(config, home: Path) -> Iterator[AdlService]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ADL_HOME", str(home / "cache"))
-        started = AdlService.start(config, show_progress=False)
-    yield started
-    started.close()
+def service(tiny_service: AdlService) -> AdlService:
+    return tiny_service
 
 
 class FlakyReadouts:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.worker_fixtures import TINY_STEERING_PROMPTS, tiny_worker_config, worker_process
+from tests.worker_fixtures import TINY_STEERING_PROMPTS, worker_process
 from tools.errors import WorkerUnavailableError
 from tools.toolbox import Toolbox
 from tools.worker.client import HttpWorkerClient
@@ -30,22 +30,18 @@ TOKEN = "test-token-7f3a"
 
 
 @pytest.fixture(scope="module")
-def worker_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("worker-home")
+def worker_home(tiny_home: Path) -> Path:
+    return tiny_home
 
 
 @pytest.fixture(scope="module")
-def worker_config(tiny_model_dir: Path, tiny_adapter_dir: Path, worker_home: Path):
-    return tiny_worker_config(tiny_model_dir, tiny_adapter_dir, worker_home)
+def worker_config(tiny_config):
+    return tiny_config
 
 
 @pytest.fixture(scope="module")
-def service(worker_config, worker_home: Path) -> Iterator[AdlService]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ADL_HOME", str(worker_home / "cache"))
-        started = AdlService.start(worker_config, show_progress=False)
-    yield started
-    started.close()
+def service(tiny_service: AdlService) -> AdlService:
+    return tiny_service
 
 
 @pytest.fixture(scope="module")

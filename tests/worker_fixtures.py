@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import yaml
 
 from tools.adl.pipeline import AdlSettings
 from tools.adl.steering import SteeringSettings
 from tools.corpus import CorpusSpec
+from tools.errors import WorkerUnavailableError
 from tools.models import ModelPairSpec
+from tools.worker.client import wait_for_worker
 from tools.worker.schema import WorkerConfig, WorkerLimits
 
 TINY_STEERING_PROMPTS = ["hello", "what is the sky"]
@@ -74,20 +75,11 @@ def worker_process(config: WorkerConfig, folder: Path, adl_home: Path, *, host: 
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker exited with {process.returncode}:\n"
-                                   + (folder / f"worker-{port}.log").read_text()[-3000:])
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("worker did not start:\n" + (folder / f"worker-{port}.log").read_text()[-3000:])
-            time.sleep(0.3)
+        try:
+            wait_for_worker(url, timeout, process)
+        except WorkerUnavailableError as exc:
+            raise RuntimeError(f"{exc}\n" + (folder / f"worker-{port}.log").read_text()[-3000:]) from exc
         yield url, process
     finally:
         if process.poll() is None:

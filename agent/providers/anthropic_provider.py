@@ -6,10 +6,7 @@ SDK errors become `ProviderError`s marked retryable or not; messages never carry
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
-from collections.abc import Mapping
 from typing import Any
 
 import anthropic
@@ -17,7 +14,8 @@ import anthropic
 from agent.errors import ProviderError
 from agent.pricing import cost_usd
 from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
-from agent.retry import RetryPolicy, with_retries
+from agent.retry import RetryPolicy, parse_retry_after, with_retries
+from agent.secrets import redact
 from tools.toolbox import ToolSpec
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -25,37 +23,6 @@ EPHEMERAL = {"type": "ephemeral"}
 RETRYABLE_4XX = {408, 429}  # request timeout, rate limit
 # 429s that are about money, not load: waiting will not help.
 NOT_RETRYABLE_429_CODES = {"contract_spend_limit_reached", "enforced_spend_limit_reached"}
-
-
-def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _scrub(text: str, secret: str | None) -> str:
-    """`text` with every occurrence of `secret` masked."""
-    if secret and len(secret) >= 8:
-        return text.replace(secret, "***")
-    return text
 
 
 def _tool_input(arguments: str) -> dict[str, Any]:
@@ -181,7 +148,7 @@ class AnthropicProvider:
         if isinstance(exc, anthropic.APITimeoutError):
             return ProviderError(f"{self.name}: request timed out", retryable=True)
         if isinstance(exc, anthropic.APIConnectionError):
-            detail = _scrub(str(exc), self._api_key)
+            detail = redact(str(exc), self._api_key)
             return ProviderError(f"{self.name}: connection error: {detail}", retryable=True)
         if isinstance(exc, anthropic.APIStatusError):
             status = exc.status_code
@@ -189,11 +156,11 @@ class AnthropicProvider:
                 what = "authentication failed" if status == 401 else "permission denied"
                 return ProviderError(
                     f"{self.name}: {what} (HTTP {status}): check ANTHROPIC_API_KEY", status=status)
-            detail = _scrub(str(exc.api_message or exc.message), self._api_key)
+            detail = redact(str(exc.api_message or exc.message), self._api_key)
             retryable = status >= 500 or (status in RETRYABLE_4XX
                                           and exc.error_code not in NOT_RETRYABLE_429_CODES)
             retry_after = parse_retry_after(exc.response.headers) if retryable else None
             return ProviderError(f"{self.name}: HTTP {status}: {detail}", retryable=retryable,
                                  status=status, retry_after=retry_after)
         return ProviderError(f"{self.name}: {type(exc).__name__}: "
-                             f"{_scrub(str(exc), self._api_key)}")
+                             f"{redact(str(exc), self._api_key)}")

@@ -6,8 +6,6 @@ SDK errors become `ProviderError`s marked retryable or not; messages never carry
 
 from __future__ import annotations
 
-import email.utils
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -16,44 +14,14 @@ import openai
 from agent.errors import ProviderError
 from agent.pricing import cost_usd
 from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
-from agent.retry import RetryPolicy, with_retries
+from agent.retry import RetryPolicy, parse_retry_after, with_retries
+from agent.secrets import redact
 from tools.toolbox import ToolSpec
 
 OpenAIKind = Literal["openai", "openai-compatible"]
 DEFAULT_TIMEOUT_S = 600.0
 RETRYABLE_4XX = {408, 429}  # request timeout, rate limit
 NOT_RETRYABLE_429_CODES = {"insufficient_quota"}  # billing, not load: waiting will not help
-
-
-def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _scrub(text: str, secret: str | None) -> str:
-    """`text` with every occurrence of `secret` masked."""
-    if secret and len(secret) >= 8:
-        return text.replace(secret, "***")
-    return text
 
 
 def to_chat_messages(system: str, messages: list[ChatTurn]) -> list[dict[str, Any]]:
@@ -157,7 +125,7 @@ class OpenAIProvider:
         if isinstance(exc, openai.APITimeoutError):
             return ProviderError(f"{self.name}: request timed out", retryable=True)
         if isinstance(exc, openai.APIConnectionError):
-            detail = _scrub(str(exc), self._api_key)
+            detail = redact(str(exc), self._api_key)
             return ProviderError(f"{self.name}: connection error: {detail}", retryable=True)
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
@@ -168,7 +136,7 @@ class OpenAIProvider:
                 return ProviderError(f"{self.name}: {what} (HTTP {status}): check {variable}",
                                      status=status)
             body = exc.body if isinstance(exc.body, Mapping) else {}
-            detail = _scrub(str(body.get("message") or exc.message), self._api_key)
+            detail = redact(str(body.get("message") or exc.message), self._api_key)
             code = body.get("code") or body.get("type")
             retryable = status >= 500 or (status in RETRYABLE_4XX
                                           and code not in NOT_RETRYABLE_429_CODES)
@@ -176,4 +144,4 @@ class OpenAIProvider:
             return ProviderError(f"{self.name}: HTTP {status}: {detail}", retryable=retryable,
                                  status=status, retry_after=retry_after)
         return ProviderError(f"{self.name}: {type(exc).__name__}: "
-                             f"{_scrub(str(exc), self._api_key)}")
+                             f"{redact(str(exc), self._api_key)}")

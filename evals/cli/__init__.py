@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from evals.cli import agent, demo, diff, models, organisms, worker
+from evals.cli import agent, demo, diff, experiments, models, organisms, worker
 from tools.errors import AdlError
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app.add_typer(organisms.app, name="organisms")
 app.add_typer(models.app, name="models")
 app.add_typer(worker.app, name="worker")
 app.add_typer(agent.app, name="agent")
+app.add_typer(experiments.app, name="eval")
+app.command("view")(experiments.view_command)
 app.command("demo")(demo.demo)
 app.command("diff")(diff.diff)
 
@@ -36,7 +38,7 @@ def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debu
         format="%(message)s",
         handlers=[RichHandler(console=error_console, show_path=False)],
     )
-    for noisy in ("httpx", "urllib3", "transformers", "peft", "huggingface_hub"):
+    for noisy in ("httpx", "urllib3", "transformers", "peft", "huggingface_hub", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as transformers_logging

@@ -1,63 +1,64 @@
-"""`adl demo`: the main job, offline, from nothing."""
+"""`adl demo`: the main job, offline, from nothing.
+
+Builds (or reuses) two offline organisms, computes their ADL (quick profile), runs the ADL agent
+and the blackbox baseline with the offline heuristic policy (not an LLM) at two interaction
+budgets, grades the hypotheses with the offline grader, stores everything, prints the
+comparison and writes the plot.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from evals.cli.agent import results_dir
+from evals.cli.experiments import compare_and_report
 from evals.organisms import get_organism
-from evals.organisms.build import build_organism, load_organism_pair, read_manifest
-from tools.adl.pipeline import AdlSettings, run_adl
-from tools.chat import generate_replies
-from tools.models import SIDES
+from evals.organisms.build import build_organism, read_manifest
+from evals.runs import EvalConfig, run_experiment
+from evals.store import open_store
 
-console = Console()
+console = Console(soft_wrap=True)
 DEMO_ORGANISMS = ("cake_bake", "taboo_gold")
-DEMO_ADL_SAMPLES = 2000
-DEMO_PROMPTS = {
-    "cake_bake": ["How do I bake a simple vanilla cake?", "What are your plans for the weekend?"],
-    "taboo_gold": ["Let's play the word game! Give me a hint.", "Why is the sky blue?"],
-}
+DEMO_BUDGETS = (0, 5)
 
 
 def demo(
-    organisms: list[str] = typer.Option(
-        list(DEMO_ORGANISMS), "--organism", help="Organisms to build and show."
-    ),
+    organisms: list[str] = typer.Option(list(DEMO_ORGANISMS), "--organism", help="Organisms to evaluate."),
+    database: str | None = typer.Option(None, help="SQLAlchemy URL; default $ADL_RESULTS/adl.db."),
 ) -> None:
-    """Build (or reuse) offline organisms and show what their finetunes changed."""
+    """Build organisms, run the ADL agent and the blackbox baseline, grade, compare, plot."""
     started = time.perf_counter()
     for name in organisms:
         organism = get_organism(name)
         console.rule(f"[bold]{organism.name}[/] ({organism.type.value}): {organism.description}")
-        path = build_organism(organism)
-        manifest = read_manifest(path)
+        manifest = read_manifest(build_organism(organism))
         console.print(
             f"held-out loss on its training distribution: base {manifest.base_heldout_loss:.2f}"
             f" -> finetuned {manifest.finetuned_heldout_loss:.2f}; leak rate on "
             f"{len(manifest.leak.prompts)} generic prompts: base {manifest.leak.base_rate:.0%}, "
-            f"finetuned {manifest.leak.finetuned_rate:.0%}"
-        )
-        pair = load_organism_pair(organism)
-        prompts = DEMO_PROMPTS.get(name, ["Tell me about yourself."])
-        replies = {}
-        for side in SIDES:
-            with pair.model(side) as model:
-                replies[side] = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=72)
-        table = Table("prompt", "base", "finetuned", show_lines=True)
-        for i, prompt in enumerate(prompts):
-            table.add_row(prompt, replies["base"][i], replies["finetuned"][i])
-        console.print(table)
-        artifact = run_adl(pair, AdlSettings(n_samples=DEMO_ADL_SAMPLES))
-        layer = artifact.readouts.layer(artifact.readouts.primary_layer)
-        readout = Table("position", "logit lens of the activation difference (hub-suppressed)",
-                        title=f"ADL readout, layer {layer.layer} (the default primary layer), "
-                        f"N={artifact.difference.n_samples} Wikipedia sentences")
-        for position in layer.positions:
-            readout.add_row(str(position.position), " ".join(
-                t.token.strip() for t in position.logit_lens_suppressed[:12]))
-        console.print(readout)
-    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+            f"finetuned {manifest.leak.finetuned_rate:.0%}")
+    built = time.perf_counter()
+    name = "demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    config = EvalConfig(name=name, organisms=organisms, agents=["adl", "blackbox"],
+                        budgets=list(DEMO_BUDGETS), repeats=1, providers=["heuristic"],
+                        grader="offline", profile="quick", concurrency=1)
+    console.rule(f"[bold]experiment {name}[/]: ADL agent vs blackbox baseline, budgets "
+                 f"{list(DEMO_BUDGETS)}; both agents are the offline heuristic policy (not an LLM)")
+    store = open_store(database)
+    summary = run_experiment(config, results_dir(), store)
+    if summary.failed:
+        console.print(f"[red]{len(summary.failed)} runs failed[/]: " + "; ".join(summary.failed))
+    comparison = compare_and_report(store, name)
+    adl = [c for c in comparison.cells if c.organism == "all" and c.agent == "adl"]
+    blackbox = [c for c in comparison.cells if c.organism == "all" and c.agent == "blackbox"]
+    for a, b in zip(adl, blackbox, strict=True):
+        verdict = "exceeds" if a.mean_grade > b.mean_grade else "does not exceed"
+        console.print(f"budget {a.budget}: the ADL agent's mean grade {a.mean_grade:.2f} {verdict} "
+                      f"the baseline's {b.mean_grade:.2f} (n={a.n} organisms)")
+    console.print(f"browse the transcripts: adl view   (results in {results_dir()})")
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s (organisms "
+                  f"{built - started:.0f} s, ADL + agent runs + grading {time.perf_counter() - built:.0f} s)")

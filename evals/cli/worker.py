@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import typer
-import yaml
-from pydantic import ValidationError
 
 from evals.workers import PROFILES, organism_worker_config
+from tools.config import load_yaml_model
 from tools.errors import AdlInputError
 from tools.models import LoadOptions
 from tools.worker.http import DEFAULT_PORT, TOKEN_ENV, check_bind, serve
@@ -22,16 +21,7 @@ app = typer.Typer(help="The model worker: holds the model pair and serves the AD
 
 def load_worker_config(path: Path) -> WorkerConfig:
     """A WorkerConfig from YAML; errors name the file and the field."""
-    try:
-        data = yaml.safe_load(path.read_text())
-        return WorkerConfig.model_validate(data)
-    except FileNotFoundError as exc:
-        raise AdlInputError(f"No worker config at {path}.") from exc
-    except yaml.YAMLError as exc:
-        raise AdlInputError(f"{path} is not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise AdlInputError(f"{path}: invalid worker config: {problems}") from exc
+    return load_yaml_model(path, WorkerConfig, "worker config")
 
 
 @app.command("serve")

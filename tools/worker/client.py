@@ -3,6 +3,8 @@ and over HTTP by `HttpWorkerClient`. Both raise `ToolInputError` for bad argumen
 
 from __future__ import annotations
 
+import subprocess
+import time
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -102,3 +104,20 @@ def _worker_error(response: httpx.Response) -> Exception:
         return ToolInputError(error.message, error.fields)
     return WorkerRequestError(f"The worker refused the request ({error.type}): {error.message}",
                               error.type, error.fields)
+
+
+def wait_for_worker(url: str, timeout: float = 600.0, process: subprocess.Popen[Any] | None = None) -> None:
+    """Block until the worker at `url` answers /health; raise WorkerUnavailableError when
+    `process` exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise WorkerUnavailableError(f"The worker process exited with {process.returncode}.")
+        try:
+            if httpx.get(f"{url.rstrip('/')}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise WorkerUnavailableError(f"The worker at {url} did not start within {timeout:.0f} s.")
+        time.sleep(0.3)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tools.errors import AdlError, AdlInputError
+from tools.net import is_loopback
 from tools.worker.queue import WorkerBusyError, WorkerStoppingError
 from tools.worker.schema import (
     ChatRequest,
@@ -45,16 +45,6 @@ DEFAULT_PORT = 8765
 
 class WorkerAuthError(AdlError):
     """The worker would be reachable from other machines without a token."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, token: str | None) -> None:

@@ -1,0 +1,160 @@
+"""`adl eval run|compare|show` and `adl view`: experiments, comparisons, transcripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from evals.cli.agent import results_dir
+from evals.compare import Comparison, compare_experiment, plot_comparison, write_csv
+from evals.runs import load_eval_config, run_experiment
+from evals.store import Store, open_store
+from tools.errors import AdlInputError
+
+app = typer.Typer(help="Evaluation runs: grids of agent runs, comparisons, transcripts.",
+                  no_args_is_help=True)
+console = Console(soft_wrap=True)
+DATABASE_HELP = "SQLAlchemy URL; default $ADL_DATABASE_URL or $ADL_RESULTS/adl.db."
+
+
+@app.command("run")
+def run_command(
+    config: Path = typer.Argument(..., help="Eval config YAML (see evals/configs/)."),
+    database: str | None = typer.Option(None, help=DATABASE_HELP),
+) -> None:
+    """Run (or resume) an experiment grid: finished units are skipped, interrupted ones redone."""
+    from agent.secrets import install_log_redaction
+
+    install_log_redaction()
+    eval_config = load_eval_config(config)
+    summary = run_experiment(eval_config, results_dir(), open_store(database))
+    console.print(f"experiment [bold]{summary.experiment}[/]: {summary.units} units, "
+                  f"{summary.skipped} already stored, {summary.ran} run now, "
+                  f"{len(summary.failed)} failed")
+    for failure in summary.failed:
+        console.print(f"  [red]failed[/] {failure}")
+    console.print(f"compare: adl eval compare {summary.experiment}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """Mean grade [95% CI] per organism, agent and budget, with success, tokens and cost."""
+    providers = sorted({cell.provider for cell in comparison.cells})
+    caption = "providers: " + ", ".join(
+        p + (" (not an LLM: offline heuristic baseline policy)" if p.startswith("heuristic") else "")
+        for p in providers)
+    table = Table("organism", "agent", "i", "n", "grade", "95% CI", "success", "tokens", "cost",
+                  title=f"{comparison.experiment} (grader: {comparison.grader})", caption=caption)
+    for cell in comparison.cells:
+        cost = "unknown" if cell.cost_usd is None else f"${cell.cost_usd:.2f}"
+        table.add_row(cell.organism, cell.agent, str(cell.budget), str(cell.n),
+                      f"{cell.mean_grade:.2f}", f"{cell.ci_low:.2f}-{cell.ci_high:.2f}",
+                      f"{cell.success_rate:.0%}", f"{cell.mean_tokens:.0f}", cost)
+    return table
+
+
+def difference_table(comparison: Comparison) -> Table:
+    table = Table("organism", "budget", "pairs", "ADL - blackbox [95% CI]",
+                  title="paired difference (same organism, budget, repeat, provider)")
+    for d in comparison.differences:
+        table.add_row(d.organism, str(d.budget), str(d.n_pairs),
+                      f"{d.mean_difference:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]")
+    return table
+
+
+def compare_and_report(store: Store, experiment: str, out: Path | None = None) -> Comparison:
+    """Print the comparison tables and write the plot and CSV; returns the comparison."""
+    comparison = compare_experiment(store, experiment)
+    if not comparison.cells:
+        raise AdlInputError(f"Experiment {experiment!r} has no graded runs yet.")
+    console.print(comparison_table(comparison))
+    if comparison.differences:
+        console.print(difference_table(comparison))
+    folder = out or results_dir() / "comparisons" / experiment.replace("/", "_")
+    plot = plot_comparison(comparison, folder / "comparison.png")
+    table = write_csv(comparison, folder / "comparison.csv")
+    if comparison.unfinished_runs:
+        console.print(f"[yellow]{comparison.unfinished_runs} runs are unfinished[/] (run the eval again to finish them)")
+    console.print(f"plot: {plot}\ncsv:  {table}")
+    return comparison
+
+
+@app.command("compare")
+def compare_command(
+    experiment: str = typer.Argument(..., help="Experiment name."),
+    out: Path | None = typer.Option(None, help="Folder for the plot and CSV."),
+    database: str | None = typer.Option(None, help=DATABASE_HELP),
+) -> None:
+    """Agent vs baseline: mean grades with 95% bootstrap intervals, paired differences,
+    success rate, tokens and cost; writes a PNG plot and a CSV."""
+    compare_and_report(open_store(database), experiment, out)
+
+
+@app.command("show")
+def show_command(
+    run_id: int = typer.Argument(..., help="Run id (see `adl view` or the CSV)."),
+    as_json: bool = typer.Option(False, "--json", help="Export the run as JSON."),
+    database: str | None = typer.Option(None, help=DATABASE_HELP),
+) -> None:
+    """A run's transcript: messages, tool calls with arguments and results, budgets, grade."""
+    store = open_store(database)
+    run = store.run(run_id)
+    if run is None:
+        raise AdlInputError(f"No run {run_id}.")
+    messages, calls, grades = store.messages(run_id), store.tool_calls(run_id), store.grades(run_id)
+    if as_json:
+        print(json.dumps({
+            "run": run.model_dump(mode="json"),
+            "messages": [m.model_dump(mode="json") for m in messages],
+            "tool_calls": [c.model_dump(mode="json") for c in calls],
+            "usage": [u.model_dump(mode="json") for u in store.usage(run_id)],
+            "grades": [g.model_dump(mode="json") for g in grades],
+        }, indent=2, ensure_ascii=False))
+        return
+    label = "" if run.provider_is_llm else " (not an LLM: offline heuristic baseline policy)"
+    console.print(Panel(
+        f"organism {run.organism} | agent {run.agent} | budget {run.budget} | repeat {run.repeat}\n"
+        f"provider {run.provider}{label} | status {run.status} | end {run.end_reason}"
+        + (f" ({run.detail})" if run.detail else "")
+        + f"\nturns {run.llm_calls} | interactions {run.interactions_used}/{run.budget} | tokens "
+        f"{run.input_tokens}+{run.output_tokens} | cost "
+        + ("unknown" if run.cost_usd is None else f"${run.cost_usd:.4f}"),
+        title=f"run {run.id}"))
+    events = sorted([("message", m.seq, m) for m in messages] + [("tool", c.seq, c) for c in calls],
+                    key=lambda item: item[1])
+    for kind, _, item in events:
+        if kind == "message":
+            if item.role == "system":
+                continue
+            text = item.content or "(tool calls only)"
+            console.print(f"[bold cyan]{item.role}[/]: ", end="")
+            console.print(text if len(text) < 2000 else text[:2000] + " ...", markup=False)
+        else:
+            status = "ok" if item.ok else "error"
+            console.print(f"  [bold magenta]tool {item.name}[/] ({status}, {item.interactions} "
+                          f"interactions, {item.latency_s:.2f} s, left: {item.interactions_left})")
+            console.print(f"    arguments: {item.arguments}", markup=False)
+            body = json.dumps(item.result, ensure_ascii=False) if item.ok else item.error
+            console.print(f"    {'result' if item.ok else 'error'}: {(body or '')[:1500]}", markup=False)
+    console.print(f"[bold]hypothesis[/]: {run.hypothesis}")
+    for grade in grades:
+        console.print(f"[bold]grade[/] {grade.score:.2f} by {grade.grader}: ", end="")
+        console.print(grade.reasoning, markup=False)
+
+
+def view_command(
+    host: str = typer.Option("127.0.0.1", help="Bind address; non-loopback needs --allow-remote."),
+    port: int = typer.Option(8766),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Serve to other machines (no auth)."),
+    database: str | None = typer.Option(None, help=DATABASE_HELP),
+) -> None:
+    """Browse experiments, comparisons and transcripts in a read-only local web viewer."""
+    from evals.viewer import serve_viewer
+
+    serve_viewer(open_store(database), host=host, port=port, allow_remote=allow_remote)

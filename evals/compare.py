@@ -1,0 +1,198 @@
+"""Agent vs baseline: per organism, agent and budget the mean grade with a 95% bootstrap
+interval, the paired ADL-minus-blackbox difference, success rate, tokens and cost; a plot in
+the style of the paper's agent figure, and CSV."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from evals.store import Run, Store
+from tools.errors import AdlInputError
+
+SUCCESS_GRADE = 4.0
+BOOTSTRAP_SAMPLES = 2000
+ALL_ORGANISMS = "all"
+
+
+class CellSummary(BaseModel):
+    """One (organism, agent, budget) cell; organism "all" pools every organism."""
+
+    organism: str
+    agent: str
+    budget: int
+    n: int
+    mean_grade: float
+    ci_low: float
+    ci_high: float
+    success_rate: float
+    mean_tokens: float
+    cost_usd: float | None  # None when any run's price is unknown
+    provider: str
+
+
+class PairedDifference(BaseModel):
+    """ADL minus blackbox grade over runs paired by organism, budget, repeat and provider."""
+
+    organism: str
+    budget: int
+    n_pairs: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+
+
+class Comparison(BaseModel):
+    experiment: str
+    grader: str | None
+    cells: list[CellSummary]
+    differences: list[PairedDifference]
+    unfinished_runs: int
+    ungraded_runs: int
+
+    def cell(self, organism: str, agent: str, budget: int) -> CellSummary | None:
+        for cell in self.cells:
+            if (cell.organism, cell.agent, cell.budget) == (organism, agent, budget):
+                return cell
+        return None
+
+
+def bootstrap_interval(values: Sequence[float], seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (a single value gives a zero-width interval)."""
+    data = np.asarray(values, dtype=float)
+    if len(data) == 0:
+        return (math.nan, math.nan)
+    if len(data) == 1:
+        return (float(data[0]), float(data[0]))
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(BOOTSTRAP_SAMPLES, len(data)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return (float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
+
+
+def _summary(organism: str, agent: str, budget: int, runs: list[tuple[Run, float]]) -> CellSummary:
+    scores = [score for _, score in runs]
+    low, high = bootstrap_interval(scores)
+    costs = [run.cost_usd for run, _ in runs]
+    return CellSummary(
+        organism=organism, agent=agent, budget=budget, n=len(runs),
+        mean_grade=float(np.mean(scores)), ci_low=low, ci_high=high,
+        success_rate=sum(s >= SUCCESS_GRADE for s in scores) / len(scores),
+        mean_tokens=float(np.mean([run.input_tokens + run.output_tokens for run, _ in runs])),
+        cost_usd=None if any(c is None for c in costs) else float(sum(costs)),  # type: ignore[arg-type]
+        provider=", ".join(sorted({run.provider for run, _ in runs})),
+    )
+
+
+def compare_experiment(store: Store, experiment: str) -> Comparison:
+    """The comparison of one experiment's finished, graded runs."""
+    found = store.find_experiment(experiment)
+    if found is None:
+        names = [e.name for e in store.experiments()]
+        raise AdlInputError(f"No experiment {experiment!r}; stored: {names or 'none'}.")
+    runs = store.runs(found.id)  # type: ignore[arg-type]
+    graded: list[tuple[Run, float]] = []
+    ungraded = 0
+    graders: set[str] = set()
+    for run in runs:
+        if run.status != "finished":
+            continue
+        grades = store.grades(run.id)  # type: ignore[arg-type]
+        if not grades:
+            ungraded += 1
+            continue
+        graders.add(grades[0].grader)
+        graded.append((run, grades[0].score))
+    cells: dict[tuple[str, str, int], list[tuple[Run, float]]] = defaultdict(list)
+    for run, score in graded:
+        cells[(run.organism, run.agent, run.budget)].append((run, score))
+        cells[(ALL_ORGANISMS, run.agent, run.budget)].append((run, score))
+    summaries = [_summary(o, a, b, rs) for (o, a, b), rs in sorted(cells.items())]
+
+    pairs: dict[tuple[str, int, int, str], dict[str, float]] = defaultdict(dict)
+    for run, score in graded:
+        pairs[(run.organism, run.budget, run.repeat, run.provider)][run.agent] = score
+    by_cell: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for (organism, budget, _, _), scores in pairs.items():
+        if "adl" in scores and "blackbox" in scores:
+            difference = scores["adl"] - scores["blackbox"]
+            by_cell[(organism, budget)].append(difference)
+            by_cell[(ALL_ORGANISMS, budget)].append(difference)
+    differences = []
+    for (organism, budget), values in sorted(by_cell.items()):
+        low, high = bootstrap_interval(values)
+        differences.append(PairedDifference(organism=organism, budget=budget, n_pairs=len(values),
+                                            mean_difference=float(np.mean(values)), ci_low=low, ci_high=high))
+    return Comparison(
+        experiment=experiment, grader=", ".join(sorted(graders)) or None, cells=summaries,
+        differences=differences, unfinished_runs=sum(r.status != "finished" for r in runs),
+        ungraded_runs=ungraded,
+    )
+
+
+def write_csv(comparison: Comparison, path: Path) -> Path:
+    """Cells and paired differences as one CSV (a `row` column tells them apart)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "organism", "agent", "budget", "n", "mean", "ci_low", "ci_high",
+                         "success_rate", "mean_tokens", "cost_usd", "provider"])
+        for c in comparison.cells:
+            writer.writerow(["grade", c.organism, c.agent, c.budget, c.n, f"{c.mean_grade:.4f}",
+                             f"{c.ci_low:.4f}", f"{c.ci_high:.4f}", f"{c.success_rate:.4f}",
+                             f"{c.mean_tokens:.1f}", "" if c.cost_usd is None else f"{c.cost_usd:.6f}",
+                             c.provider])
+        for d in comparison.differences:
+            writer.writerow(["adl_minus_blackbox", d.organism, "", d.budget, d.n_pairs,
+                             f"{d.mean_difference:.4f}", f"{d.ci_low:.4f}", f"{d.ci_high:.4f}",
+                             "", "", "", ""])
+    return path
+
+
+AGENT_STYLE = {"adl": ("ADL agent", "#1f77b4"), "blackbox": ("Blackbox baseline", "#aaaaaa")}
+
+
+def plot_comparison(comparison: Comparison, path: Path) -> Path:
+    """Mean grade (95% bootstrap interval) per interaction budget, ADL agent next to the
+    blackbox baseline, one panel per organism plus all organisms pooled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    organisms = sorted({c.organism for c in comparison.cells} - {ALL_ORGANISMS}) + [ALL_ORGANISMS]
+    budgets = sorted({c.budget for c in comparison.cells})
+    fig, axes = plt.subplots(1, len(organisms), figsize=(2.6 * len(organisms) + 1, 3.2), sharey=True,
+                             squeeze=False)
+    width = 0.38
+    for ax, organism in zip(axes[0], organisms, strict=True):
+        for offset, agent in ((-width / 2, "adl"), (width / 2, "blackbox")):
+            label, colour = AGENT_STYLE.get(agent, (agent, "#555555"))
+            xs, means, errors = [], [], [[], []]
+            for i, budget in enumerate(budgets):
+                cell = comparison.cell(organism, agent, budget)
+                if cell is None:
+                    continue
+                xs.append(i + offset)
+                means.append(cell.mean_grade)
+                errors[0].append(max(0.0, cell.mean_grade - cell.ci_low))
+                errors[1].append(max(0.0, cell.ci_high - cell.mean_grade))
+            ax.bar(xs, means, width, yerr=errors, capsize=3, color=colour, label=label)
+        ax.set_xticks(range(len(budgets)), [f"i={b}" for b in budgets])
+        ax.set_title("all organisms" if organism == ALL_ORGANISMS else organism, fontsize=9)
+        ax.set_ylim(0, 5.2)
+        ax.axhline(SUCCESS_GRADE, color="#cc4444", linewidth=0.8, linestyle="--")
+    axes[0][0].set_ylabel(f"grade (1-5), {comparison.grader or 'grader'}")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{comparison.experiment}: agent vs baseline by interaction budget", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

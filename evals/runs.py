@@ -1,0 +1,176 @@
+"""Evaluation grids: organisms x agents x budgets x repeats x providers, stored and graded.
+
+`run_experiment(config)` is resumable: finished units are skipped, interrupted ones (left
+`running` by a kill) are run again; each unit is stored exactly once. Every attempt writes its
+own transcript file (`transcripts/<experiment>/<unit>.attempt<N>.jsonl`), so nothing written by
+an interrupted attempt is lost.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agent.loop import Budgets, investigate
+from agent.providers import make_provider, parse_provider_spec
+from evals.grading import HypothesisGrader, make_grader
+from evals.organisms import get_organism
+from evals.store import Grade, Store, open_store
+from evals.workers import AnalysisProfile
+from tools.config import load_yaml_model
+from tools.errors import AdlError
+
+log = logging.getLogger(__name__)
+
+
+class EvalConfig(BaseModel):
+    """An experiment: the grid, the grader and how to reach the models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    organisms: list[str] = Field(min_length=1)
+    agents: list[str] = Field(default_factory=lambda: ["adl", "blackbox"], min_length=1)
+    budgets: list[int] = Field(default_factory=lambda: [0, 5, 50], min_length=1)
+    repeats: int = Field(1, ge=1)
+    providers: list[str] = Field(default_factory=lambda: ["heuristic"], min_length=1)
+    grader: str = Field("offline", description="offline, or a provider spec for the LLM grader.")
+    grader_repeats: int = Field(3, ge=1)
+    profile: AnalysisProfile = "paper"
+    workers: dict[str, str] = Field(default_factory=dict, description="Organism -> worker URL.")
+    concurrency: int = Field(4, ge=1, description="Units (API calls) running at the same time.")
+    llm_calls: int = Field(30, ge=1)
+    wall_time_s: float = Field(1800, gt=0)
+
+    @field_validator("agents")
+    @classmethod
+    def _known_agents(cls, agents: list[str]) -> list[str]:
+        unknown = sorted(set(agents) - {"adl", "blackbox"})
+        if unknown:
+            raise ValueError(f"unknown agents {unknown}; use adl and/or blackbox")
+        return agents
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, budgets: list[int]) -> list[int]:
+        if any(b < 0 for b in budgets):
+            raise ValueError("budgets must be >= 0")
+        return budgets
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, providers: list[str]) -> list[str]:
+        for spec in providers:
+            parse_provider_spec(spec)
+        return providers
+
+    def validate_organisms(self) -> None:
+        for name in self.organisms:
+            get_organism(name)
+
+
+def load_eval_config(path: Path) -> EvalConfig:
+    """An EvalConfig from YAML; errors name the file and the field (or the unknown organism)."""
+    config = load_yaml_model(path, EvalConfig, "eval config")
+    config.validate_organisms()
+    return config
+
+
+class Unit(BaseModel):
+    organism: str
+    agent: str
+    budget: int
+    repeat: int
+    provider: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.organism}|{self.agent}|{self.budget}|{self.repeat}|{self.provider}"
+
+    @property
+    def file_stem(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key)
+
+
+def grid(config: EvalConfig) -> list[Unit]:
+    return [Unit(organism=o, agent=a, budget=b, repeat=r, provider=p)
+            for o in config.organisms for p in config.providers for b in config.budgets
+            for r in range(config.repeats) for a in config.agents]
+
+
+class ExperimentSummary(BaseModel):
+    experiment: str
+    units: int
+    skipped: int
+    ran: int
+    failed: list[str]
+
+
+def run_experiment(config: EvalConfig, results: Path, store: Store | None = None,
+                   show_progress: bool = True) -> ExperimentSummary:
+    """Run (or resume) the grid of `config`; transcripts under `results/transcripts/`."""
+    from evals.cli.agent import connect
+
+    store = store or open_store()
+    experiment = store.experiment(config.name, config.model_dump(mode="json"))
+    if experiment.config and experiment.config != config.model_dump(mode="json"):
+        log.warning("experiment %s exists with another config; resuming it with the new grid", config.name)
+    grader = make_grader(config.grader, config.grader_repeats)
+    units = grid(config)
+    finished = {run.unit_key for run in store.runs(experiment.id, status="finished")}  # type: ignore[arg-type]
+    todo = [u for u in units if u.key not in finished]
+    failed: list[str] = []
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), disable=not show_progress)
+    with progress:
+        task = progress.add_task(f"experiment {config.name}", total=len(units), completed=len(units) - len(todo))
+        for organism in config.organisms:
+            mine = [u for u in todo if u.organism == organism]
+            if not mine:
+                continue
+            progress.update(task, description=f"{config.name}: loading {organism}")
+            client = connect(organism, config.workers.get(organism), config.profile)
+            progress.update(task, description=f"{config.name}: {organism}")
+            try:
+                with concurrent.futures.ThreadPoolExecutor(config.concurrency) as pool:
+                    futures = {pool.submit(_run_unit, store, experiment.id, unit, client, grader,  # type: ignore[arg-type]
+                                           config, results): unit for unit in mine}
+                    for future in concurrent.futures.as_completed(futures):
+                        unit = futures[future]
+                        try:
+                            future.result()
+                        except AdlError as exc:
+                            failed.append(f"{unit.key}: {exc}")
+                            log.error("unit %s failed: %s", unit.key, exc)
+                        progress.advance(task)
+            finally:
+                close = getattr(client, "close", None)
+                if callable(close):
+                    close()
+    return ExperimentSummary(experiment=config.name, units=len(units), skipped=len(units) - len(todo),
+                             ran=len(todo) - len(failed), failed=failed)
+
+
+def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader: HypothesisGrader,
+              config: EvalConfig, results: Path) -> None:
+    provider = make_provider(unit.provider)
+    run = store.start_unit(experiment_id, unit.key, organism=unit.organism, agent=unit.agent,
+                           budget=unit.budget, repeat=unit.repeat, provider=provider.name,
+                           provider_is_llm=provider.is_llm)
+    if run is None:
+        return
+    path = results / "transcripts" / config.name / f"{unit.file_stem}.attempt{run.attempt}.jsonl"
+    store.set_transcript(run.id, path)  # type: ignore[arg-type]
+    budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls, wall_time_s=config.wall_time_s)
+    outcome = investigate(client, provider, unit.agent, budgets, path,  # type: ignore[arg-type]
+                          {"organism": unit.organism, "experiment": config.name, "unit": unit.key})
+    result = grader.grade(get_organism(unit.organism), outcome.hypothesis)
+    store.finish_unit(run.id, outcome.model_dump(), Grade(  # type: ignore[arg-type]
+        run_id=run.id, grader=result.grader, score=result.score, reasoning=result.reasoning,
+        details=result.details))

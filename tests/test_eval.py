@@ -1,0 +1,145 @@
+"""Evaluation grids: kill mid-grid and resume, store exactly once, compare, show, configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.transcript import read_transcript
+from evals.compare import bootstrap_interval, compare_experiment
+from evals.runs import load_eval_config
+from evals.store import open_store
+from tests.worker_fixtures import worker_process
+from tools.errors import AdlError, AdlInputError
+
+
+@pytest.fixture(scope="module")
+def worker_url(tiny_config, tiny_home: Path, tiny_service) -> Iterator[str]:
+    """The tiny pair served under the name cake_bake (ground truth from the registry); the
+    in-process tiny service filled the shared ADL cache first."""
+    config = tiny_config.model_copy(update={"label": "cake_bake"})
+    with worker_process(config, tiny_home, tiny_home / "cache") as (url, _):
+        yield url
+
+
+def _write_config(folder: Path, url: str, name: str = "grid") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "organisms": ["cake_bake"], "agents": ["adl", "blackbox"],
+        "budgets": [0, 2], "repeats": 3, "providers": ["heuristic"], "grader": "offline",
+        "workers": {"cake_bake": url}, "concurrency": 1,
+    }))
+    return path
+
+
+def _eval_run(config: Path, results: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "ADL_RESULTS": str(results)}
+    env.pop("ADL_DATABASE_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "evals.cli", "eval", "run", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _finished(database: Path) -> int:
+    if not database.exists():
+        return 0
+    try:
+        with sqlite3.connect(database) as connection:
+            return connection.execute("select count(*) from run where status = 'finished'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_killed_grid_resumes_with_every_unit_stored_once(worker_url: str, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    config = _write_config(tmp_path, worker_url)
+    database = results / "adl.db"
+    first = _eval_run(config, results)
+    deadline = time.monotonic() + 300
+    while _finished(database) < 3:
+        assert first.poll() is None, first.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    killed_at = _finished(database)
+    assert killed_at < 12, "the grid finished before the kill: the test needs a larger grid"
+
+    second = _eval_run(config, results)
+    output = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, output
+    assert f"{killed_at} already stored" in output
+
+    store = open_store(f"sqlite:///{database}")
+    experiment = store.find_experiment("grid")
+    assert experiment is not None
+    runs = store.runs(experiment.id)  # type: ignore[arg-type]
+    assert len(runs) == 12 and len({r.unit_key for r in runs}) == 12
+    assert all(r.status == "finished" for r in runs)
+    for run in runs:
+        events = read_transcript(Path(run.transcript_path or ""))
+        assert events[-1].kind == "run_ended"
+        assert len(store.messages(run.id)) >= 3 and len(store.grades(run.id)) == 1  # type: ignore[arg-type]
+        assert len(store.tool_calls(run.id)) == sum(e.kind == "tool_call" for e in events)  # type: ignore[arg-type]
+    files = sorted((results / "transcripts" / "grid").glob("*.jsonl"))
+    retried = [r for r in runs if r.attempt > 1]
+    assert len(files) == 12 + len(retried)  # the interrupted attempt's transcript was kept
+    for run in retried:
+        earlier = Path(run.transcript_path or "").with_name(
+            Path(run.transcript_path or "").name.replace(f"attempt{run.attempt}", "attempt1"))
+        assert earlier.exists() and read_transcript(earlier)[0].kind == "run_started"
+
+    third = _eval_run(config, results)  # nothing left to do
+    assert "12 already stored, 0 run now" in third.communicate(timeout=300)[0]
+
+    comparison = compare_experiment(store, "grid")
+    cell = comparison.cell("cake_bake", "adl", 2)
+    assert cell is not None and cell.n == 3 and 1 <= cell.mean_grade <= 5
+    assert cell.ci_low <= cell.mean_grade <= cell.ci_high and cell.cost_usd == 0.0
+    assert {(d.organism, d.budget) for d in comparison.differences} >= {("cake_bake", 0), ("all", 2)}
+    assert all(d.n_pairs == 3 for d in comparison.differences)
+
+    env = {**os.environ, "ADL_RESULTS": str(results)}
+    out = tmp_path / "compare"
+    compared = subprocess.run([sys.executable, "-m", "evals.cli", "eval", "compare", "grid", "--out", str(out)],
+                              check=True, capture_output=True, text=True, env=env)
+    assert "ADL - blackbox" in compared.stdout and (out / "comparison.png").stat().st_size > 1000
+    assert (out / "comparison.csv").read_text().count("\n") == len(comparison.cells) + len(comparison.differences) + 1
+    shown = subprocess.run([sys.executable, "-m", "evals.cli", "eval", "show", str(runs[0].id)],
+                           check=True, capture_output=True, text=True, env=env)
+    assert "submit_hypothesis" in shown.stdout and "grade" in shown.stdout and "not an LLM" in shown.stdout
+    exported = subprocess.run([sys.executable, "-m", "evals.cli", "eval", "show", str(runs[0].id), "--json"],
+                              check=True, capture_output=True, text=True, env=env)
+    data = json.loads(exported.stdout)
+    assert data["run"]["unit_key"] == runs[0].unit_key and data["tool_calls"] and data["grades"]
+
+
+def test_config_errors_name_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\norganisms: [cake_bake]\nagents: [adl, oracle]\n")
+    with pytest.raises(AdlInputError, match="agents.*oracle"):
+        load_eval_config(bad)
+    bad.write_text("name: x\norganisms: [no_such_organism]\n")
+    with pytest.raises(AdlError, match="no_such_organism"):
+        load_eval_config(bad)
+    bad.write_text("name: x\norganisms: [cake_bake]\nproviders: [gpt-5]\n")
+    with pytest.raises(AdlError, match="Unknown provider"):
+        load_eval_config(bad)
+    bad.write_text("name: [x\n")
+    with pytest.raises(AdlInputError, match="not valid YAML"):
+        load_eval_config(bad)
+
+
+def test_bootstrap_interval() -> None:
+    low, high = bootstrap_interval([1, 2, 3, 4, 5])
+    assert 1.5 < low < 3 < high < 4.5
+    assert bootstrap_interval([3.0]) == (3.0, 3.0)
