@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.judges import make_judges
 from evals.organisms import get_organism
 from evals.organisms.build import load_organism_pair
 from tools.adl.differences import LayerSpec
@@ -40,16 +41,21 @@ def diff(
     steering: bool = typer.Option(True, help="Run the coherence search and steered samples."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cached results."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    judge: str | None = typer.Option(None, help="Provider spec of an LLM judge (Patchscope scale, "
+                                     "steering coherence); default: the offline rule and grader."),
 ) -> None:
     """Compute the ADL of an organism (cached) and show readouts and steered samples."""
     settings = AdlSettings(
         layers=parse_layers(layers), n_positions=positions, n_samples=samples,
         batch_size=batch_size,
     )
+    judges = make_judges(judge)
     pair = load_organism_pair(get_organism(organism))
-    artifact = run_adl(pair, settings, overwrite=overwrite, show_progress=not as_json)
+    artifact = run_adl(pair, settings, overwrite=overwrite, show_progress=not as_json,
+                       scale_chooser=judges["scale_chooser"])
     steered = (
-        run_steering(pair, artifact, SteeringSettings(), overwrite=overwrite, show_progress=not as_json)
+        run_steering(pair, artifact, SteeringSettings(), overwrite=overwrite, show_progress=not as_json,
+                     coherence_grader=judges["coherence_grader"])
         if steering else None
     )
     readouts = artifact.readouts

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from agent.judges import make_judges
 from evals.workers import PROFILES, organism_worker_config
 from tools.config import load_yaml_model
 from tools.errors import AdlInputError
@@ -34,6 +35,8 @@ def serve_command(
     port: int = typer.Option(DEFAULT_PORT, min=0, max=65535),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    judge: str | None = typer.Option(None, help="Provider spec of an LLM judge (Patchscope scale, "
+                                     "steering coherence); default: offline."),
 ) -> None:
     """Load the pair once, compute or load its ADL, and serve the tools until stopped."""
     token = os.environ.get(TOKEN_ENV) or None
@@ -49,4 +52,7 @@ def serve_command(
         worker_config = load_worker_config(config)  # type: ignore[arg-type]
         if samples is not None:
             worker_config.adl = worker_config.adl.model_copy(update={"n_samples": samples})
-    serve(lambda: AdlService.start(worker_config), host=host, port=port, token=token)
+    if judge is not None:
+        worker_config.judge = judge
+    judges = make_judges(worker_config.judge)
+    serve(lambda: AdlService.start(worker_config, **judges), host=host, port=port, token=token)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from prompts import load_prompt_set
-from tools.adl.coherence import OfflineCoherenceGrader
+from tools.adl.coherence import CoherenceGrader, OfflineCoherenceGrader
 from tools.adl.differences import (
     ActivationDifference,
     compute_activation_difference,
@@ -80,6 +80,7 @@ class PositionReadout(BaseModel):
     logit_lens_suppressed: list[TokenScore]
     patchscope: dict[str, list[TokenScore]]
     patchscope_scale: float
+    patchscope_scale_rule: str = "offline"
 
 
 class LayerReadouts(BaseModel):
@@ -153,10 +154,29 @@ def choose_patchscope_scale(readouts: dict[float, list[TokenScore]]) -> float:
     return max(scored)[2]
 
 
+class ScaleChooser(Protocol):
+    """Picks the Patchscope scale whose tokens read best (an LLM judge, or the offline rule)."""
+
+    name: str
+
+    def choose(self, readouts: dict[float, list[TokenScore]]) -> float: ...
+
+
+class OfflineScaleChooser:
+    """The documented offline rule (`choose_patchscope_scale`)."""
+
+    name = "offline"
+
+    def choose(self, readouts: dict[float, list[TokenScore]]) -> float:
+        return choose_patchscope_scale(readouts)
+
+
 def compute_readouts(
-    pair: ModelPair, difference: ActivationDifference, settings: AdlSettings, primary_layer: int
+    pair: ModelPair, difference: ActivationDifference, settings: AdlSettings, primary_layer: int,
+    scale_chooser: ScaleChooser | None = None,
 ) -> AdlReadouts:
     """Logit lens (plain and hub-suppressed) and Patchscope for every layer and position."""
+    chooser = scale_chooser or OfflineScaleChooser()
     baseline = RandomDirectionBaseline(pair, settings.random_directions, settings.seed)
     layers: list[LayerReadouts] = []
     for layer in difference.layers:
@@ -173,7 +193,8 @@ def compute_readouts(
                 logit_lens=logit_lens(pair, delta, settings.readout_k),
                 logit_lens_suppressed=logit_lens(pair, delta, settings.readout_k, baseline),
                 patchscope={str(s): tokens for s, tokens in scales.items()},
-                patchscope_scale=choose_patchscope_scale(scales),
+                patchscope_scale=chooser.choose(scales),
+                patchscope_scale_rule=chooser.name,
             ))
         informative = positions[1:] or positions
         coherence = sum(token_coherence(p.logit_lens_suppressed) for p in informative) / len(informative)
@@ -196,8 +217,10 @@ def run_adl(
     *,
     overwrite: bool = False,
     show_progress: bool = True,
+    scale_chooser: ScaleChooser | None = None,
 ) -> AdlArtifact:
-    """Compute (or load from cache) activation differences and readouts."""
+    """Compute (or load from cache) activation differences and readouts. The Patchscope scale
+    is chosen by `scale_chooser` (an LLM judge) when given, else by the offline rule."""
     settings = settings or AdlSettings()
     layers = resolve_layers(settings.layers, pair.n_layers)
     primary_layer = resolve_layers([settings.primary_layer], pair.n_layers)[0]
@@ -207,8 +230,11 @@ def run_adl(
             f"computed layers {layers}."
         )
     corpus = load_corpus(settings.corpus)
-    key = _key(METHOD_VERSION, pair_fingerprint(pair.spec), corpus.fingerprint,
-               settings.difference_key_payload(), layers)
+    parts: list[Any] = [METHOD_VERSION, pair_fingerprint(pair.spec), corpus.fingerprint,
+                        settings.difference_key_payload(), layers]
+    if scale_chooser is not None and scale_chooser.name != OfflineScaleChooser.name:
+        parts.append({"scale_chooser": scale_chooser.name})
+    key = _key(*parts)
     target = adl_home() / "adl" / key
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -221,7 +247,7 @@ def run_adl(
         )
         save_file({k: v.contiguous() for k, v in difference.tensors().items()},
                   tmp / "differences.safetensors")
-        readouts = compute_readouts(pair, difference, settings, primary_layer)
+        readouts = compute_readouts(pair, difference, settings, primary_layer, scale_chooser)
         (tmp / "readouts.json").write_text(readouts.model_dump_json())
         (tmp / "settings.json").write_text(json.dumps({
             "settings": settings.model_dump(mode="json"), "layers": layers,
@@ -266,8 +292,10 @@ def run_steering(
     prompts: list[str] | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    coherence_grader: CoherenceGrader | None = None,
 ) -> list[PositionSteering]:
-    """Coherence-searched steering at `layer` (default: the primary layer), cached."""
+    """Coherence-searched steering at `layer` (default: the primary layer), cached. Coherence
+    is judged by `coherence_grader` (an LLM judge) when given, else offline by the base model."""
     settings = settings or SteeringSettings()
     difference: ActivationDifference = artifact.difference
     layer = artifact.readouts.primary_layer if layer is None else layer
@@ -276,12 +304,16 @@ def run_steering(
     for position in positions:
         difference.check_position(position)
     prompts = prompts or load_prompt_set(STEERING_PROMPTS_FILE)
-    key = _key(artifact.path.name, settings.model_dump(mode="json"), layer, positions, prompts)
+    parts: list[Any] = [artifact.path.name, settings.model_dump(mode="json"), layer, positions, prompts]
+    grader_name = getattr(coherence_grader, "name", "offline") if coherence_grader else "offline"
+    if grader_name != "offline":
+        parts.append({"coherence_grader": grader_name})
+    key = _key(*parts)
     target = adl_home() / "adl-steering" / key
 
     def build(tmp: Path) -> dict[str, Any]:
         directions = {p: steering_direction(difference, layer, p) for p in positions}
-        grader = OfflineCoherenceGrader(pair)
+        grader = coherence_grader or OfflineCoherenceGrader(pair)
         with _progress(show_progress) as progress:
             results = search_and_sample(pair, grader, prompts, directions, layer, settings, progress)
         (tmp / "steering.json").write_text(json.dumps([r.model_dump() for r in results], indent=2))

@@ -50,6 +50,8 @@ class WorkerConfig(BaseModel):
     steering: SteeringSettings = SteeringSettings()
     steering_prompts: list[str] | None = Field(None, description="Default: prompts/steering_prompts.yaml.")
     steering_positions: list[int] | None = Field(None, description="Default: every position.")
+    judge: str | None = Field(None, description="Provider spec of an LLM judge for the Patchscope "
+                              "scale and steering coherence; default: the offline rule and grader.")
     limits: WorkerLimits = WorkerLimits()
 
 

@@ -15,9 +15,11 @@ import psutil
 import torch
 
 from prompts import load_prompt_set
+from tools.adl.coherence import CoherenceGrader
 from tools.adl.pipeline import (
     STEERING_PROMPTS_FILE,
     AdlArtifact,
+    ScaleChooser,
     run_adl,
     run_steering,
     steering_direction,
@@ -78,8 +80,11 @@ class AdlService:
         self.stopping = False
 
     @classmethod
-    def start(cls, config: WorkerConfig, *, show_progress: bool = True) -> AdlService:
-        """Load the pair once, then compute (or load cached) ADL and steering per dataset."""
+    def start(cls, config: WorkerConfig, *, show_progress: bool = True,
+              scale_chooser: ScaleChooser | None = None,
+              coherence_grader: CoherenceGrader | None = None) -> AdlService:
+        """Load the pair once, then compute (or load cached) ADL and steering per dataset. The
+        judges (LLM ones built from `config.judge` by the caller) default to the offline rules."""
         pair = load_model_pair(config.pair, config.load)
         prompts = config.steering_prompts or load_prompt_set(STEERING_PROMPTS_FILE)
         artifacts: dict[str, AdlArtifact] = {}
@@ -88,11 +93,12 @@ class AdlService:
             name = anonymized_dataset_name(index)
             log.info("ADL on %s (%s)", name, describe_corpus(corpus))
             artifact = run_adl(pair, config.adl.model_copy(update={"corpus": corpus}),
-                               show_progress=show_progress)
+                               show_progress=show_progress, scale_chooser=scale_chooser)
             artifacts[name] = artifact
             steering[name] = run_steering(pair, artifact, config.steering, prompts=prompts,
                                           positions=config.steering_positions,
-                                          show_progress=show_progress)
+                                          show_progress=show_progress,
+                                          coherence_grader=coherence_grader)
         return cls(config, pair, artifacts, steering, prompts)
 
     # -- model work -------------------------------------------------------------------------
