@@ -3,7 +3,7 @@
 The ADL agent gets the overview first and every tool; the blackbox baseline gets ask_models and
 the hypothesis board only. Both share provider, model and budgets. A bad tool call becomes an
 error result for the model; a provider failure after retries, or an unreachable worker, ends the
-run with its reason recorded. When a budget (agent turns, agent tokens, wall time) runs out the
+run with its reason recorded. When a budget (agent turns, generated tokens, wall time) runs out the
 agent is asked once for its final answer.
 """
 
@@ -36,7 +36,7 @@ class Budgets(BaseModel):
 
     interactions: int = Field(5, ge=0)
     llm_calls: int = Field(30, ge=1, description="Agent turns (provider calls).")
-    agent_tokens: int = Field(500_000, ge=1, description="Agent LLM tokens, input + output.")
+    generated_tokens: int = Field(100_000, ge=1, description="Tokens the agent LLM generates.")
     wall_time_s: float = Field(1800.0, gt=0)
 
 
@@ -122,8 +122,8 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
     def exhausted() -> str | None:
         if tally.llm_calls >= budgets.llm_calls:
             return f"{budgets.llm_calls} agent turns used"
-        if tally.input_tokens + tally.output_tokens >= budgets.agent_tokens:
-            return f"{budgets.agent_tokens} agent tokens used"
+        if tally.output_tokens >= budgets.generated_tokens:
+            return f"{budgets.generated_tokens} generated tokens used"
         if time.monotonic() - started >= budgets.wall_time_s:
             return f"wall time of {budgets.wall_time_s:.0f} s reached"
         return None

@@ -46,6 +46,7 @@ class EvalConfig(BaseModel):
     workers: dict[str, str] = Field(default_factory=dict, description="Organism -> worker URL.")
     concurrency: int = Field(4, ge=1, description="Units (API calls) running at the same time.")
     llm_calls: int = Field(30, ge=1)
+    generated_tokens: int = Field(100_000, ge=1)
     wall_time_s: float = Field(1800, gt=0)
 
     @field_validator("agents")
@@ -167,7 +168,8 @@ def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader:
         return
     path = results / "transcripts" / config.name / f"{unit.file_stem}.attempt{run.attempt}.jsonl"
     store.set_transcript(run.id, path)  # type: ignore[arg-type]
-    budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls, wall_time_s=config.wall_time_s)
+    budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls,
+                      generated_tokens=config.generated_tokens, wall_time_s=config.wall_time_s)
     outcome = investigate(client, provider, unit.agent, budgets, path,  # type: ignore[arg-type]
                           {"organism": unit.organism, "experiment": config.name, "unit": unit.key})
     result = grader.grade(get_organism(unit.organism), outcome.hypothesis)

@@ -87,6 +87,11 @@ def test_budget_exhaustion_asks_once_for_the_final_answer(service: AdlService, t
     outcome = investigate(service, silent, "blackbox", Budgets(interactions=0, llm_calls=3), tmp_path / "b.jsonl")
     assert outcome.end_reason == "no_final_answer" and outcome.hypothesis is None
     assert "3 agent turns used" in (outcome.detail or "")
+    wordy = ScriptedProvider([calls(("list_hypotheses", "{}")), calls(("list_hypotheses", "{}")),
+                              calls(("submit_hypothesis", '{"description": "short"}'))])
+    outcome = investigate(service, wordy, "blackbox", Budgets(generated_tokens=30), tmp_path / "d.jsonl")
+    assert outcome.end_reason == "final_answer" and "30 generated tokens used" in (outcome.detail or "")
+    assert outcome.llm_calls == 3  # 20 + 20 tokens passed the budget after the second turn
     final_line = ScriptedProvider([text("Done.\nFINAL HYPOTHESIS: cakes")])
     outcome = investigate(service, final_line, "blackbox", Budgets(), tmp_path / "c.jsonl")
     assert outcome.end_reason == "final_answer" and outcome.hypothesis == "cakes"

@@ -50,6 +50,7 @@ def run_command(
                                  "openai-compatible:URL:MODEL, or heuristic (offline, not an LLM)."),
     budget: int = typer.Option(5, min=0, help="Model interactions (the paper uses 0, 5, 50)."),
     llm_calls: int = typer.Option(30, min=1, help="Agent turns."),
+    generated_tokens: int = typer.Option(100_000, min=1, help="Tokens the agent LLM may generate."),
     wall_time: float = typer.Option(1800, min=1, help="Seconds."),
     worker_url: str | None = typer.Option(None, envvar="ADL_WORKER_URL",
                                           help="A running `adl worker serve`; default: in-process."),
@@ -63,7 +64,8 @@ def run_command(
     client = connect(organism, worker_url, profile)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = results_dir() / "transcripts" / f"{stamp}-{organism}-{agent}-{uuid.uuid4().hex[:6]}.jsonl"
-    budgets = Budgets(interactions=budget, llm_calls=llm_calls, wall_time_s=wall_time)
+    budgets = Budgets(interactions=budget, llm_calls=llm_calls, generated_tokens=generated_tokens,
+                      wall_time_s=wall_time)
     outcome = investigate(client, chosen, agent, budgets, path, {"organism": organism})  # type: ignore[arg-type]
     label = "" if chosen.is_llm else " (not an LLM: the offline heuristic baseline policy)"
     console.print(f"[bold]{agent} agent[/] with {chosen.name}{label} on [bold]{organism}[/]")
