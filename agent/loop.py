@@ -35,7 +35,7 @@ class Budgets(BaseModel):
     """Limits of one run. `interactions` are model interactions (the paper's i)."""
 
     interactions: int = Field(5, ge=0)
-    llm_calls: int = Field(30, ge=1, description="Agent turns (provider calls).")
+    llm_calls: int = Field(100, ge=1, description="Agent turns (provider calls); the paper: 100.")
     generated_tokens: int = Field(100_000, ge=1, description="Tokens the agent LLM generates.")
     wall_time_s: float = Field(1800.0, gt=0)
 

@@ -45,7 +45,7 @@ class EvalConfig(BaseModel):
     profile: AnalysisProfile = "paper"
     workers: dict[str, str] = Field(default_factory=dict, description="Organism -> worker URL.")
     concurrency: int = Field(4, ge=1, description="Units (API calls) running at the same time.")
-    llm_calls: int = Field(30, ge=1)
+    llm_calls: int = Field(100, ge=1)
     generated_tokens: int = Field(100_000, ge=1)
     wall_time_s: float = Field(1800, gt=0)
 

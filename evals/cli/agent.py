@@ -49,7 +49,7 @@ def run_command(
     provider: str = typer.Option("heuristic", help="openai:MODEL, anthropic:MODEL, "
                                  "openai-compatible:URL:MODEL, or heuristic (offline, not an LLM)."),
     budget: int = typer.Option(5, min=0, help="Model interactions (the paper uses 0, 5, 50)."),
-    llm_calls: int = typer.Option(30, min=1, help="Agent turns."),
+    llm_calls: int = typer.Option(100, min=1, help="Agent turns (the paper: 100)."),
     generated_tokens: int = typer.Option(100_000, min=1, help="Tokens the agent LLM may generate."),
     wall_time: float = typer.Option(1800, min=1, help="Seconds."),
     worker_url: str | None = typer.Option(None, envvar="ADL_WORKER_URL",
