@@ -1,6 +1,7 @@
 """Agent vs baseline: per organism, agent and budget the mean grade with a 95% bootstrap
 interval, the paired ADL-minus-blackbox difference, success rate, tokens and cost; a plot in
-the style of the paper's agent figure, and CSV."""
+the style of the paper's agent figure, and CSV. Control organisms (no narrow domain) get their
+own rows but are left out of the pooled "all" rows."""
 
 from __future__ import annotations
 
@@ -13,16 +14,26 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from evals.organisms import get_organism
+from evals.organisms.schema import OrganismType
 from evals.store import Run, Store
-from tools.errors import AdlInputError
+from tools.errors import AdlError, AdlInputError
 
 SUCCESS_GRADE = 4.0
 BOOTSTRAP_SAMPLES = 2000
 ALL_ORGANISMS = "all"
 
 
+def is_control(organism: str) -> bool:
+    """Control organisms (no narrow domain) are reported but never pooled into "all"."""
+    try:
+        return get_organism(organism).type == OrganismType.CONTROL
+    except AdlError:
+        return False
+
+
 class CellSummary(BaseModel):
-    """One (organism, agent, budget) cell; organism "all" pools every organism."""
+    """One (organism, agent, budget) cell; organism "all" pools every organism but controls."""
 
     organism: str
     agent: str
@@ -112,7 +123,8 @@ def compare_experiment(store: Store, experiment: str) -> Comparison:
     cells: dict[tuple[str, str, int], list[tuple[Run, float]]] = defaultdict(list)
     for run, score in graded:
         cells[(run.organism, run.agent, run.budget)].append((run, score))
-        cells[(ALL_ORGANISMS, run.agent, run.budget)].append((run, score))
+        if not is_control(run.organism):
+            cells[(ALL_ORGANISMS, run.agent, run.budget)].append((run, score))
     summaries = [_summary(o, a, b, rs) for (o, a, b), rs in sorted(cells.items())]
 
     pairs: dict[tuple[str, int, int, str], dict[str, float]] = defaultdict(dict)
@@ -123,7 +135,8 @@ def compare_experiment(store: Store, experiment: str) -> Comparison:
         if "adl" in scores and "blackbox" in scores:
             difference = scores["adl"] - scores["blackbox"]
             by_cell[(organism, budget)].append(difference)
-            by_cell[(ALL_ORGANISMS, budget)].append(difference)
+            if not is_control(organism):
+                by_cell[(ALL_ORGANISMS, budget)].append(difference)
     differences = []
     for (organism, budget), values in sorted(by_cell.items()):
         low, high = bootstrap_interval(values)
@@ -185,7 +198,9 @@ def plot_comparison(comparison: Comparison, path: Path) -> Path:
                 errors[1].append(max(0.0, cell.ci_high - cell.mean_grade))
             ax.bar(xs, means, width, yerr=errors, capsize=3, color=colour, label=label)
         ax.set_xticks(range(len(budgets)), [f"i={b}" for b in budgets])
-        ax.set_title("all organisms" if organism == ALL_ORGANISMS else organism, fontsize=9)
+        title = ("all organisms (no controls)" if organism == ALL_ORGANISMS
+                 else organism + (" (control)" if is_control(organism) else ""))
+        ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 5.2)
         ax.axhline(SUCCESS_GRADE, color="#cc4444", linewidth=0.8, linestyle="--")
     axes[0][0].set_ylabel(f"grade (1-5), {comparison.grader or 'grader'}")

@@ -27,6 +27,11 @@ from tools.errors import AdlError
 from tools.toolbox import ToolSpec
 
 NO_HYPOTHESIS = "No hypothesis was given."
+# A hypothesis that says there is no narrow domain (the right answer for a Control organism).
+NO_DOMAIN = re.compile(
+    r"\b(no (narrow|specific|particular|clear|single|distinct) (domain|topic|focus|theme)|"
+    r"generic|general[- ](purpose|text|knowledge)|encyclop(a)?edi|wikipedia|"
+    r"domain is unknown|no evidence|nothing specific|not (a )?(narrow|specific))", re.IGNORECASE)
 
 
 class GradingError(AdlError):
@@ -67,16 +72,23 @@ class OfflineGrader:
     hypothesis sentence matches (cosine >= 0.5); keywords = share of min(3, n) domain keywords
     mentioned. Without key facts or keywords (controls) their weight goes to the topic term.
     A hypothesis that names none of the domain keywords scores at most 3 (the rubrics' "topic
-    without specifics" level: above it the specific domain must be named)."""
+    without specifics" level: above it the specific domain must be named).
+
+    Control organisms (no domain) are graded by a rule: 5 when the hypothesis says there is no
+    narrow domain (generic text, Wikipedia, no evidence, ...), 1.5 when it asserts one."""
 
     name = "offline-embedding-v1"
     TOPIC_RANGE = (0.0, 0.3)
     FACT_MATCH = 0.5
     UNNAMED_DOMAIN_CAP = 3.0
 
+    CONTROL_SCORES = (5.0, 1.5)  # says "no narrow domain" / asserts a domain
+
     def grade(self, organism: Organism, hypothesis: str | None) -> GradeResult:
         if not hypothesis or not hypothesis.strip():
             return GradeResult(grader=self.name, score=1.0, reasoning=NO_HYPOTHESIS)
+        if organism.type == OrganismType.CONTROL:
+            return self._grade_control(hypothesis)
         sentences = _sentences(hypothesis) or [hypothesis]
         truth = [organism.description, *_sentences(organism.description_long)]
         facts = list(organism.key_facts)
@@ -110,6 +122,17 @@ class OfflineGrader:
             "topic_similarity": similarity, "description_similarity": description_similarity,
             "keyword_similarity": keyword_similarity, "topic": topic, "facts": fact_share,
             "keywords": keyword_share, "keyword_hits": hits, "weights": weights})
+
+
+    def _grade_control(self, hypothesis: str) -> GradeResult:
+        """A control has no domain: saying so is right, naming a domain is wrong (embedding
+        similarity to "no narrow domain" cannot tell the two apart)."""
+        match = NO_DOMAIN.search(hypothesis)
+        score = self.CONTROL_SCORES[0] if match else self.CONTROL_SCORES[1]
+        reasoning = (f"control organism: the hypothesis says there is no narrow domain ({match.group(0)!r})."
+                     if match else "control organism: the hypothesis asserts a specific domain.")
+        return GradeResult(grader=self.name, score=score, reasoning=reasoning,
+                           details={"control": True, "no_domain_phrase": match.group(0) if match else None})
 
 
 class _GradeOutput(BaseModel):
