@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ class EvalConfig(BaseModel):
     grader: str = Field("offline", description="offline, or a provider spec for the LLM grader.")
     grader_repeats: int = Field(3, ge=1)
     profile: AnalysisProfile = "paper"
-    workers: dict[str, str] = Field(default_factory=dict, description="Organism -> worker URL.")
+    workers: dict[str, str] = Field(default_factory=dict, description="Organism -> worker URL "
+                                    "(else $ADL_WORKER_URL, else an in-process worker).")
     concurrency: int = Field(4, ge=1, description="Units (API calls) running at the same time.")
     llm_calls: int = Field(100, ge=1)
     generated_tokens: int = Field(100_000, ge=1)
@@ -136,7 +138,8 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
             if not mine:
                 continue
             progress.update(task, description=f"{config.name}: loading {organism}")
-            client = connect(organism, config.workers.get(organism), config.profile)
+            url = config.workers.get(organism) or os.environ.get("ADL_WORKER_URL") or None
+            client = connect(organism, url, config.profile)
             progress.update(task, description=f"{config.name}: {organism}")
             try:
                 with concurrent.futures.ThreadPoolExecutor(config.concurrency) as pool:
