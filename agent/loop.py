@@ -29,6 +29,8 @@ EndReason = Literal["submitted", "final_answer", "no_final_answer", "provider_er
                     "worker_unavailable"]
 FINAL_LINE = re.compile(r"^\s*FINAL HYPOTHESIS:\s*(.+)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 MAX_NUDGES = 2
+# Tool errors that mean the worker is gone or going: the run ends instead of wasting turns.
+WORKER_GONE = frozenset({"WorkerUnavailableError", "WorkerRequestError:stopping"})
 
 
 class Budgets(BaseModel):
@@ -144,7 +146,7 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
             turn = ChatTurn(role="tool", content=result.text(), tool_call_id=tool_call.id,
                             tool_name=tool_call.name, is_error=not result.ok)
             messages.append(turn)
-            if result.error_type == "WorkerUnavailableError":
+            if result.error_type in WORKER_GONE:
                 return finish("worker_unavailable", None, result.error)
             if result.ends_run:
                 return finish("submitted", toolbox.submitted)

@@ -46,6 +46,7 @@ class CellSummary(BaseModel):
     mean_tokens: float
     cost_usd: float | None  # None when any run's price is unknown
     provider: str
+    provider_is_llm: bool
 
 
 class PairedDifference(BaseModel):
@@ -53,6 +54,7 @@ class PairedDifference(BaseModel):
 
     organism: str
     budget: int
+    provider: str
     n_pairs: int
     mean_difference: float
     ci_low: float
@@ -67,11 +69,16 @@ class Comparison(BaseModel):
     unfinished_runs: int
     ungraded_runs: int
 
-    def cell(self, organism: str, agent: str, budget: int) -> CellSummary | None:
+    def cell(self, organism: str, agent: str, budget: int, provider: str | None = None) -> CellSummary | None:
         for cell in self.cells:
-            if (cell.organism, cell.agent, cell.budget) == (organism, agent, budget):
+            if (cell.organism, cell.agent, cell.budget) == (organism, agent, budget) and \
+                    provider in (None, cell.provider):
                 return cell
         return None
+
+    @property
+    def providers(self) -> list[str]:
+        return sorted({cell.provider for cell in self.cells})
 
 
 def bootstrap_interval(values: Sequence[float], seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -87,7 +94,8 @@ def bootstrap_interval(values: Sequence[float], seed: int = 0, level: float = 0.
     return (float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
 
 
-def _summary(organism: str, agent: str, budget: int, runs: list[tuple[Run, float]]) -> CellSummary:
+def _summary(organism: str, agent: str, budget: int, provider: str,
+             runs: list[tuple[Run, float]]) -> CellSummary:
     scores = [score for _, score in runs]
     low, high = bootstrap_interval(scores)
     costs = [run.cost_usd for run, _ in runs]
@@ -97,7 +105,7 @@ def _summary(organism: str, agent: str, budget: int, runs: list[tuple[Run, float
         success_rate=sum(s >= SUCCESS_GRADE for s in scores) / len(scores),
         mean_tokens=float(np.mean([run.input_tokens + run.output_tokens for run, _ in runs])),
         cost_usd=None if any(c is None for c in costs) else float(sum(costs)),  # type: ignore[arg-type]
-        provider=", ".join(sorted({run.provider for run, _ in runs})),
+        provider=provider, provider_is_llm=all(run.provider_is_llm for run, _ in runs),
     )
 
 
@@ -120,27 +128,28 @@ def compare_experiment(store: Store, experiment: str) -> Comparison:
             continue
         graders.add(grades[0].grader)
         graded.append((run, grades[0].score))
-    cells: dict[tuple[str, str, int], list[tuple[Run, float]]] = defaultdict(list)
+    cells: dict[tuple[str, str, int, str], list[tuple[Run, float]]] = defaultdict(list)
     for run, score in graded:
-        cells[(run.organism, run.agent, run.budget)].append((run, score))
+        cells[(run.organism, run.agent, run.budget, run.provider)].append((run, score))
         if not is_control(run.organism):
-            cells[(ALL_ORGANISMS, run.agent, run.budget)].append((run, score))
-    summaries = [_summary(o, a, b, rs) for (o, a, b), rs in sorted(cells.items())]
+            cells[(ALL_ORGANISMS, run.agent, run.budget, run.provider)].append((run, score))
+    summaries = [_summary(o, a, b, p, rs) for (o, a, b, p), rs in sorted(cells.items())]
 
     pairs: dict[tuple[str, int, int, str], dict[str, float]] = defaultdict(dict)
     for run, score in graded:
         pairs[(run.organism, run.budget, run.repeat, run.provider)][run.agent] = score
-    by_cell: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for (organism, budget, _, _), scores in pairs.items():
+    by_cell: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+    for (organism, budget, _, provider), scores in pairs.items():
         if "adl" in scores and "blackbox" in scores:
             difference = scores["adl"] - scores["blackbox"]
-            by_cell[(organism, budget)].append(difference)
+            by_cell[(organism, budget, provider)].append(difference)
             if not is_control(organism):
-                by_cell[(ALL_ORGANISMS, budget)].append(difference)
+                by_cell[(ALL_ORGANISMS, budget, provider)].append(difference)
     differences = []
-    for (organism, budget), values in sorted(by_cell.items()):
+    for (organism, budget, provider), values in sorted(by_cell.items()):
         low, high = bootstrap_interval(values)
-        differences.append(PairedDifference(organism=organism, budget=budget, n_pairs=len(values),
+        differences.append(PairedDifference(organism=organism, budget=budget, provider=provider,
+                                            n_pairs=len(values),
                                             mean_difference=float(np.mean(values)), ci_low=low, ci_high=high))
     return Comparison(
         experiment=experiment, grader=", ".join(sorted(graders)) or None, cells=summaries,
@@ -155,16 +164,16 @@ def write_csv(comparison: Comparison, path: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["row", "organism", "agent", "budget", "n", "mean", "ci_low", "ci_high",
-                         "success_rate", "mean_tokens", "cost_usd", "provider"])
+                         "success_rate", "mean_tokens", "cost_usd", "provider", "provider_is_llm"])
         for c in comparison.cells:
             writer.writerow(["grade", c.organism, c.agent, c.budget, c.n, f"{c.mean_grade:.4f}",
                              f"{c.ci_low:.4f}", f"{c.ci_high:.4f}", f"{c.success_rate:.4f}",
                              f"{c.mean_tokens:.1f}", "" if c.cost_usd is None else f"{c.cost_usd:.6f}",
-                             c.provider])
+                             c.provider, "yes" if c.provider_is_llm else "no (heuristic policy)"])
         for d in comparison.differences:
             writer.writerow(["adl_minus_blackbox", d.organism, "", d.budget, d.n_pairs,
                              f"{d.mean_difference:.4f}", f"{d.ci_low:.4f}", f"{d.ci_high:.4f}",
-                             "", "", "", ""])
+                             "", "", "", d.provider, ""])
     return path
 
 
@@ -183,13 +192,19 @@ def plot_comparison(comparison: Comparison, path: Path) -> Path:
     budgets = sorted({c.budget for c in comparison.cells})
     fig, axes = plt.subplots(1, len(organisms), figsize=(2.6 * len(organisms) + 1, 3.2), sharey=True,
                              squeeze=False)
-    width = 0.38
+    series = [(agent, provider) for provider in comparison.providers for agent in ("adl", "blackbox")]
+    width = 0.8 / len(series)
+    shades = ["#1f77b4", "#aaaaaa", "#2ca02c", "#777777", "#9467bd", "#cccccc"]
     for ax, organism in zip(axes[0], organisms, strict=True):
-        for offset, agent in ((-width / 2, "adl"), (width / 2, "blackbox")):
-            label, colour = AGENT_STYLE.get(agent, (agent, "#555555"))
+        for k, (agent, provider) in enumerate(series):
+            label = AGENT_STYLE.get(agent, (agent, ""))[0]
+            if len(comparison.providers) > 1 or provider.startswith("heuristic"):
+                label += f" ({'heuristic, not an LLM' if provider.startswith('heuristic') else provider})"
+            colour = AGENT_STYLE[agent][1] if len(series) == 2 else shades[k % len(shades)]
+            offset = (k - (len(series) - 1) / 2) * width
             xs, means, errors = [], [], [[], []]
             for i, budget in enumerate(budgets):
-                cell = comparison.cell(organism, agent, budget)
+                cell = comparison.cell(organism, agent, budget, provider)
                 if cell is None:
                     continue
                 xs.append(i + offset)

@@ -26,6 +26,8 @@ from evals.store import Grade, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
 from tools.errors import AdlError
+from tools.worker.client import HttpWorkerClient
+from tools.worker.http import TOKEN_ENV
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +128,16 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
         log.warning("experiment %s exists with another config; resuming it with the new grid", config.name)
     grader = make_grader(config.grader, config.grader_repeats)
     units = grid(config)
-    finished = {run.unit_key for run in store.runs(experiment.id, status="finished")}  # type: ignore[arg-type]
+    finished_runs = store.runs(experiment.id, status="finished")  # type: ignore[arg-type]
+    finished = {run.unit_key for run in finished_runs}
     todo = [u for u in units if u.key not in finished]
     failed: list[str] = []
+    for run in finished_runs:  # an agent run whose grading failed is graded, not run again
+        if not store.grades(run.id):  # type: ignore[arg-type]
+            try:
+                _grade(store, run.id, run.organism, run.hypothesis, grader)  # type: ignore[arg-type]
+            except AdlError as exc:
+                failed.append(f"{run.unit_key}: grading failed: {exc}")
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not show_progress)
     with progress:
@@ -138,8 +147,7 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
             if not mine:
                 continue
             progress.update(task, description=f"{config.name}: loading {organism}")
-            url = config.workers.get(organism) or os.environ.get("ADL_WORKER_URL") or None
-            client = connect(organism, url, config.profile)
+            client = connect(organism, _worker_url(config, organism), config.profile)
             progress.update(task, description=f"{config.name}: {organism}")
             try:
                 with concurrent.futures.ThreadPoolExecutor(config.concurrency) as pool:
@@ -149,8 +157,8 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
                         unit = futures[future]
                         try:
                             future.result()
-                        except AdlError as exc:
-                            failed.append(f"{unit.key}: {exc}")
+                        except Exception as exc:  # noqa: BLE001 - one unit never stops the grid
+                            failed.append(f"{unit.key}: {type(exc).__name__}: {exc}")
                             log.error("unit %s failed: %s", unit.key, exc)
                         progress.advance(task)
             finally:
@@ -175,7 +183,28 @@ def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader:
                       generated_tokens=config.generated_tokens, wall_time_s=config.wall_time_s)
     outcome = investigate(client, provider, unit.agent, budgets, path,  # type: ignore[arg-type]
                           {"organism": unit.organism, "experiment": config.name, "unit": unit.key})
-    result = grader.grade(get_organism(unit.organism), outcome.hypothesis)
-    store.finish_unit(run.id, outcome.model_dump(), Grade(  # type: ignore[arg-type]
-        run_id=run.id, grader=result.grader, score=result.score, reasoning=result.reasoning,
-        details=result.details))
+    store.finish_unit(run.id, outcome.model_dump(), None)  # type: ignore[arg-type]
+    _grade(store, run.id, unit.organism, outcome.hypothesis, grader)  # type: ignore[arg-type]
+
+
+def _grade(store: Store, run_id: int, organism: str, hypothesis: str | None,
+           grader: HypothesisGrader) -> None:
+    result = grader.grade(get_organism(organism), hypothesis)
+    store.add_grade(run_id, Grade(run_id=run_id, grader=result.grader, score=result.score,
+                                  reasoning=result.reasoning, details=result.details))
+
+
+def _worker_url(config: EvalConfig, organism: str) -> str | None:
+    """The organism's worker: from the config, else $ADL_WORKER_URL when that worker serves
+    this organism (the runner image's worker serves one), else None (in-process)."""
+    if organism in config.workers:
+        return config.workers[organism]
+    url = os.environ.get("ADL_WORKER_URL")
+    if not url:
+        return None
+    try:
+        served = HttpWorkerClient(url, token=os.environ.get(TOKEN_ENV) or None).info().label
+    except AdlError as exc:
+        log.warning("ADL_WORKER_URL %s is not usable (%s); %s runs in-process", url, exc, organism)
+        return None
+    return url if served == organism else None

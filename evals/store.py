@@ -217,6 +217,13 @@ class Store:
             session.refresh(run)
             return run
 
+    def add_grade(self, run_id: int, grade: Grade) -> None:
+        """Store a grade of a finished run (grading is its own step, so it can be redone)."""
+        with self.session() as session:
+            grade.run_id = run_id
+            session.add(grade)
+            session.commit()
+
     # -- details ------------------------------------------------------------------------------
 
     def messages(self, run_id: int) -> list[Message]:

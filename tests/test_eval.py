@@ -59,16 +59,27 @@ def _finished(database: Path) -> int:
         return 0
 
 
+def _running_with_transcript(database: Path) -> bool:
+    """A unit is mid-run: its row is `running` and its transcript has events."""
+    try:
+        with sqlite3.connect(database) as connection:
+            paths = [row[0] for row in connection.execute(
+                "select transcript_path from run where status = 'running' and transcript_path is not null")]
+    except sqlite3.OperationalError:
+        return False
+    return any(Path(p).exists() and Path(p).stat().st_size > 0 for p in paths)
+
+
 def test_killed_grid_resumes_with_every_unit_stored_once(worker_url: str, tmp_path: Path) -> None:
     results = tmp_path / "results"
     config = _write_config(tmp_path, worker_url)
     database = results / "adl.db"
     first = _eval_run(config, results)
     deadline = time.monotonic() + 300
-    while _finished(database) < 3:
+    while not (_finished(database) >= 3 and _running_with_transcript(database)):
         assert first.poll() is None, first.communicate()[0]
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.02)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     killed_at = _finished(database)
@@ -92,6 +103,7 @@ def test_killed_grid_resumes_with_every_unit_stored_once(worker_url: str, tmp_pa
         assert len(store.tool_calls(run.id)) == sum(e.kind == "tool_call" for e in events)  # type: ignore[arg-type]
     files = sorted((results / "transcripts" / "grid").glob("*.jsonl"))
     retried = [r for r in runs if r.attempt > 1]
+    assert len(retried) >= 1  # the unit killed mid-run was run again
     assert len(files) == 12 + len(retried)  # the interrupted attempt's transcript was kept
     for run in retried:
         earlier = Path(run.transcript_path or "").with_name(

@@ -149,6 +149,30 @@ def test_budget_and_agent_kinds(service: AdlService) -> None:
     assert spec.description.startswith("Top tokens of the activation difference")
 
 
+RAW_BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("/readouts", {"dataset": "dataset_1", "positions": [7]}, 400, "positions"),
+    ("/readouts", {"dataset": "dataset_1", "k": 500}, 422, "k"),
+    ("/readouts", {"dataset": "dataset_1", "extra": 1}, 422, "extra"),
+    ("/chat", {"prompts": []}, 422, "prompts"),
+    ("/chat", {"prompts": ["a", "b", "c", "d", "e"]}, 400, "prompts"),
+    ("/chat", {"prompts": "hello"}, 422, "prompts"),
+    ("/chat", {"prompts": ["  "]}, 422, "prompts"),
+    ("/chat", {"prompts": ["hi"], "max_new_tokens": 999}, 400, "max_new_tokens"),
+    ("/generate-steered", {"dataset": "dataset_1", "position": "one", "prompts": ["x"]}, 422, "position"),
+    ("/generate-steered", {"dataset": "dataset_1", "position": 1, "prompts": ["x"], "n": 9}, 400, "n"),
+    ("/steered-samples", {"dataset": "dataset_1", "position": 0}, 400, "position"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "field"), RAW_BAD_REQUESTS)
+def test_raw_bad_requests_name_the_field(worker_url: str, path: str, body: dict[str, Any], status: int,
+                                         field: str) -> None:
+    answer = httpx.post(f"{worker_url}{path}", json=body)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_argument" and field in error["fields"], error
+
+
 def test_raw_http_errors_are_structured_and_the_worker_keeps_serving(worker_url: str) -> None:
     bad = httpx.post(f"{worker_url}/readouts", json={"dataset": "dataset_1", "positions": "x"})
     assert bad.status_code == 422
@@ -158,6 +182,9 @@ def test_raw_http_errors_are_structured_and_the_worker_keeps_serving(worker_url:
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
     huge = httpx.post(f"{worker_url}/chat", content=b"x" * 30_000, headers={"content-type": "application/json"})
     assert huge.status_code == 413 and huge.json()["error"]["type"] == "too_large"
+    streamed = httpx.post(f"{worker_url}/chat", content=(b"x" * 10_000 for _ in range(3)),
+                          headers={"content-type": "application/json"})  # no Content-Length
+    assert streamed.status_code == 413 and streamed.json()["error"]["type"] == "too_large"
     not_json = httpx.post(f"{worker_url}/chat", content=b"{oops", headers={"content-type": "application/json"})
     assert not_json.status_code == 422
     assert httpx.get(f"{worker_url}/health").json() == {"status": "ok"}
@@ -202,6 +229,9 @@ def test_non_loopback_needs_a_token(worker_config, worker_home: Path, service: A
         assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "unauthorized"
         wrong = httpx.get(f"{url}/info", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
+        odd = httpx.get(f"{url}/info", headers={"Authorization": "Bearer t\u00f6ken".encode()})
+        assert odd.status_code == 401
+        assert httpx.get(f"{url}/openapi.json").status_code in (401, 404)
         assert HttpWorkerClient(url, token=TOKEN).readouts(ReadoutRequest(dataset="dataset_1")).layer == 3
 
 
@@ -220,7 +250,7 @@ def test_graceful_shutdown_and_a_killed_worker(worker_config, worker_home: Path,
         threads = [threading.Thread(target=ask) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(0.3)
+        time.sleep(0.6)
         process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(timeout=60)
@@ -244,7 +274,9 @@ def test_queue_merges_greedy_chats_and_rejects_work_when_closing() -> None:
 
     queue = ModelQueue(run_chat, max_pending=4)
     futures = [queue.submit(ChatJob("base", ["p0"], 8, 0.0, 0))]
-    time.sleep(0.1)  # the model thread takes the first job and blocks in it
+    deadline = time.monotonic() + 10
+    while len(queue) and time.monotonic() < deadline:  # the model thread takes the first job
+        time.sleep(0.01)
     futures += [queue.submit(ChatJob("base", [f"p{i}"], 8, 0.0, 0)) for i in range(1, 5)]
     with pytest.raises(WorkerBusyError, match="queue is full"):
         queue.submit(ChatJob("base", ["extra"], 8, 0.0, 0))
@@ -254,7 +286,8 @@ def test_queue_merges_greedy_chats_and_rejects_work_when_closing() -> None:
 
     gate.clear()
     running = queue.submit(ChatJob("base", ["running"], 8, 0.0, 0))
-    time.sleep(0.1)
+    while len(queue) and time.monotonic() < deadline + 10:
+        time.sleep(0.01)
     waiting = queue.submit(ChatJob("base", ["sampled"], 8, 1.0, 0))
     closer = threading.Thread(target=queue.close, kwargs={"drain_timeout": 0.3})
     closer.start()

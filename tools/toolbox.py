@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from tools.errors import AdlError, ToolInputError
+from tools.errors import AdlError, ToolInputError, WorkerRequestError
 from tools.worker.client import WorkerClient
 from tools.worker.schema import (
     MAX_READOUT_K,
@@ -277,11 +277,16 @@ class Toolbox:
         except ToolInputError as exc:
             return ToolResult(name=name, ok=False, error=str(exc), error_fields=exc.fields,
                               error_type=type(exc).__name__)
+        except WorkerRequestError as exc:
+            return ToolResult(name=name, ok=False, error=f"{type(exc).__name__}: {exc}",
+                              error_fields=exc.fields, error_type=f"WorkerRequestError:{exc.error_type}")
         except AdlError as exc:
             return ToolResult(name=name, ok=False, error=f"{type(exc).__name__}: {exc}",
                               error_type=type(exc).__name__)
         except ValidationError as exc:  # a request the worker schema refuses
-            return ToolResult(name=name, ok=False, error=f"Invalid arguments for {name}: {exc}",
+            problems = [f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()]
+            return ToolResult(name=name, ok=False, error=f"Invalid arguments for {name}: " + "; ".join(problems),
+                              error_fields=[".".join(map(str, e["loc"])) for e in exc.errors() if e["loc"]],
                               error_type="ValidationError")
         except Exception as exc:
             log.exception("tool %s failed", name)

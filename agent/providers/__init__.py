@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from agent.errors import ProviderConfigError
 from agent.providers.base import ChatTurn, Completion, Provider, ToolCall, Usage
 from agent.retry import RetryPolicy
+from agent.url import public_url
 
 __all__ = [
     "API_KEY_VARIABLES",
@@ -47,7 +48,7 @@ class ProviderSpec(BaseModel):
 
     def __str__(self) -> str:
         if self.kind == "openai-compatible":
-            return f"{self.kind}:{self.base_url}:{self.model}"
+            return f"{self.kind}:{public_url(self.base_url or '')}:{self.model}"
         return f"{self.kind}:{self.model}"
 
 

@@ -16,6 +16,7 @@ from agent.pricing import cost_usd
 from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
 from agent.retry import RetryPolicy, parse_retry_after, with_retries
 from agent.secrets import redact
+from agent.url import public_url
 from tools.toolbox import ToolSpec
 
 OpenAIKind = Literal["openai", "openai-compatible"]
@@ -68,8 +69,8 @@ class OpenAIProvider:
         self.kind: OpenAIKind = kind
         self.base_url = base_url
         self.retry = retry
-        self.name = f"openai-compatible:{base_url}:{model}" if kind == "openai-compatible" \
-            else f"openai:{model}"
+        self.name = f"openai-compatible:{public_url(base_url or '')}:{model}" \
+            if kind == "openai-compatible" else f"openai:{model}"
         self._api_key = api_key
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0,
                                      timeout=timeout)

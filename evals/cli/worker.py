@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from agent.judges import make_judges
+from agent.secrets import install_log_redaction
 from evals.workers import PROFILES, organism_worker_config
 from tools.config import load_yaml_model
 from tools.errors import AdlInputError
@@ -39,6 +40,7 @@ def serve_command(
                                      "steering coherence); default: offline."),
 ) -> None:
     """Load the pair once, compute or load its ADL, and serve the tools until stopped."""
+    install_log_redaction()
     token = os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)  # before any model is loaded
     if (organism is None) == (config is None):

@@ -52,7 +52,7 @@ def check_bind(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
         raise WorkerAuthError(
             f"Refusing to serve on {host} without a token: the worker would be open to the "
-            f"network. Set {TOKEN_ENV} (or pass --token), or bind to 127.0.0.1."
+            f"network. Set {TOKEN_ENV}, or bind to 127.0.0.1."
         )
 
 
@@ -77,28 +77,36 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        # Read the body up to the limit first (streamed bodies have no declared length), then
+        # replay it to the app.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge()
-            return message
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            more = bool(message.get("more_body"))
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = _error(413, "too_large", f"The request body is larger than {self.max_bytes} bytes.")
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _field_path(location: tuple[Any, ...]) -> str:
@@ -114,7 +122,9 @@ def create_app(service: AdlService, token: str | None = None) -> FastAPI:
         rejected = service.close()
         log.info("worker stopped (%d queued jobs rejected)", rejected)
 
-    app = FastAPI(title="adl-agent worker", lifespan=lifespan)
+    # The API description is served only without a token (loopback): it needs no auth itself.
+    docs: dict[str, Any] = {} if token is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="adl-agent worker", lifespan=lifespan, **docs)
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_request_bytes)
 
     async def authorize(request: Request) -> None:
@@ -122,7 +132,7 @@ def create_app(service: AdlService, token: str | None = None) -> FastAPI:
             return
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise _Unauthorized()
 
     @app.exception_handler(_Unauthorized)

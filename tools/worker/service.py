@@ -141,8 +141,9 @@ class AdlService:
             ChatReply(prompt=prompt, replies={side: by_side[side][i] for side in by_side})
             for i, prompt in enumerate(request.prompts)
         ]
-        generated = sum(len(self.pair.tokenizer(text)["input_ids"])
-                        for texts in by_side.values() for text in texts)
+        texts = [text for replies_of_side in by_side.values() for text in replies_of_side]
+        # the fast tokenizer is not thread-safe: count on the model thread
+        generated = self.queue.call(lambda: sum(len(self.pair.tokenizer(t)["input_ids"]) for t in texts))
         return ChatResponse(replies=replies, generated_tokens=generated)
 
     # -- readouts and steering ----------------------------------------------------------------
