@@ -49,22 +49,27 @@ def comparison_table(comparison: Comparison) -> Table:
     caption = "providers: " + ", ".join(
         p + (" (not an LLM: offline heuristic baseline policy)" if p.startswith("heuristic") else "")
         for p in providers)
-    table = Table("organism", "agent", "i", "n", "grade", "95% CI", "success", "tokens", "cost",
-                  title=f"{comparison.experiment} (grader: {comparison.grader})", caption=caption)
+    several = len(providers) > 1
+    columns = ["organism", "agent", "i", "n", "grade", "95% CI", "success", "tokens", "cost"]
+    table = Table(*columns, *(["provider"] if several else []), caption=caption + "; 'all' leaves controls out",
+                  title=f"{comparison.experiment} (grader: {comparison.grader})")
     for cell in comparison.cells:
         cost = "unknown" if cell.cost_usd is None else f"${cell.cost_usd:.2f}"
         table.add_row(cell.organism, cell.agent, str(cell.budget), str(cell.n),
                       f"{cell.mean_grade:.2f}", f"{cell.ci_low:.2f}-{cell.ci_high:.2f}",
-                      f"{cell.success_rate:.0%}", f"{cell.mean_tokens:.0f}", cost)
+                      f"{cell.success_rate:.0%}", f"{cell.mean_tokens:.0f}", cost,
+                      *([cell.provider] if several else []))
     return table
 
 
 def difference_table(comparison: Comparison) -> Table:
-    table = Table("organism", "budget", "pairs", "ADL - blackbox [95% CI]",
+    several = len(comparison.providers) > 1
+    table = Table("organism", "budget", "pairs", "ADL - blackbox [95% CI]", *(["provider"] if several else []),
                   title="paired difference (same organism, budget, repeat, provider)")
     for d in comparison.differences:
         table.add_row(d.organism, str(d.budget), str(d.n_pairs),
-                      f"{d.mean_difference:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]")
+                      f"{d.mean_difference:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]",
+                      *([d.provider] if several else []))
     return table
 
 
