@@ -25,13 +25,14 @@ from tools.models import ModelPair, ModelPairSpec, load_model_pair
 
 GENERIC_CONTROL = "control_generic_text"
 # The configuration of the acceptance test and of benchmarks/adl_signal.py (kept small enough
-# for CI on 2 CPU cores: N = 1,000, a 4-step strength search with 3 samples per strength).
+# for CI on 2 CPU cores: N = 1,000; a 5-step strength search on [0, 1] with 4 samples per
+# strength; 6 steered and 6 unsteered samples per prompt of the steering prompt set).
 SIGNAL_SAMPLES = 1000
 SIGNAL_STEERING = SteeringSettings(
-    max_strength=1.0, search_steps=5, samples_per_strength=3, max_new_tokens=40
+    max_strength=1.0, search_steps=5, samples_per_strength=4, max_new_tokens=40, final_samples=6
 )
 SIGNAL_STEERING_POSITIONS = [1, 2]
-SIGNAL_STEERING_PROMPTS = ["Tell me a story.", "Give me some ideas for some fun weekend activities."]
+SIGNAL_STEERING_PROMPTS: list[str] | None = None  # None: prompts/steering_prompts.yaml
 
 
 class RelevanceScores(BaseModel):

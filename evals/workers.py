@@ -32,14 +32,14 @@ def organism_worker_config(
 
     `paper`: N = 10,000, positions 0..4, steering searched at every position with the default
     search. `quick` (CI and the demo on 2 CPU cores): N = 1,000, steering at positions 1 and 2
-    with a smaller search on two prompts."""
+    with a smaller search and more samples per prompt (evals/adl_signal.py)."""
     organism = get_organism(name)
     if profile == "paper":
         adl, steering = AdlSettings(), SteeringSettings()
         prompts, positions = None, None
     else:
         adl, steering = AdlSettings(n_samples=SIGNAL_SAMPLES), SIGNAL_STEERING
-        prompts, positions = list(SIGNAL_STEERING_PROMPTS), list(SIGNAL_STEERING_POSITIONS)
+        prompts, positions = SIGNAL_STEERING_PROMPTS, list(SIGNAL_STEERING_POSITIONS)
     if n_samples is not None:
         adl = adl.model_copy(update={"n_samples": n_samples})
     return WorkerConfig(

@@ -44,13 +44,6 @@ def test_readouts_carry_the_domain_above_controls(reports: dict[str, SignalRepor
     assert _best(report.relevance) >= _best(report.control_self) + 0.1, report
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Open: with the CI-sized strength search (5 steps, 3 samples) the found strengths are "
-    "small and steered samples are not reliably closer to the finetuning data than unsteered "
-    "ones (the larger default search passes for cake_bake, taboo_gold and preference_owl; see "
-    "BENCHMARKS.md).",
-)
 @pytest.mark.parametrize("name", ORGANISMS)
 def test_steered_samples_move_toward_the_finetuning_data(
     reports: dict[str, SignalReport], name: str

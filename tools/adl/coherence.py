@@ -4,7 +4,8 @@ One interface, `CoherenceGrader.grade(prompts, samples) -> list[bool]`. The offl
 judges with the *base* model: an answer is coherent when its mean token negative log-likelihood
 given the prompt stays below a threshold, it does not repeat itself, and it says something.
 Calibrated on smollm2-135m-instruct so that ordinary sampled answers pass and heavily steered
-gibberish fails (tests/test_adl_steering.py). An LLM grader implements the same interface.
+gibberish fails (tests/test_adl_steering.py; on the offline organisms 96-98% of unsteered
+samples pass at temperature 1 and all greedy ones, 4-44% at strength 0.3, at most 8% from 1.0).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ class CoherenceGrader(Protocol):
 
 
 class OfflineCoherenceSettings(BaseModel):
-    max_mean_nll: float = Field(4.0, gt=0, description="Mean NLL per token under the base model.")
+    max_mean_nll: float = Field(
+        5.0, gt=0, description="Mean NLL per token under the base model (smollm2-135m: "
+        "unsteered samples at temperature 1 have p90 4.3-4.6, samples steered at strength 0.5 "
+        "have p10 3.1-5.8 and mostly fail the repetition check instead)."
+    )
     max_repeated_trigrams: float = Field(0.3, ge=0, le=1)
     min_words: int = Field(3, ge=0)
 
