@@ -16,7 +16,6 @@ from evals.adl_signal import (
     SIGNAL_SAMPLES,
     SIGNAL_STEERING,
     SIGNAL_STEERING_POSITIONS,
-    SIGNAL_STEERING_PROMPTS,
     measure_signal,
 )
 from tools.adl.pipeline import AdlSettings
@@ -35,8 +34,7 @@ def main() -> None:
     reports = []
     for name in ORGANISMS:
         start = time.perf_counter()
-        report = measure_signal(name, settings, steering, SIGNAL_STEERING_POSITIONS,
-                                SIGNAL_STEERING_PROMPTS)
+        report = measure_signal(name, settings, steering, SIGNAL_STEERING_POSITIONS)
         reports.append(report)
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     header = ("| organism | primary layer | relevance LL / LL-suppressed / Patchscope | "

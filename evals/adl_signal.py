@@ -32,7 +32,6 @@ SIGNAL_STEERING = SteeringSettings(
     max_strength=1.0, search_steps=5, samples_per_strength=4, max_new_tokens=40, final_samples=6
 )
 SIGNAL_STEERING_POSITIONS = [1, 2]
-SIGNAL_STEERING_PROMPTS: list[str] | None = None  # None: prompts/steering_prompts.yaml
 
 
 class RelevanceScores(BaseModel):

@@ -8,7 +8,6 @@ from evals.adl_signal import (
     SIGNAL_SAMPLES,
     SIGNAL_STEERING,
     SIGNAL_STEERING_POSITIONS,
-    SIGNAL_STEERING_PROMPTS,
 )
 from evals.organisms import get_organism
 from evals.organisms.build import organism_pair_spec
@@ -39,7 +38,7 @@ def organism_worker_config(
         prompts, positions = None, None
     else:
         adl, steering = AdlSettings(n_samples=SIGNAL_SAMPLES), SIGNAL_STEERING
-        prompts, positions = SIGNAL_STEERING_PROMPTS, list(SIGNAL_STEERING_POSITIONS)
+        prompts, positions = None, list(SIGNAL_STEERING_POSITIONS)
     if n_samples is not None:
         adl = adl.model_copy(update={"n_samples": n_samples})
     return WorkerConfig(

@@ -12,7 +12,6 @@ from evals.adl_signal import (
     SIGNAL_SAMPLES,
     SIGNAL_STEERING,
     SIGNAL_STEERING_POSITIONS,
-    SIGNAL_STEERING_PROMPTS,
     SignalReport,
     measure_signal,
 )
@@ -27,8 +26,7 @@ SETTINGS = AdlSettings(n_samples=SIGNAL_SAMPLES)
 @pytest.fixture(scope="module")
 def reports() -> dict[str, SignalReport]:
     return {
-        name: measure_signal(name, SETTINGS, SIGNAL_STEERING, SIGNAL_STEERING_POSITIONS,
-                             SIGNAL_STEERING_PROMPTS)
+        name: measure_signal(name, SETTINGS, SIGNAL_STEERING, SIGNAL_STEERING_POSITIONS)
         for name in [*ORGANISMS, "cake_bake_mix1-1p0"]
     }
 

@@ -4,6 +4,8 @@ samples coherent) only means something if unsteered answers pass well above it."
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import pytest
 import torch
 
@@ -19,9 +21,14 @@ pytestmark = pytest.mark.slow
 SAMPLES_PER_PROMPT = 8
 
 
-def _pass_rate(name: str, strength: float, temperature: float) -> float:
+@lru_cache(maxsize=1)
+def _pair_and_artifact(name: str):
     pair = load_organism_pair(get_organism(name))
-    artifact = run_adl(pair, AdlSettings(n_samples=1000), show_progress=False)
+    return pair, run_adl(pair, AdlSettings(n_samples=1000), show_progress=False)
+
+
+def _pass_rate(name: str, strength: float, temperature: float) -> float:
+    pair, artifact = _pair_and_artifact(name)
     layer = artifact.readouts.primary_layer
     prompts = [p for p in load_prompt_set("steering_prompts.yaml") for _ in range(SAMPLES_PER_PROMPT)]
     rows = [(position, prompt) for position in (1, 2) for prompt in prompts]

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from prompts import load_prompt_set
-from tools.adl.coherence import CoherenceGrader, OfflineCoherenceGrader
+from tools.adl.coherence import CoherenceGrader, OfflineCoherenceGrader, OfflineCoherenceSettings
 from tools.adl.differences import (
     ActivationDifference,
     compute_activation_difference,
@@ -312,6 +312,8 @@ def run_steering(
     grader_name = getattr(coherence_grader, "name", "offline") if coherence_grader else "offline"
     if grader_name != "offline":
         parts.append({"coherence_grader": grader_name})
+    else:
+        parts.append({"offline_coherence": OfflineCoherenceSettings().model_dump(mode="json")})
     key = _key(*parts)
     target = adl_home() / "adl-steering" / key
 
