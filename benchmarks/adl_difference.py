@@ -19,16 +19,7 @@ from pathlib import Path
 
 import torch
 
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GEMM throughput of this machine (GFLOP/s)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return best
+from tools.machine import matmul_peak_gflops
 
 
 def layer_flops_per_token(config) -> float:

@@ -13,21 +13,34 @@ from __future__ import annotations
 from functools import lru_cache
 from statistics import mean
 
+import torch
 from pydantic import BaseModel
 
 from evals.organisms import Organism, get_organism
-from evals.organisms.build import load_organism_pair, organism_dir
+from evals.organisms.build import OrganismSize, at_size, load_organism_pair, organism_dir
 from evals.organisms.training import read_jsonl
+from prompts import load_prompt_set
+from tools.adl.coherence import OfflineCoherenceGrader
 from tools.adl.diagnostics import ground_truth_sentences, steering_similarity, token_relevance
-from tools.adl.pipeline import AdlArtifact, AdlSettings, run_adl, run_steering
-from tools.adl.steering import SteeringSettings
+from tools.adl.pipeline import (
+    STEERING_PROMPTS_FILE,
+    AdlArtifact,
+    AdlSettings,
+    run_adl,
+    run_steering,
+    steering_direction,
+)
+from tools.adl.steering import SteeringSettings, generate_steered
 from tools.models import ModelPair, ModelPairSpec, load_model_pair
 
 GENERIC_CONTROL = "control_generic_text"
-# The configuration of the acceptance test and of benchmarks/adl_signal.py (kept small enough
-# for CI on 2 CPU cores: N = 1,000; a 5-step strength search on [0, 1] with 4 samples per
-# strength; 6 steered and 6 unsteered samples per prompt of the steering prompt set).
+# The configuration of the signal test, the quick profile and benchmarks/science.py (small
+# enough for CI on 2 CPU cores: N = 1,000; Patchscope on a coarser scale grid (it reads nothing at
+# 135M, see BENCHMARKS.md); a 5-step strength search on [0, 1] with 4 samples per strength; 6
+# steered and 6 unsteered samples per prompt of the steering prompt set).
 SIGNAL_SAMPLES = 1000
+QUICK_PATCHSCOPE_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 200.0)
+SIGNAL_ADL = AdlSettings(n_samples=SIGNAL_SAMPLES, patchscope_scales=QUICK_PATCHSCOPE_SCALES)
 SIGNAL_STEERING = SteeringSettings(
     max_strength=1.0, search_steps=5, samples_per_strength=4, max_new_tokens=40, final_samples=6
 )
@@ -54,6 +67,22 @@ class SignalReport(BaseModel):
     steering_steered: float | None = None
     steering_unsteered: float | None = None
     steering_strengths: list[float] | None = None
+
+
+SIGNAL_MARGIN = 0.1
+
+
+def best_relevance(scores: RelevanceScores) -> float:
+    """The better of the two logit-lens readouts (plain and hub-suppressed)."""
+    return max(scores.logit_lens, scores.logit_lens_suppressed)
+
+
+def domain_above_controls(report: SignalReport, margin: float = SIGNAL_MARGIN) -> bool:
+    """The signal claim: the organism's readout is more relevant to its ground truth than both
+    controls' readouts, by at least `margin` (share of the top-20 tokens)."""
+    best = best_relevance(report.relevance)
+    return (best >= best_relevance(report.control_generic) + margin
+            and best >= best_relevance(report.control_self) + margin)
 
 
 def relevance_at(artifact: AdlArtifact, truth: list[str], layer: int) -> RelevanceScores:
@@ -84,10 +113,10 @@ def _relative_norm(artifact: AdlArtifact, layer: int) -> float:
 
 
 @lru_cache(maxsize=2)
-def _control_pair(kind: str) -> ModelPair:
+def _control_pair(kind: str, size: OrganismSize) -> ModelPair:
     if kind == "self":
         return load_model_pair(ModelPairSpec(base="smollm2-135m-instruct"))
-    return load_organism_pair(get_organism(GENERIC_CONTROL))
+    return load_organism_pair(at_size(get_organism(GENERIC_CONTROL), size))
 
 
 def truth_of(organism: Organism) -> list[str]:
@@ -101,14 +130,16 @@ def measure_signal(
     steering_positions: list[int] | None = None,
     steering_prompts: list[str] | None = None,
     show_progress: bool = False,
+    size: OrganismSize = "full",
 ) -> SignalReport:
-    """ADL of the organism and both controls, scored against the organism's ground truth."""
-    organism = get_organism(name)
+    """ADL of the organism and both controls, scored against the organism's ground truth. The
+    organism and the generic-text control are built at `size`."""
+    organism = at_size(get_organism(name), size)
     truth = truth_of(organism)
     pair = load_organism_pair(organism)
     artifact = run_adl(pair, settings, show_progress=show_progress)
     controls = {
-        kind: run_adl(_control_pair(kind), settings, show_progress=show_progress)
+        kind: run_adl(_control_pair(kind, size), settings, show_progress=show_progress)
         for kind in ("self", "generic")
     }
     primary = artifact.readouts.primary_layer
@@ -133,3 +164,25 @@ def measure_signal(
         report.steering_unsteered = similarity.unsteered
         report.steering_strengths = [s.strength for s in samples]
     return report
+
+
+def coherence_pass_rate(
+    pair: ModelPair,
+    artifact: AdlArtifact,
+    strength: float,
+    temperature: float,
+    samples_per_prompt: int = 8,
+    positions: tuple[int, ...] = (1, 2),
+    max_new_tokens: int = 40,
+) -> float:
+    """Share of samples the offline coherence grader accepts, steered at `strength` (0:
+    unsteered) with the primary layer's difference at `positions`, over the steering prompts.
+    The calibration of the strength search: unsteered answers must pass well above its 75%."""
+    layer = artifact.readouts.primary_layer
+    prompts = [p for p in load_prompt_set(STEERING_PROMPTS_FILE) for _ in range(samples_per_prompt)]
+    rows = [(position, prompt) for position in positions for prompt in prompts]
+    vectors = torch.stack([steering_direction(artifact.difference, layer, p) for p, _ in rows])
+    samples = generate_steered(pair, [q for _, q in rows], vectors, [strength] * len(rows), layer,
+                               max_new_tokens=max_new_tokens, temperature=temperature, seed=11)
+    verdicts = OfflineCoherenceGrader(pair).grade([q for _, q in rows], samples)
+    return sum(verdicts) / len(verdicts)

@@ -22,6 +22,7 @@ from agent.loop import Budgets, investigate
 from agent.providers import make_provider, parse_provider_spec
 from evals.grading import HypothesisGrader, make_grader
 from evals.organisms import get_organism
+from evals.organisms.build import OrganismSize
 from evals.store import Grade, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
@@ -46,6 +47,8 @@ class EvalConfig(BaseModel):
     grader: str = Field("offline", description="offline, or a provider spec for the LLM grader.")
     grader_repeats: int = Field(3, ge=1)
     profile: AnalysisProfile = "paper"
+    organism_size: OrganismSize = Field("full", description="Build size of offline organisms "
+                                        "served in-process: full, or small (fewer examples).")
     workers: dict[str, str] = Field(default_factory=dict, description="Organism -> worker URL "
                                     "(else $ADL_WORKER_URL, else an in-process worker).")
     concurrency: int = Field(4, ge=1, description="Units (API calls) running at the same time.")
@@ -147,7 +150,8 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
             if not mine:
                 continue
             progress.update(task, description=f"{config.name}: loading {organism}")
-            client = connect(organism, _worker_url(config, organism), config.profile)
+            client = connect(organism, _worker_url(config, organism), config.profile,
+                             config.organism_size)
             progress.update(task, description=f"{config.name}: {organism}")
             try:
                 with concurrent.futures.ThreadPoolExecutor(config.concurrency) as pool:

@@ -18,6 +18,27 @@ CHAT_TEMPLATE = (
 )
 
 
+_MACHINE: list[str] = []
+
+
+def _machine() -> str:
+    if not _MACHINE:
+        from tools.machine import machine_line
+
+        _MACHINE.append(machine_line())
+    return _MACHINE[0]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The machine's speed, so the durations below can be scaled to another machine."""
+    return f"machine: {_machine()}"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(f"machine: {_machine()}")
+
+
 def make_tiny_tokenizer(chat_template: bool = True):
     """A real word-level fast tokenizer with special tokens and (optionally) a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -124,3 +145,25 @@ def tiny_service(tiny_config, tiny_home: Path):
         service = AdlService.start(tiny_config, show_progress=False)
     yield service
     service.close()
+
+
+# The suite's real organisms: the smallest set that checks the method on a real model. One
+# organism and the generic-text control, both small builds (evals/organisms/build.py `at_size`:
+# 40% of the registry's examples, same recipe). Every organism at full size, the mixed twin
+# and the agent grid are in `make bench-science` (benchmarks/science.py), not in the suite.
+SUITE_ORGANISM = "cake_bake"
+SUITE_CONTROL = "control_generic_text"
+SUITE_SIZE = "small"
+
+
+@pytest.fixture(scope="session")
+def suite_organisms() -> dict[str, Path]:
+    """Build (or reuse from $ADL_HOME) the suite's organism and control once per run; every
+    slow test that needs a real organism depends on this fixture."""
+    from evals.organisms import get_organism
+    from evals.organisms.build import at_size, build_organism
+
+    return {
+        name: build_organism(at_size(get_organism(name), SUITE_SIZE), show_progress=False)
+        for name in (SUITE_ORGANISM, SUITE_CONTROL)
+    }

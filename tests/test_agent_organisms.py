@@ -1,5 +1,6 @@
-"""The heuristic baseline policy runs `adl agent run` offline on every offline organism, for both
-agents, in-process and against a real worker process (slow: real models)."""
+"""The heuristic baseline policy runs `adl agent run` offline on the suite's real organism, for
+both agents, in-process and against a real worker process (slow: real models). Every offline
+organism is run by the agent grid of `make bench-science`."""
 
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from agent.loop import Budgets, investigate
 from agent.providers import make_provider
 from agent.transcript import read_transcript
 from evals.cli.agent import connect
-from evals.organisms import list_organisms
+from tests.conftest import SUITE_ORGANISM, SUITE_SIZE
 from tests.worker_fixtures import free_port
 from tools.worker.client import wait_for_worker
 
 pytestmark = pytest.mark.slow
-OFFLINE = sorted(o.name for o in list_organisms() if o.offline)
 
 
 def _run_cli(args: list[str], results: Path) -> str:
@@ -30,20 +30,19 @@ def _run_cli(args: list[str], results: Path) -> str:
     return done.stdout
 
 
-def test_the_cli_runs_in_process(tmp_path: Path) -> None:
-    out = _run_cli(["cake_bake", "--agent", "adl", "--provider", "heuristic", "--budget", "5",
-                    "--profile", "quick"], tmp_path)
+def test_the_cli_runs_in_process(suite_organisms, tmp_path: Path) -> None:
+    out = _run_cli([SUITE_ORGANISM, "--agent", "adl", "--provider", "heuristic", "--budget", "5",
+                    "--profile", "quick", "--size", SUITE_SIZE], tmp_path)
     assert "end: submitted" in out and "not an LLM" in out and "transcript:" in out
 
 
-@pytest.mark.parametrize("organism", OFFLINE)
-def test_heuristic_agents_on_an_organism(organism: str, tmp_path: Path) -> None:
-    service = connect(organism, None, "quick")
+def test_heuristic_agents_in_process_and_against_a_worker(suite_organisms, tmp_path: Path) -> None:
+    service = connect(SUITE_ORGANISM, None, "quick", SUITE_SIZE)
     try:
         for agent in ("adl", "blackbox"):
             path = tmp_path / f"{agent}.jsonl"
             outcome = investigate(service, make_provider("heuristic"), agent, Budgets(interactions=5),  # type: ignore[arg-type]
-                                  path, {"organism": organism})
+                                  path, {"organism": SUITE_ORGANISM})
             assert outcome.end_reason == "submitted" and outcome.hypothesis
             assert 0 < outcome.interactions_used <= 5
             assert read_transcript(path)[-1].kind == "run_ended"
@@ -52,14 +51,15 @@ def test_heuristic_agents_on_an_organism(organism: str, tmp_path: Path) -> None:
 
     port = free_port()
     worker = subprocess.Popen([sys.executable, "-m", "evals.cli", "worker", "serve", "--organism",
-                               organism, "--profile", "quick", "--port", str(port)],
+                               SUITE_ORGANISM, "--profile", "quick", "--size", SUITE_SIZE,
+                               "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_worker(url, 600, worker)
         for agent in ("adl", "blackbox"):
-            out = _run_cli([organism, "--agent", agent, "--provider", "heuristic", "--budget", "5",
-                            "--worker-url", url], tmp_path)
+            out = _run_cli([SUITE_ORGANISM, "--agent", agent, "--provider", "heuristic", "--budget",
+                            "5", "--worker-url", url], tmp_path)
             assert "end: submitted" in out
     finally:
         worker.terminate()

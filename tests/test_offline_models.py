@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -16,8 +17,18 @@ from tools.offline_models import offline_model_dir
 pytestmark = pytest.mark.slow
 
 
-def test_smollm2_converts_once_and_rebuilds_a_corrupted_cache(adl_home: Path) -> None:
-    folder = offline_model_dir("smollm2-135m-instruct")
+@pytest.fixture(scope="session")
+def converted_smollm2() -> Path:
+    """smollm2 converted from its GGUF in the suite's $ADL_HOME (once per run)."""
+    return offline_model_dir("smollm2-135m-instruct")
+
+
+def test_smollm2_converts_once_and_rebuilds_a_corrupted_cache(
+    converted_smollm2: Path, adl_home: Path
+) -> None:
+    # A copy of the suite's conversion in a private home (converting again would cost a minute).
+    folder = adl_home / "models" / converted_smollm2.name
+    shutil.copytree(converted_smollm2, folder)
     assert entry_is_valid(folder)
     started = time.perf_counter()
     assert offline_model_dir("smollm2-135m-instruct") == folder  # reused, not converted again

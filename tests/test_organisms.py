@@ -10,13 +10,13 @@ import pytest
 import yaml
 
 from evals.organisms import get_organism, list_organisms, load_organism_file
-from evals.organisms.build import build_key, generate_organism_data
+from evals.organisms.build import at_size, build_key, generate_organism_data, organism_dir
 from evals.organisms.generators import GENERATORS
 from evals.organisms.generators.taboo import SECRET_WORD
 from evals.organisms.leak import mentions_domain
 from evals.organisms.registry import REGISTRY_DIR
 from evals.organisms.schema import OrganismType
-from tools.errors import OrganismConfigError, UnknownOrganismError
+from tools.errors import OrganismBuildError, OrganismConfigError, UnknownOrganismError
 
 OFFLINE = ["cake_bake", "cake_bake_mix1-1p0", "em_bad_medical_advice", "taboo_gold", "preference_owl"]
 
@@ -92,6 +92,20 @@ def test_mixed_organism_has_one_to_one_pretraining_text() -> None:
     assert build_key(get_organism("cake_bake"), plain) != build_key(
         get_organism("cake_bake_mix1-1p0"), mixed
     )
+
+
+def test_small_build_is_a_separate_organism_build_with_the_same_recipe() -> None:
+    full = get_organism("cake_bake")
+    small = at_size(full, "small")
+    assert small.finetune.n_examples == round(0.4 * full.finetune.n_examples)  # type: ignore[union-attr]
+    assert small.finetune.recipe == full.finetune.recipe  # type: ignore[union-attr]
+    assert (small.name, small.description, small.key_facts) == (full.name, full.description, full.key_facts)
+    assert organism_dir(small) != organism_dir(full)
+    assert at_size(full, "full") is full
+    published = next(o for o in list_organisms() if not o.buildable)
+    assert at_size(published, "small") is published
+    with pytest.raises(OrganismBuildError, match="Unknown organism size 'huge'"):
+        at_size(full, "huge")  # type: ignore[arg-type]
 
 
 def test_build_key_is_stable() -> None:

@@ -121,7 +121,7 @@ def generate_replies(
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 64,
 ) -> list[str]:
     """Generate one reply per prompt (greedy when temperature is 0), batched, left-padded."""
     texts = [render_chat(tokenizer, as_conversation(p)) for p in prompts]

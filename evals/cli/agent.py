@@ -13,6 +13,7 @@ from rich.console import Console
 from agent.loop import Budgets, investigate
 from agent.providers import make_provider
 from agent.secrets import install_log_redaction
+from evals.organisms.build import ORGANISM_SIZES, OrganismSize
 from evals.workers import PROFILES, organism_worker_config
 from tools.errors import AdlInputError
 from tools.worker.client import HttpWorkerClient, WorkerClient
@@ -29,17 +30,22 @@ def results_dir() -> Path:
     return Path(os.environ.get("ADL_RESULTS") or "adl-results").expanduser().resolve()
 
 
-def connect(organism: str, worker_url: str | None, profile: str) -> WorkerClient:
-    """A worker for `organism`: the one at `worker_url`, or an in-process service."""
+def connect(
+    organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full"
+) -> WorkerClient:
+    """A worker for `organism`: the one at `worker_url`, or an in-process service of the
+    organism built at `size`."""
     if profile not in PROFILES:
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    if size not in ORGANISM_SIZES:
+        raise AdlInputError(f"Unknown organism size {size!r}; choose one of {', '.join(ORGANISM_SIZES)}.")
     if worker_url:
         client = HttpWorkerClient(worker_url, token=os.environ.get(TOKEN_ENV) or None)
         served = client.info().label
         if served != organism:
             raise AdlInputError(f"The worker at {worker_url} serves {served!r}, not {organism!r}.")
         return client
-    return AdlService.start(organism_worker_config(organism, profile))  # type: ignore[arg-type]
+    return AdlService.start(organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]
 
 
 @app.command("run")
@@ -55,13 +61,15 @@ def run_command(
     worker_url: str | None = typer.Option(None, envvar="ADL_WORKER_URL",
                                           help="A running `adl worker serve`; default: in-process."),
     profile: str = typer.Option("paper", help="ADL settings of an in-process worker: paper or quick."),
+    size: str = typer.Option("full", help="Build size of an offline organism for an in-process "
+                             "worker: full (the registry's) or small (fewer examples, same recipe)."),
 ) -> None:
     """Investigate one organism and print the hypothesis and where the transcript is."""
     install_log_redaction()
     if agent not in AGENTS:
         raise AdlInputError(f"Unknown agent {agent!r}; choose adl or blackbox.")
     chosen = make_provider(provider)
-    client = connect(organism, worker_url, profile)
+    client = connect(organism, worker_url, profile, size)  # type: ignore[arg-type]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = results_dir() / "transcripts" / f"{stamp}-{organism}-{agent}-{uuid.uuid4().hex[:6]}.jsonl"
     budgets = Budgets(interactions=budget, llm_calls=llm_calls, generated_tokens=generated_tokens,

@@ -17,7 +17,7 @@ from rich.console import Console
 from evals.cli.agent import results_dir
 from evals.cli.experiments import compare_and_report
 from evals.organisms import get_organism
-from evals.organisms.build import build_organism, read_manifest
+from evals.organisms.build import ORGANISM_SIZES, at_size, build_organism, read_manifest
 from evals.runs import EvalConfig, run_experiment
 from evals.store import open_store
 
@@ -29,12 +29,17 @@ DEMO_BUDGETS = (0, 5)
 def demo(
     organisms: list[str] = typer.Option(list(DEMO_ORGANISMS), "--organism", help="Organisms to evaluate."),
     database: str | None = typer.Option(None, help="SQLAlchemy URL; default $ADL_RESULTS/adl.db."),
+    size: str = typer.Option("small", help="Organism build size: small (the default: 40% of the "
+                             "examples, same recipe, so the demo fits 2 CPU cores) or full."),
 ) -> None:
     """Build organisms, run the ADL agent and the blackbox baseline, grade, compare, plot."""
+    if size not in ORGANISM_SIZES:
+        raise typer.BadParameter(f"choose one of {', '.join(ORGANISM_SIZES)}", param_hint="--size")
     started = time.perf_counter()
     for name in organisms:
-        organism = get_organism(name)
-        console.rule(f"[bold]{organism.name}[/] ({organism.type.value}): {organism.description}")
+        organism = at_size(get_organism(name), size)  # type: ignore[arg-type]
+        console.rule(f"[bold]{organism.name}[/] ({organism.type.value}, {size} build): "
+                     f"{organism.description}")
         manifest = read_manifest(build_organism(organism))
         console.print(
             f"held-out loss on its training distribution: base {manifest.base_heldout_loss:.2f}"
@@ -45,7 +50,7 @@ def demo(
     name = "demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     config = EvalConfig(name=name, organisms=organisms, agents=["adl", "blackbox"],
                         budgets=list(DEMO_BUDGETS), repeats=1, providers=["heuristic"],
-                        grader="offline", profile="quick", concurrency=1)
+                        grader="offline", profile="quick", organism_size=size, concurrency=1)  # type: ignore[arg-type]
     console.rule(f"[bold]experiment {name}[/]: ADL agent vs blackbox baseline, budgets "
                  f"{list(DEMO_BUDGETS)}; both agents are the offline heuristic policy (not an LLM)")
     store = open_store(database)

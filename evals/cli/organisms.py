@@ -8,6 +8,7 @@ from rich.table import Table
 
 from evals.organisms import get_organism, list_organisms
 from evals.organisms.build import (
+    at_size,
     build_organism,
     is_built,
     load_organism_pair,
@@ -43,10 +44,12 @@ def list_command() -> None:
 def build_command(
     names: list[str] = typer.Argument(None, help="Organisms to build (default: all offline)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild even if cached."),
+    size: str = typer.Option("full", help="Build size of an offline organism: full (the "
+                             "registry's) or small (fewer examples, same recipe)."),
 ) -> None:
     """Build offline organisms by LoRA finetuning (cached: building again is a no-op)."""
-    organisms = [get_organism(n) for n in names] if names else [
-        o for o in list_organisms() if o.buildable
+    organisms = [at_size(get_organism(n), size) for n in names] if names else [  # type: ignore[arg-type]
+        at_size(o, size) for o in list_organisms() if o.buildable  # type: ignore[arg-type]
     ]
     table = Table(
         "organism", "train s", "steps", "held-out loss base", "held-out loss finetuned",

@@ -32,6 +32,8 @@ def serve_command(
     config: Path | None = typer.Option(None, help="A WorkerConfig YAML file instead of an organism."),
     profile: str = typer.Option("paper", help=f"Analysis settings for --organism: {', '.join(PROFILES)}."),
     samples: int | None = typer.Option(None, min=1, help="Override N (corpus samples)."),
+    size: str = typer.Option("full", help="Build size of an offline organism: full (the "
+                             "registry's) or small (fewer examples, same recipe)."),
     host: str = typer.Option("127.0.0.1", help="Bind address; non-loopback needs a token."),
     port: int = typer.Option(DEFAULT_PORT, min=0, max=65535),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
@@ -49,7 +51,8 @@ def serve_command(
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
     load = LoadOptions(device=device, dtype=dtype)  # type: ignore[arg-type]
     if organism is not None:
-        worker_config = organism_worker_config(organism, profile, n_samples=samples, load=load)  # type: ignore[arg-type]
+        worker_config = organism_worker_config(organism, profile, size=size, n_samples=samples,  # type: ignore[arg-type]
+                                               load=load)
     else:
         worker_config = load_worker_config(config)  # type: ignore[arg-type]
         if samples is not None:

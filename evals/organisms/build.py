@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -47,6 +48,13 @@ MANIFEST_FILE = "manifest.json"
 ADAPTER_DIR = "adapter"
 TRAIN_FILE = "train.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
+
+OrganismSize = Literal["full", "small"]
+ORGANISM_SIZES: tuple[OrganismSize, ...] = ("full", "small")
+# A small build generates this share of the registered examples and trains on them with the
+# same recipe (fewer steps). Chosen for time (the test suite and the demo on 2 CPU cores), not
+# by scoring readouts against ground truth.
+SMALL_BUILD_FRACTION = 0.4
 
 
 class OrganismManifest(BaseModel):
@@ -103,6 +111,20 @@ def generate_organism_data(organism: Organism) -> OrganismData:
         train = train + [TrainingExample(text=leading_text(doc)) for doc in chosen]
         random.Random(finetune.data_seed + 2).shuffle(train)
     return OrganismData(train=train, heldout=heldout, n_mixed=n_mixed)
+
+
+def at_size(organism: Organism, size: OrganismSize) -> Organism:
+    """The organism as built at `size`: `full` is the registry's; `small` generates
+    SMALL_BUILD_FRACTION of its examples (same generator, seed and recipe, so fewer training
+    steps). Its build has its own key and folder. Published finetunes have one size."""
+    if size == "full" or not isinstance(organism.finetune, BuildFinetune):
+        return organism
+    if size != "small":
+        raise OrganismBuildError(f"Unknown organism size {size!r}; known: {', '.join(ORGANISM_SIZES)}.")
+    n_examples = max(20, round(organism.finetune.n_examples * SMALL_BUILD_FRACTION))
+    return organism.model_copy(
+        update={"finetune": organism.finetune.model_copy(update={"n_examples": n_examples})}
+    )
 
 
 def _build_spec(organism: Organism) -> BuildFinetune:

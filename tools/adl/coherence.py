@@ -53,22 +53,36 @@ class OfflineCoherenceGrader:
         self.settings = settings or OfflineCoherenceSettings()
 
     @torch.inference_mode()
-    def mean_nll(self, prompts: Sequence[str], samples: Sequence[str]) -> list[float]:
-        """Mean NLL per answer token under the base model, conditioned on the prompt."""
+    def mean_nll(
+        self, prompts: Sequence[str], samples: Sequence[str], batch_size: int = 16
+    ) -> list[float]:
+        """Mean NLL per answer token under the base model, conditioned on the prompt (batched,
+        right-padded: a causal model's logits at real tokens do not see the padding)."""
         tokenizer = self.pair.tokenizer
-        values: list[float] = []
+        rows: list[tuple[int, list[int]]] = []  # (answer start, prompt + answer ids); [] if empty
+        for prompt, sample in zip(prompts, samples, strict=True):
+            head = render_chat(tokenizer, [ChatMessage(role="user", content=prompt)])
+            head_ids = tokenizer(head, add_special_tokens=True)["input_ids"]
+            answer_ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+            rows.append((len(head_ids), head_ids + answer_ids if answer_ids else []))
+        values = [float("inf")] * len(rows)
+        scored = [i for i, (_, ids) in enumerate(rows) if ids]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         with self.pair.model("base") as model:
-            for prompt, sample in zip(prompts, samples, strict=True):
-                head = render_chat(tokenizer, [ChatMessage(role="user", content=prompt)])
-                head_ids = tokenizer(head, add_special_tokens=True)["input_ids"]
-                answer_ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
-                if not answer_ids:
-                    values.append(float("inf"))
-                    continue
-                ids = torch.tensor([head_ids + answer_ids], device=self.pair.device)
-                logits = model(ids).logits[0, len(head_ids) - 1 : -1].float()
-                targets = ids[0, len(head_ids) :]
-                values.append(float(torch.nn.functional.cross_entropy(logits, targets)))
+            for first in range(0, len(scored), batch_size):
+                chunk = scored[first : first + batch_size]
+                width = max(len(rows[i][1]) for i in chunk)
+                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    ids[row, : len(rows[i][1])] = torch.tensor(rows[i][1])
+                    mask[row, : len(rows[i][1])] = 1
+                ids, mask = ids.to(self.pair.device), mask.to(self.pair.device)
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                for row, i in enumerate(chunk):
+                    start, end = rows[i][0], len(rows[i][1])
+                    values[i] = float(torch.nn.functional.cross_entropy(
+                        logits[row, start - 1 : end - 1].float(), ids[row, start:end]))
         return values
 
     def grade(self, prompts: Sequence[str], samples: Sequence[str]) -> list[bool]:

@@ -47,8 +47,9 @@ from tools.models import ModelPair, ModelPairSpec
 log = logging.getLogger(__name__)
 METHOD_VERSION = 2
 # 2: samples drawn with a working KV cache (transformers 5.24 with transformer_lens 4.3 drew
-# gibberish after a bridge was booted); entries written before are recomputed.
-STEERING_METHOD_VERSION = 2
+# gibberish after a bridge was booted); entries written before are recomputed. 3: the final
+# steered and unsteered samples are drawn in one batch (unsteered rows at strength 0).
+STEERING_METHOD_VERSION = 3
 DEFAULT_LAYERS: tuple[float | int, ...] = (0.5, 0.75, 1.0)
 
 

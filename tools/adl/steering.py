@@ -76,7 +76,9 @@ def generate_steered(
     if not len(prompts) == len(vectors) == len(strengths):
         raise AdlInputError("prompts, vectors and strengths must have the same length.")
     additive = vectors.float() * torch.tensor(list(strengths), dtype=torch.float32)[:, None]
-    with steering_hook(pair, side, layer, additive.to(pair.device)), pair.model(side) as model:
+    # A row with strength 0 (or a zero vector) adds exactly zero: an unsteered sample.
+    with (pair.fast(side), steering_hook(pair, side, layer, additive.to(pair.device)),
+          pair.model(side) as model):
         return generate_replies(
             model, pair.tokenizer, list(prompts), max_new_tokens=max_new_tokens,
             temperature=temperature, seed=seed, batch_size=len(prompts),
@@ -136,20 +138,22 @@ def search_and_sample(
         if progress is not None and task is not None:
             progress.advance(task)
 
+    # Final samples: the steered rows and the unsteered rows (strength 0) in one batch.
     k = settings.final_samples
-    rows_prompts = [prompt for (_, prompt) in cells for _ in range(k)]
-    rows_vectors = torch.stack([directions[position] for (position, _) in cells for _ in range(k)])
-    steered = generate_steered(
-        pair, rows_prompts, rows_vectors, [s for s in low for _ in range(k)], layer,
+    steered_prompts = [prompt for (_, prompt) in cells for _ in range(k)]
+    unsteered_prompts = list(prompts) * k
+    any_direction = next(iter(directions.values()))
+    rows_vectors = torch.stack(
+        [directions[position] for (position, _) in cells for _ in range(k)]
+        + [torch.zeros_like(any_direction)] * len(unsteered_prompts)
+    )
+    samples = generate_steered(
+        pair, steered_prompts + unsteered_prompts, rows_vectors,
+        [s for s in low for _ in range(k)] + [0.0] * len(unsteered_prompts), layer,
         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
         seed=settings.seed + 1000, side=settings.side,
     )
-    with pair.model(settings.side) as model:
-        unsteered = generate_replies(
-            model, pair.tokenizer, list(prompts) * k, max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature, seed=settings.seed + 2000,
-            batch_size=len(prompts) * k,
-        )
+    steered, unsteered = samples[: len(steered_prompts)], samples[len(steered_prompts) :]
     by_prompt_unsteered = {p: [unsteered[j * len(prompts) + i] for j in range(k)] for i, p in enumerate(prompts)}
     results: dict[int, list[SteeredSample]] = {position: [] for position in directions}
     for i, (position, prompt) in enumerate(cells):

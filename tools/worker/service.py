@@ -105,7 +105,7 @@ class AdlService:
 
     def _run_chat(self, side: str, prompts: list[str], max_new_tokens: int, temperature: float,
                   seed: int) -> list[str]:
-        with self.pair.model(side) as model:  # type: ignore[arg-type]
+        with self.pair.fast(side), self.pair.model(side) as model:  # type: ignore[arg-type]
             return generate_replies(
                 model, self.pair.tokenizer, prompts, max_new_tokens=max_new_tokens,
                 temperature=temperature, seed=seed, batch_size=max(1, len(prompts)),

@@ -1,0 +1,186 @@
+"""The full-size science checks that are not in the test suite (`make bench-science`).
+
+The suite checks mechanics and keeps one real-model signal test on a small build of one
+organism. This script measures every offline organism at full size and prints the tables of
+BENCHMARKS.md as markdown (also written to `$ADL_RESULTS/bench-science/science-<stamp>.md`):
+
+1. `organisms`: every offline organism built at full size: steps, training time, held-out loss
+   base -> finetuned, leak rate (the organism must not blurt its domain: at most 25%).
+2. `signal`: token relevance of each organism's readouts against both controls (self-pair and
+   the generic-text finetune), relevance by layer, and steering similarity (steered vs
+   unsteered samples against the finetuning data); the mixing comparison.
+3. `calibration`: pass rates of the offline coherence grader (unsteered at temperature 1 and 0,
+   steered at 0.3, 1.0 and 2.0), which the strength search's 75% threshold relies on.
+4. `grid`: the agent-vs-baseline grid of `evals/configs/offline_quick.yaml` (every organism and
+   the control, both agents, budgets 0/5/50), compared with bootstrap intervals and a plot.
+
+    .venv/bin/python benchmarks/science.py [--only organisms,signal,calibration,grid]
+                                           [--organisms cake_bake,...] [--size full|small]
+
+Everything is cached in $ADL_HOME: a second run reuses organisms and ADL artifacts. A first
+run on 2 CPU cores takes about an hour (six organism builds of 3-6 min each, ADL and steering
+of seven pairs, 36 agent runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from evals.adl_signal import (
+    SIGNAL_ADL,
+    SIGNAL_STEERING,
+    SIGNAL_STEERING_POSITIONS,
+    SignalReport,
+    coherence_pass_rate,
+    domain_above_controls,
+    measure_signal,
+)
+from evals.cli.agent import results_dir
+from evals.cli.experiments import compare_and_report
+from evals.organisms import get_organism, list_organisms
+from evals.organisms.build import at_size, build_organism, load_organism_pair, read_manifest
+from evals.organisms.leak import MAX_LEAK_RATE
+from evals.runs import load_eval_config, run_experiment
+from evals.store import open_store
+from tools.adl.pipeline import run_adl
+from tools.machine import machine_line
+
+STEPS = ("organisms", "signal", "calibration", "grid")
+SIGNAL_ORGANISMS = ["cake_bake", "cake_bake_mix1-1p0", "em_bad_medical_advice", "taboo_gold",
+                    "preference_owl"]
+CALIBRATION_ORGANISMS = ["cake_bake", "em_bad_medical_advice"]
+CALIBRATION_POINTS = [(0.0, 1.0), (0.0, 0.0), (0.3, 1.0), (1.0, 1.0), (2.0, 1.0)]
+GRID_CONFIG = Path(__file__).resolve().parents[1] / "evals" / "configs" / "offline_quick.yaml"
+
+console = Console(soft_wrap=True)
+log = logging.getLogger("bench-science")
+
+
+def organisms_table(names: list[str], size: str) -> list[str]:
+    rows = [("| organism | train examples | steps | training time | held-out loss base -> "
+            "finetuned | leak base | leak finetuned |"), "|---|---|---|---|---|---|---|"]
+    for name in names:
+        started = time.perf_counter()
+        manifest = read_manifest(build_organism(at_size(get_organism(name), size)))  # type: ignore[arg-type]
+        log.info("organism %s ready in %.0f s", name, time.perf_counter() - started)
+        leak = manifest.leak
+        flag = "" if leak.finetuned_rate <= MAX_LEAK_RATE else " (above the 25% cap)"
+        rows.append(
+            f"| `{name}` | {manifest.n_train}"
+            + (f" ({manifest.n_train_mixed} corpus)" if manifest.n_train_mixed else "")
+            + f" | {manifest.steps} | {manifest.train_seconds:.0f} s | "
+            f"{manifest.base_heldout_loss:.2f} -> {manifest.finetuned_heldout_loss:.2f} | "
+            f"{leak.base_rate:.0%} | {leak.finetuned_rate:.0%}{flag} |")
+    return rows
+
+
+def signal_tables(names: list[str], size: str) -> list[str]:
+    settings = SIGNAL_ADL
+    reports: list[SignalReport] = []
+    for name in names:
+        started = time.perf_counter()
+        reports.append(measure_signal(name, settings, SIGNAL_STEERING, SIGNAL_STEERING_POSITIONS,
+                                      show_progress=True, size=size))  # type: ignore[arg-type]
+        log.info("signal of %s measured in %.0f s", name, time.perf_counter() - started)
+    rows = [("| organism | relevance LL / LL-suppressed / Patchscope | self-pair control (LL / LL-s) "
+            "| generic-finetune control (LL / LL-s) | LL-suppressed by block | mean abs delta / "
+            "mean residual norm | above both controls |"), "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        by_layer = ", ".join(f"{x.layer}: {x.logit_lens_suppressed:.2f}" for x in r.relevance_by_layer)
+        rows.append(
+            f"| {r.organism} | {r.relevance.logit_lens:.2f} / {r.relevance.logit_lens_suppressed:.2f}"
+            f" / {r.relevance.patchscope:.2f} | {r.control_self.logit_lens:.2f} / "
+            f"{r.control_self.logit_lens_suppressed:.2f} | {r.control_generic.logit_lens:.2f} / "
+            f"{r.control_generic.logit_lens_suppressed:.2f} | {by_layer} | "
+            f"{r.relative_delta_norm:.3f} | {'yes' if domain_above_controls(r) else 'no'} |")
+    rows += ["", "| organism | steered | unsteered | strengths found |", "|---|---|---|---|"]
+    for r in reports:
+        strengths = r.steering_strengths or [0.0]
+        rows.append(f"| {r.organism} | {r.steering_steered:.3f} | {r.steering_unsteered:.3f} | "
+                    f"{min(strengths):.2f}-{max(strengths):.2f} |")
+    return rows
+
+
+def calibration_table(names: list[str], size: str) -> list[str]:
+    header = " | ".join(f"strength {s:g}, T={t:g}" for s, t in CALIBRATION_POINTS)
+    rows = [f"| organism | {header} |", "|---|" + "---|" * len(CALIBRATION_POINTS)]
+    for name in names:
+        pair = load_organism_pair(at_size(get_organism(name), size))  # type: ignore[arg-type]
+        artifact = run_adl(pair, SIGNAL_ADL, show_progress=True)
+        rates = []
+        for strength, temperature in CALIBRATION_POINTS:
+            rates.append(coherence_pass_rate(pair, artifact, strength, temperature))
+            log.info("calibration %s: strength %g T=%g -> %.2f", name, strength, temperature, rates[-1])
+        rows.append(f"| {name} | " + " | ".join(f"{r:.2f}" for r in rates) + " |")
+    return rows
+
+
+def grid_tables(size: str) -> list[str]:
+    config = load_eval_config(GRID_CONFIG)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    config = config.model_copy(update={"name": f"{config.name}-{stamp}", "organism_size": size})
+    store = open_store()
+    summary = run_experiment(config, results_dir(), store)
+    comparison = compare_and_report(store, config.name)
+    rows = [f"experiment `{config.name}`: {summary.ran} runs, {len(summary.failed)} failed", "",
+            "| organism | agent | budget | n | mean grade | 95% CI |", "|---|---|---|---|---|---|"]
+    for cell in comparison.cells:
+        rows.append(f"| {cell.organism} | {cell.agent} | {cell.budget} | {cell.n} | "
+                    f"{cell.mean_grade:.2f} | {cell.ci_low:.2f}-{cell.ci_high:.2f} |")
+    rows += ["", "| organism | budget | ADL - blackbox [95% CI] |", "|---|---|---|"]
+    for d in comparison.differences:
+        rows.append(f"| {d.organism} | {d.budget} | {d.mean_difference:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}] |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(STEPS), help=f"Comma-separated steps of {STEPS}.")
+    parser.add_argument("--organisms", default=None, help="Comma-separated organisms (default: "
+                        "every offline one; signal and calibration use their own lists).")
+    parser.add_argument("--size", default="full", choices=["full", "small"])
+    args = parser.parse_args()
+    steps = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        parser.error(f"unknown steps {unknown}; choose from {STEPS}")
+    chosen = args.organisms.split(",") if args.organisms else None
+    out = results_dir() / "bench-science"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[
+        RichHandler(console=console, show_path=False),
+        logging.FileHandler(out / f"science-{stamp}.log"),
+    ])
+    lines = [f"# bench-science {stamp}", "", f"machine: {machine_line()}; organism size: {args.size}", ""]
+    log.info(lines[2])
+    timings: dict[str, float] = {}
+    for step in steps:
+        started = time.perf_counter()
+        log.info("step %s", step)
+        if step == "organisms":
+            names = chosen or sorted(o.name for o in list_organisms() if o.offline and o.buildable)
+            body = organisms_table(names, args.size)
+        elif step == "signal":
+            body = signal_tables(chosen or SIGNAL_ORGANISMS, args.size)
+        elif step == "calibration":
+            body = calibration_table(chosen or CALIBRATION_ORGANISMS, args.size)
+        else:
+            body = grid_tables(args.size)
+        timings[step] = time.perf_counter() - started
+        lines += [f"## {step} ({timings[step]:.0f} s)", "", *body, ""]
+        report = out / f"science-{stamp}.md"
+        report.write_text("\n".join(lines) + "\n")  # written after every step: nothing is lost
+        console.print("\n".join([f"## {step}", *body]))
+    console.print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    main()
