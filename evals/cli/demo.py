@@ -20,6 +20,7 @@ from evals.organisms import get_organism
 from evals.organisms.build import ORGANISM_SIZES, at_size, build_organism, read_manifest
 from evals.runs import EvalConfig, run_experiment
 from evals.store import open_store
+from tools.machine import machine_line
 
 console = Console(soft_wrap=True)
 DEMO_ORGANISMS = ("cake_bake", "taboo_gold")
@@ -36,6 +37,7 @@ def demo(
     if size not in ORGANISM_SIZES:
         raise typer.BadParameter(f"choose one of {', '.join(ORGANISM_SIZES)}", param_hint="--size")
     started = time.perf_counter()
+    console.print(f"machine: {machine_line()}")
     for name in organisms:
         organism = at_size(get_organism(name), size)  # type: ignore[arg-type]
         console.rule(f"[bold]{organism.name}[/] ({organism.type.value}, {size} build): "
