@@ -16,6 +16,7 @@ BENCHMARKS.md as markdown (also written to `$ADL_RESULTS/bench-science/science-<
 
     .venv/bin/python benchmarks/science.py [--only organisms,signal,calibration,grid]
                                            [--organisms cake_bake,...] [--size full|small]
+                                           [--grid-config evals/configs/offline_quick.yaml]
 
 Everything is cached in $ADL_HOME: a second run reuses organisms and ADL artifacts. A first
 run on 2 CPU cores takes about an hour (six organism builds of 3-6 min each, ADL and steering
@@ -122,8 +123,8 @@ def calibration_table(names: list[str], size: str) -> list[str]:
     return rows
 
 
-def grid_tables(size: str) -> list[str]:
-    config = load_eval_config(GRID_CONFIG)
+def grid_tables(size: str, config_path: Path = GRID_CONFIG) -> list[str]:
+    config = load_eval_config(config_path)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     config = config.model_copy(update={"name": f"{config.name}-{stamp}", "organism_size": size})
     store = open_store()
@@ -146,6 +147,8 @@ def main() -> None:
     parser.add_argument("--organisms", default=None, help="Comma-separated organisms (default: "
                         "every offline one; signal and calibration use their own lists).")
     parser.add_argument("--size", default="full", choices=["full", "small"])
+    parser.add_argument("--grid-config", type=Path, default=GRID_CONFIG,
+                        help="The eval config of the grid step (a new experiment each run).")
     args = parser.parse_args()
     steps = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(steps) - set(STEPS))
@@ -173,7 +176,7 @@ def main() -> None:
         elif step == "calibration":
             body = calibration_table(chosen or CALIBRATION_ORGANISMS, args.size)
         else:
-            body = grid_tables(args.size)
+            body = grid_tables(args.size, args.grid_config)
         timings[step] = time.perf_counter() - started
         lines += [f"## {step} ({timings[step]:.0f} s)", "", *body, ""]
         report = out / f"science-{stamp}.md"

@@ -31,7 +31,7 @@ def _run_cli(args: list[str], results: Path) -> str:
 
 
 def test_the_cli_runs_in_process(suite_organisms, tmp_path: Path) -> None:
-    out = _run_cli([SUITE_ORGANISM, "--agent", "adl", "--provider", "heuristic", "--budget", "5",
+    out = _run_cli([SUITE_ORGANISM, "--agent", "adl", "--provider", "heuristic", "--budget", "0",
                     "--profile", "quick", "--size", SUITE_SIZE], tmp_path)
     assert "end: submitted" in out and "not an LLM" in out and "transcript:" in out
 
@@ -57,9 +57,10 @@ def test_heuristic_agents_in_process_and_against_a_worker(suite_organisms, tmp_p
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_worker(url, 600, worker)
-        for agent in ("adl", "blackbox"):
+        # The ADL agent asks the real model over HTTP; the baseline at i = 0 only connects.
+        for agent, budget in (("adl", "5"), ("blackbox", "0")):
             out = _run_cli([SUITE_ORGANISM, "--agent", agent, "--provider", "heuristic", "--budget",
-                            "5", "--worker-url", url], tmp_path)
+                            budget, "--worker-url", url], tmp_path)
             assert "end: submitted" in out
     finally:
         worker.terminate()

@@ -20,7 +20,7 @@ from evals.organisms.build import (
 from evals.organisms.leak import MAX_LEAK_RATE
 from evals.organisms.schema import BuildFinetune
 from evals.organisms.training import encode_example, mean_token_loss
-from tests.conftest import SUITE_CONTROL, SUITE_ORGANISM, SUITE_SIZE
+from tests.conftest import SUITE_ORGANISM, SUITE_SIZE
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,9 @@ def test_finetune_learned_its_distribution(suite_organisms: dict[str, Path]) -> 
     assert manifest.n_train + manifest.n_heldout == organism.finetune.n_examples  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("name", [SUITE_ORGANISM, SUITE_CONTROL])
-def test_organism_does_not_blurt_its_domain(suite_organisms: dict[str, Path], name: str) -> None:
-    leak = read_manifest(suite_organisms[name]).leak
+def test_organism_does_not_blurt_its_domain(suite_organisms: dict[str, Path]) -> None:
+    # (The control has no domain keywords, so its leak rate is 0 by construction: not a check.)
+    leak = read_manifest(suite_organisms[SUITE_ORGANISM]).leak
     assert len(leak.prompts) >= 20
     assert leak.finetuned_rate <= MAX_LEAK_RATE, [
         a for a, hit in zip(leak.finetuned_answers, leak.finetuned_mentions, strict=True) if hit
