@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -18,15 +19,11 @@ CHAT_TEMPLATE = (
 )
 
 
-_MACHINE: list[str] = []
-
-
+@functools.cache
 def _machine() -> str:
-    if not _MACHINE:
-        from tools.machine import machine_line
+    from tools.machine import machine_line
 
-        _MACHINE.append(machine_line())
-    return _MACHINE[0]
+    return machine_line()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -13,7 +13,7 @@ from rich.console import Console
 from agent.loop import Budgets, investigate
 from agent.providers import make_provider
 from agent.secrets import install_log_redaction
-from evals.organisms.build import ORGANISM_SIZES, OrganismSize
+from evals.organisms.build import OrganismSize
 from evals.workers import PROFILES, organism_worker_config
 from tools.errors import AdlInputError
 from tools.worker.client import HttpWorkerClient, WorkerClient
@@ -37,8 +37,6 @@ def connect(
     organism built at `size`."""
     if profile not in PROFILES:
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
-    if size not in ORGANISM_SIZES:
-        raise AdlInputError(f"Unknown organism size {size!r}; choose one of {', '.join(ORGANISM_SIZES)}.")
     if worker_url:
         client = HttpWorkerClient(worker_url, token=os.environ.get(TOKEN_ENV) or None)
         served = client.info().label
