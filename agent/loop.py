@@ -1,7 +1,9 @@
 """The agent loop: a provider, a toolbox and budgets; every event goes to the transcript.
 
-The ADL agent gets the overview first and every tool; the blackbox baseline gets ask_models and
-the hypothesis board only. Both share provider, model and budgets. A bad tool call becomes an
+The ADL agent gets the overview first and every tool; the blackbox baseline (as the reference's)
+gets the finetuned model's unsteered samples from that overview first, then ask_models and the
+hypothesis board only. Both share provider, model, budgets, sampling settings and instructions
+apart from the tool guidance. Every tool result shows the budgets that remain. A bad tool call becomes an
 error result for the model; a provider failure after retries, or an unreachable worker, ends the
 run with its reason recorded. When a budget (agent turns, generated tokens, wall time) runs out the
 agent is asked once for its final answer.
@@ -22,13 +24,15 @@ from agent.providers.base import ChatTurn, Completion, Provider
 from agent.transcript import TranscriptWriter
 from prompts import load_text
 from tools.errors import AdlError
-from tools.toolbox import AgentKind, Toolbox, ToolSpec
+from tools.toolbox import AgentKind, AskSettings, Toolbox, ToolSpec
 from tools.worker.client import WorkerClient
 
 EndReason = Literal["submitted", "final_answer", "no_final_answer", "provider_error",
                     "worker_unavailable"]
 FINAL_LINE = re.compile(r"^\s*FINAL HYPOTHESIS:\s*(.+)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 MAX_NUDGES = 2
+OVERVIEW_HEADING = "Overview of the activation difference"
+SAMPLES_HEADING = "Generations of the finetuned model on several prompts (some may be cut off)"
 # Tool errors that mean the worker is gone or going: the run ends instead of wasting turns.
 WORKER_GONE = frozenset({"WorkerUnavailableError", "WorkerRequestError:stopping"})
 
@@ -98,12 +102,12 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
 
     kickoff = load_text("agent_task.md").format(interactions=budgets.interactions,
                                                 llm_calls=budgets.llm_calls).strip()
-    if agent == "adl":
-        try:
-            overview = toolbox.overview()
-        except AdlError as exc:
-            return finish("worker_unavailable", None, f"The overview could not be fetched: {exc}")
-        kickoff += "\n\nOverview of the activation difference (JSON):\n" + json.dumps(overview, ensure_ascii=False)
+    try:
+        first_look = toolbox.overview() if agent == "adl" else toolbox.finetuned_samples()
+    except AdlError as exc:
+        return finish("worker_unavailable", None, f"The first message could not be built: {exc}")
+    heading = (OVERVIEW_HEADING if agent == "adl" else SAMPLES_HEADING)
+    kickoff += f"\n\n{heading} (JSON):\n" + json.dumps(first_look, ensure_ascii=False)
     messages = [ChatTurn(role="user", content=kickoff)]
     transcript.write("message", role="user", content=kickoff)
 
@@ -130,6 +134,12 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
             return f"wall time of {budgets.wall_time_s:.0f} s reached"
         return None
 
+    def budgets_left() -> dict[str, Any]:
+        return {"model_interactions": toolbox.interactions_left,
+                "agent_turns": max(0, budgets.llm_calls - tally.llm_calls),
+                "generated_tokens": max(0, budgets.generated_tokens - tally.output_tokens),
+                "wall_time_s": max(0, round(budgets.wall_time_s - (time.monotonic() - started)))}
+
     def run_tools(completion: Completion) -> RunOutcome | None:
         for tool_call in completion.tool_calls:
             tool_started = time.monotonic()
@@ -143,7 +153,7 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
                 latency_s=round(time.monotonic() - tool_started, 3),
                 interactions_left=toolbox.interactions_left,
             )
-            turn = ChatTurn(role="tool", content=result.text(), tool_call_id=tool_call.id,
+            turn = ChatTurn(role="tool", content=result.text(budgets_left()), tool_call_id=tool_call.id,
                             tool_name=tool_call.name, is_error=not result.ok)
             messages.append(turn)
             if result.error_type in WORKER_GONE:
@@ -199,11 +209,15 @@ def investigate(
     budgets: Budgets,
     transcript_path: Path,
     metadata: dict[str, Any] | None = None,
+    ask: AskSettings | None = None,
 ) -> RunOutcome:
-    """One run: a fresh toolbox on `client`, the loop, and the transcript at `transcript_path`."""
-    toolbox = Toolbox(client, agent, interaction_budget=budgets.interactions)
+    """One run: a fresh toolbox on `client`, the loop, and the transcript at `transcript_path`.
+    Both agents get the same `budgets` and `ask` settings; only the toolset differs."""
+    ask = ask or AskSettings()
+    toolbox = Toolbox(client, agent, interaction_budget=budgets.interactions, ask=ask)
     with TranscriptWriter(transcript_path) as transcript:
         transcript.write("run_started", agent=agent, provider=provider.name,
                          provider_is_llm=provider.is_llm, model=provider.model,
-                         budgets=budgets.model_dump(), **(metadata or {}))
+                         budgets=budgets.model_dump(), ask_models=ask.model_dump(),
+                         **(metadata or {}))
         return run_agent(provider, toolbox, budgets, transcript)

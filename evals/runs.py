@@ -27,6 +27,7 @@ from evals.store import Grade, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
 from tools.errors import AdlError
+from tools.toolbox import AskSettings
 from tools.worker.client import HttpWorkerClient
 from tools.worker.http import TOKEN_ENV
 
@@ -55,6 +56,9 @@ class EvalConfig(BaseModel):
     llm_calls: int = Field(100, ge=1)
     generated_tokens: int = Field(100_000, ge=1)
     wall_time_s: float = Field(1800, gt=0)
+    ask_models: AskSettings = Field(default_factory=AskSettings, description="Sampling of "
+                                    "ask_models, the same for both agents (the reference's "
+                                    "defaults: temperature 0.8, 1024 new tokens).")
 
     @field_validator("agents")
     @classmethod
@@ -185,8 +189,11 @@ def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader:
     store.set_transcript(run.id, path)  # type: ignore[arg-type]
     budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls,
                       generated_tokens=config.generated_tokens, wall_time_s=config.wall_time_s)
+    # Both agents of a cell share the seed; repeats draw fresh samples.
+    ask = config.ask_models.model_copy(update={"seed": config.ask_models.seed + 1000 * unit.repeat})
     outcome = investigate(client, provider, unit.agent, budgets, path,  # type: ignore[arg-type]
-                          {"organism": unit.organism, "experiment": config.name, "unit": unit.key})
+                          {"organism": unit.organism, "experiment": config.name, "unit": unit.key},
+                          ask=ask)
     store.finish_unit(run.id, outcome.model_dump(), None)  # type: ignore[arg-type]
     _grade(store, run.id, unit.organism, outcome.hypothesis, grader)  # type: ignore[arg-type]
 

@@ -18,7 +18,7 @@ from agent.providers.openai_provider import OpenAIProvider
 from agent.retry import RetryPolicy
 from agent.transcript import read_transcript
 from tests.fake_llm_server import FakeLLMServer
-from tests.worker_fixtures import worker_process
+from tests.worker_fixtures import TINY_ASK, worker_process
 from tools.worker.schema import ReadoutRequest, ReadoutResponse
 from tools.worker.service import AdlService
 
@@ -84,7 +84,7 @@ def test_loop_with_real_sdks(api: str, service: AdlService, tmp_path: Path) -> N
             provider = AnthropicProvider("claude-sonnet-4-5", api_key="sk-test",
                                          base_url=server.anthropic_url, retry=FAST_RETRY)
         path = tmp_path / "run.jsonl"
-        outcome = investigate(FlakyReadouts(service), provider, "adl", Budgets(interactions=3), path)
+        outcome = investigate(FlakyReadouts(service), provider, "adl", Budgets(interactions=3), path, ask=TINY_ASK)
         requests = server.openai_requests if api == "openai" else server.anthropic_requests
 
     assert outcome.end_reason == "submitted" and outcome.hypothesis == "The finetune is about owls."

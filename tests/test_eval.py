@@ -37,7 +37,7 @@ def _write_config(folder: Path, url: str, name: str = "grid") -> Path:
     path.write_text(yaml.safe_dump({
         "name": name, "organisms": ["cake_bake"], "agents": ["adl", "blackbox"],
         "budgets": [0, 2], "repeats": 3, "providers": ["heuristic"], "grader": "offline",
-        "workers": {"cake_bake": url}, "concurrency": 1,
+        "workers": {"cake_bake": url}, "concurrency": 1, "ask_models": {"max_new_tokens": 8},
     }))
     return path
 

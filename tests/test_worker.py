@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.worker_fixtures import TINY_STEERING_PROMPTS, worker_process
+from tests.worker_fixtures import TINY_ASK, TINY_STEERING_PROMPTS, worker_process
 from tools.errors import WorkerUnavailableError
 from tools.toolbox import Toolbox
 from tools.worker.client import HttpWorkerClient
@@ -78,7 +78,7 @@ TOOL_CALLS: list[tuple[str, dict[str, Any]]] = [
 
 def test_every_tool_answers_the_same_over_http_and_in_process(service: AdlService, worker_url: str) -> None:
     http = HttpWorkerClient(worker_url)
-    local, remote = Toolbox(service, "adl"), Toolbox(http, "adl")
+    local, remote = Toolbox(service, "adl", ask=TINY_ASK), Toolbox(http, "adl", ask=TINY_ASK)
     for name, arguments in TOOL_CALLS:
         expected, got = local.call(name, arguments), remote.call(name, arguments)
         assert expected.ok, (name, expected.error)
@@ -90,7 +90,7 @@ def test_every_tool_answers_the_same_over_http_and_in_process(service: AdlServic
 
 
 def test_results_carry_the_requested_content(service: AdlService) -> None:
-    toolbox = Toolbox(service, "adl")
+    toolbox = Toolbox(service, "adl", ask=TINY_ASK)
     answers = toolbox.call("ask_models", {"prompts": ["hello"]}).content["answers"]
     assert set(answers[0]) == {"prompt", "base", "finetuned"}
     patch = toolbox.call("get_token_readouts", {"method": "patchscope", "k": 50})
@@ -127,7 +127,7 @@ BAD_CALLS: list[tuple[str, Any, str, list[str]]] = [
 @pytest.mark.parametrize(("name", "arguments", "message", "fields"), BAD_CALLS)
 def test_bad_tool_input_is_a_structured_error(client: Any, name: str, arguments: Any, message: str,
                                               fields: list[str]) -> None:
-    toolbox = Toolbox(client, "adl", interaction_budget=10)
+    toolbox = Toolbox(client, "adl", interaction_budget=10, ask=TINY_ASK)
     result = toolbox.call(name, arguments)
     assert not result.ok and message in (result.error or "")
     assert set(fields) <= set(result.error_fields)
@@ -136,7 +136,7 @@ def test_bad_tool_input_is_a_structured_error(client: Any, name: str, arguments:
 
 
 def test_budget_and_agent_kinds(service: AdlService) -> None:
-    toolbox = Toolbox(service, "adl", interaction_budget=3)
+    toolbox = Toolbox(service, "adl", interaction_budget=3, ask=TINY_ASK)
     assert toolbox.call("ask_models", {"prompts": ["hello", "sky"]}).interactions == 2
     refused = toolbox.call("generate_steered", {"position": 1, "prompts": ["hello"], "n": 2})
     assert not refused.ok and "only 1 are left" in (refused.error or "")

@@ -18,10 +18,13 @@ from tools.adl.steering import SteeringSettings
 from tools.corpus import CorpusSpec
 from tools.errors import WorkerUnavailableError
 from tools.models import ModelPairSpec
+from tools.toolbox import AskSettings
 from tools.worker.client import wait_for_worker
 from tools.worker.schema import WorkerConfig, WorkerLimits
 
 TINY_STEERING_PROMPTS = ["hello", "what is the sky"]
+# ask_models on the tiny worker: its limit is 128 new tokens (the reference default is 1024).
+TINY_ASK = AskSettings(max_new_tokens=8)
 
 
 def tiny_corpus(folder: Path) -> CorpusSpec:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tools.errors import AdlError, ToolInputError, WorkerRequestError
 from tools.worker.client import WorkerClient
@@ -31,7 +31,18 @@ log = logging.getLogger(__name__)
 AgentKind = Literal["adl", "blackbox"]
 HypothesisStatus = Literal["open", "supported", "rejected"]
 DEFAULT_DATASET = "dataset_1"
-ASK_MAX_NEW_TOKENS = 96
+
+
+class AskSettings(BaseModel):
+    """How ask_models samples both models. The defaults are the reference toolkit's ask_model
+    settings (configs/diffing/evaluation.yaml: temperature 0.8, 1024 new tokens, sampling)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="0 decodes greedily.")
+    max_new_tokens: int = Field(1024, ge=1, le=1024)
+    seed: int = Field(0, description="Seed of the first call; each call adds the interactions "
+                      "used so far, so repeated questions get fresh samples.")
 
 
 class ToolSpec(BaseModel):
@@ -54,11 +65,15 @@ class ToolResult(BaseModel):
     interactions: int = Field(0, description="Model interactions charged to the budget.")
     ends_run: bool = False
 
-    def text(self) -> str:
-        """The result as the LLM reads it (compact JSON)."""
+    def text(self, budgets_left: dict[str, Any] | None = None) -> str:
+        """The result as the LLM reads it (compact JSON), with the budgets that remain."""
         if self.ok:
-            return json.dumps(self.content, ensure_ascii=False)
-        return json.dumps({"error": self.error, "fields": self.error_fields}, ensure_ascii=False)
+            body = dict(self.content) if isinstance(self.content, dict) else {"result": self.content}
+        else:
+            body = {"error": self.error, "fields": self.error_fields}
+        if budgets_left is not None:
+            body["budgets_left"] = budgets_left
+        return json.dumps(body, ensure_ascii=False)
 
 
 class Hypothesis(BaseModel):
@@ -113,9 +128,10 @@ class Toolbox:
                       "submit_hypothesis")
 
     def __init__(self, client: WorkerClient, agent: AgentKind = "adl",
-                 interaction_budget: int | None = None) -> None:
+                 interaction_budget: int | None = None, ask: AskSettings | None = None) -> None:
         self.client = client
         self.agent = agent
+        self.ask = ask or AskSettings()
         self.interaction_budget = interaction_budget
         self.interactions_used = 0
         self.hypotheses: list[Hypothesis] = []
@@ -129,9 +145,12 @@ class Toolbox:
 
     @tool(cost=lambda args: len(args["prompts"]))
     def ask_models(self, prompts: Prompts) -> dict[str, Any]:
-        """Ask the base model and the finetuned model the same questions (greedy decoding).
-        Returns both answers per prompt. Costs 1 model interaction per prompt."""
-        response = self.client.chat(ChatRequest(prompts=prompts, max_new_tokens=ASK_MAX_NEW_TOKENS))
+        """Ask the base model and the finetuned model the same questions (sampled; answers can
+        differ between calls). Returns both answers per prompt. Costs 1 model interaction per
+        prompt."""
+        response = self.client.chat(ChatRequest(
+            prompts=prompts, max_new_tokens=self.ask.max_new_tokens,
+            temperature=self.ask.temperature, seed=self.ask.seed + self.interactions_used))
         self.generated_tokens += response.generated_tokens
         return {"answers": [{"prompt": r.prompt, "base": r.replies["base"],
                              "finetuned": r.replies["finetuned"]} for r in response.replies]}
@@ -182,9 +201,9 @@ class Toolbox:
         n: Annotated[int, Field(ge=1, description="Samples per prompt.")] = 1,
         dataset: Dataset = DEFAULT_DATASET,
     ) -> dict[str, Any]:
-        """Generate new steered and unsteered samples of the finetuned model for your own prompts,
-        steering with the activation difference at one position. Costs 1 model interaction per
-        steered sample (prompts x n)."""
+        """Generate new steered samples of the finetuned model for your own prompts, steering
+        with the activation difference at one position (unsteered answers come from ask_models,
+        which charges for them). Costs 1 model interaction per steered sample (prompts x n)."""
         response = self.client.generate_steered(GenerateSteeredRequest(
             dataset=dataset, position=position, prompts=prompts, n=n))
         return response.model_dump(exclude_none=True)
@@ -310,7 +329,17 @@ class Toolbox:
                 "steering": [{
                     "position": s.position,
                     "samples": [{"prompt": x.prompt, "strength": x.strength,
-                                 "steered": x.steered[0], "unsteered": x.unsteered[0]} for x in s.samples],
+                                 "steered": x.steered[0], "unsteered": (x.unsteered or [""])[0]}
+                                for x in s.samples],
                 } for s in d.steering],
             } for d in overview.datasets],
         }
+
+    def finetuned_samples(self) -> dict[str, Any]:
+        """What the blackbox agent sees first (the reference's baseline): every distinct
+        unsteered sample of the finetuned model that the ADL overview shows, with its prompt."""
+        overview = self.client.overview()
+        examples = dict.fromkeys(
+            (x.prompt, text) for d in overview.datasets for s in d.steering for x in s.samples
+            for text in (x.unsteered or [])[:1])
+        return {"examples": [{"prompt": prompt, "generation": text} for prompt, text in examples]}

@@ -16,6 +16,7 @@ from agent.secrets import install_log_redaction
 from evals.organisms.build import OrganismSize
 from evals.workers import PROFILES, organism_worker_config
 from tools.errors import AdlInputError
+from tools.toolbox import AskSettings
 from tools.worker.client import HttpWorkerClient, WorkerClient
 from tools.worker.http import TOKEN_ENV
 from tools.worker.service import AdlService
@@ -61,6 +62,10 @@ def run_command(
     profile: str = typer.Option("paper", help="ADL settings of an in-process worker: paper or quick."),
     size: str = typer.Option("full", help="Build size of an offline organism for an in-process "
                              "worker: full (the registry's) or small (fewer examples, same recipe)."),
+    ask_temperature: float = typer.Option(0.8, min=0.0, max=2.0, help="Sampling temperature of "
+                                          "ask_models (0: greedy); the reference's default."),
+    ask_max_new_tokens: int = typer.Option(1024, min=1, max=1024, help="New tokens per ask_models "
+                                           "answer; the reference's default."),
 ) -> None:
     """Investigate one organism and print the hypothesis and where the transcript is."""
     install_log_redaction()
@@ -72,7 +77,8 @@ def run_command(
     path = results_dir() / "transcripts" / f"{stamp}-{organism}-{agent}-{uuid.uuid4().hex[:6]}.jsonl"
     budgets = Budgets(interactions=budget, llm_calls=llm_calls, generated_tokens=generated_tokens,
                       wall_time_s=wall_time)
-    outcome = investigate(client, chosen, agent, budgets, path, {"organism": organism})  # type: ignore[arg-type]
+    ask = AskSettings(temperature=ask_temperature, max_new_tokens=ask_max_new_tokens)
+    outcome = investigate(client, chosen, agent, budgets, path, {"organism": organism}, ask=ask)  # type: ignore[arg-type]
     label = "" if chosen.is_llm else " (not an LLM: the offline heuristic baseline policy)"
     console.print(f"[bold]{agent} agent[/] with {chosen.name}{label} on [bold]{organism}[/]")
     console.print(f"end: {outcome.end_reason}" + (f" ({outcome.detail})" if outcome.detail else ""))

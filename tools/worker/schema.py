@@ -30,7 +30,7 @@ class WorkerLimits(BaseModel):
 
     max_prompts: int = Field(16, ge=1, description="Prompts per request.")
     max_prompt_chars: int = Field(4000, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(1024, ge=1, description="The reference's ask_model default.")
     max_samples: int = Field(8, ge=1, description="Samples per prompt for live steering.")
     max_request_bytes: int = Field(1_000_000, ge=1024)
     max_pending_jobs: int = Field(256, ge=1, description="Queued model jobs before 503.")
@@ -120,7 +120,8 @@ class SteeredPrompt(BaseModel):
     prompt: str
     strength: float = Field(description="Steering strength in mean residual norms.")
     steered: list[str]
-    unsteered: list[str]
+    unsteered: list[str] | None = Field(None, description="Cached samples only: live steering "
+                                        "returns none (ask_models charges for unsteered answers).")
 
 
 class SteeredSamplesResponse(BaseModel):

@@ -231,8 +231,9 @@ class AdlService:
                                       position=request.position, samples=samples, note=note)
 
     def generate_steered(self, request: GenerateSteeredRequest) -> SteeredSamplesResponse:
-        """Live steered and unsteered samples: per prompt the searched strength when the prompt
-        was searched, otherwise the mean strength found at that position."""
+        """Live steered samples (no unsteered ones: those come from ask_models, which charges
+        for them): per prompt the searched strength when the prompt was searched, otherwise the
+        mean strength found at that position."""
         entry = self._position_steering(request.dataset, request.position)
         self._check_prompts(request.prompts)
         if request.n > self.limits.max_samples:
@@ -248,23 +249,17 @@ class AdlService:
         direction = steering_direction(artifact.difference, entry.layer, request.position)
         rows = [p for p in request.prompts for _ in range(request.n)]
 
-        def run() -> tuple[list[str], list[str]]:
-            steered = generate_steered(
+        def run() -> list[str]:
+            return generate_steered(
                 self.pair, rows, direction[None].expand(len(rows), -1).contiguous(),
                 [strengths[p] for p in rows], entry.layer, max_new_tokens=max_new_tokens,
                 temperature=settings.temperature, seed=request.seed, side=settings.side,
             )
-            unsteered = self._run_chat(settings.side, rows, max_new_tokens, settings.temperature,
-                                       request.seed + 1)
-            return steered, unsteered
 
-        steered, unsteered = self.queue.call(run)
+        steered = self.queue.call(run)
         n = request.n
-        samples = [
-            SteeredPrompt(prompt=p, strength=round(strengths[p], 4),
-                          steered=steered[i * n : (i + 1) * n], unsteered=unsteered[i * n : (i + 1) * n])
-            for i, p in enumerate(request.prompts)
-        ]
+        samples = [SteeredPrompt(prompt=p, strength=round(strengths[p], 4), steered=steered[i * n : (i + 1) * n])
+                   for i, p in enumerate(request.prompts)]
         return SteeredSamplesResponse(dataset=request.dataset, layer=entry.layer,
                                       position=request.position, samples=samples)
 
