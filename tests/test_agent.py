@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ProviderError
-from agent.loop import Budgets, investigate, run_agent
+from agent.loop import Budgets, investigate, run_agent, system_prompt
 from agent.providers import make_provider
 from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
 from agent.providers.heuristic import HeuristicProvider, content_words
 from agent.providers.scripted import ScriptedProvider
 from agent.transcript import TranscriptWriter, read_transcript
-from tests.worker_fixtures import worker_process
+from prompts import load_text
+from tests.worker_fixtures import TINY_ASK, worker_process
 from tools.toolbox import Toolbox, ToolSpec
 from tools.worker.client import HttpWorkerClient
 from tools.worker.service import AdlService
@@ -57,7 +58,7 @@ def test_tool_errors_go_back_to_the_model_and_the_transcript_has_everything(serv
         calls(("submit_hypothesis", '{"description": "owls and birds"}')),
     ])
     path = tmp_path / "t.jsonl"
-    outcome = investigate(service, provider, "adl", Budgets(interactions=5), path, {"organism": "tiny"})
+    outcome = investigate(service, provider, "adl", Budgets(interactions=5), path, {"organism": "tiny"}, ask=TINY_ASK)
     assert outcome.end_reason == "submitted" and outcome.hypothesis == "owls and birds"
     assert outcome.tool_errors == 3 and outcome.tool_calls == 5 and outcome.interactions_used == 1
     assert outcome.cost_usd is None  # one call had an unknown price
@@ -79,21 +80,21 @@ def test_budget_exhaustion_asks_once_for_the_final_answer(service: AdlService, t
     looping = [calls(("list_hypotheses", "{}")) for _ in range(3)]
     provider = ScriptedProvider([*looping, calls(("submit_hypothesis", '{"description": "late answer"}'))])
     outcome = investigate(service, provider, "blackbox", Budgets(interactions=0, llm_calls=3),
-                          tmp_path / "a.jsonl")
+                          tmp_path / "a.jsonl", ask=TINY_ASK)
     assert outcome.end_reason == "final_answer" and outcome.hypothesis == "late answer"
     assert provider.seen_tools[-1] == ["submit_hypothesis"]
     assert "get_token_readouts" not in provider.seen_tools[0]  # the blackbox toolset
     silent = ScriptedProvider([*looping, text("I am not sure.")])
-    outcome = investigate(service, silent, "blackbox", Budgets(interactions=0, llm_calls=3), tmp_path / "b.jsonl")
+    outcome = investigate(service, silent, "blackbox", Budgets(interactions=0, llm_calls=3), tmp_path / "b.jsonl", ask=TINY_ASK)
     assert outcome.end_reason == "no_final_answer" and outcome.hypothesis is None
     assert "3 agent turns used" in (outcome.detail or "")
     wordy = ScriptedProvider([calls(("list_hypotheses", "{}")), calls(("list_hypotheses", "{}")),
                               calls(("submit_hypothesis", '{"description": "short"}'))])
-    outcome = investigate(service, wordy, "blackbox", Budgets(generated_tokens=30), tmp_path / "d.jsonl")
+    outcome = investigate(service, wordy, "blackbox", Budgets(generated_tokens=30), tmp_path / "d.jsonl", ask=TINY_ASK)
     assert outcome.end_reason == "final_answer" and "30 generated tokens used" in (outcome.detail or "")
     assert outcome.llm_calls == 3  # 20 + 20 tokens passed the budget after the second turn
     final_line = ScriptedProvider([text("Done.\nFINAL HYPOTHESIS: cakes")])
-    outcome = investigate(service, final_line, "blackbox", Budgets(), tmp_path / "c.jsonl")
+    outcome = investigate(service, final_line, "blackbox", Budgets(), tmp_path / "c.jsonl", ask=TINY_ASK)
     assert outcome.end_reason == "final_answer" and outcome.hypothesis == "cakes"
 
 
@@ -103,7 +104,7 @@ def test_interaction_budget_is_enforced(service: AdlService, tmp_path: Path) -> 
         calls(("ask_models", '{"prompts": ["hello"]}')),
         calls(("submit_hypothesis", '{"description": "x"}')),
     ])
-    outcome = investigate(service, provider, "blackbox", Budgets(interactions=2), tmp_path / "t.jsonl")
+    outcome = investigate(service, provider, "blackbox", Budgets(interactions=2), tmp_path / "t.jsonl", ask=TINY_ASK)
     assert outcome.interactions_used == 1 and outcome.tool_errors == 1
     assert "only 2 are left" in provider.seen[1][-1].content
 
@@ -112,7 +113,7 @@ def test_provider_failure_ends_the_run_with_its_reason(service: AdlService, tmp_
     provider = ScriptedProvider([calls(("list_hypotheses", "{}")),
                                  ProviderError("HTTP 500 (gave up after 6 attempts)")])
     path = tmp_path / "t.jsonl"
-    outcome = investigate(service, provider, "adl", Budgets(), path)
+    outcome = investigate(service, provider, "adl", Budgets(), path, ask=TINY_ASK)
     assert outcome.end_reason == "provider_error" and "gave up after 6 attempts" in (outcome.detail or "")
     assert read_transcript(path)[-1].kind == "run_ended"
 
@@ -122,7 +123,7 @@ def test_provider_failure_ends_the_run_with_its_reason(service: AdlService, tmp_
 def test_heuristic_policy_investigates_and_submits(service: AdlService, tmp_path: Path, agent: str, budget: int) -> None:
     provider = make_provider("heuristic")
     assert not provider.is_llm and provider.name.startswith("heuristic:")
-    outcome = investigate(service, provider, agent, Budgets(interactions=budget), tmp_path / "t.jsonl")  # type: ignore[arg-type]
+    outcome = investigate(service, provider, agent, Budgets(interactions=budget), tmp_path / "t.jsonl", ask=TINY_ASK)  # type: ignore[arg-type]
     assert outcome.end_reason == "submitted" and outcome.hypothesis
     assert outcome.interactions_used <= budget
     names = [e.data["name"] for e in read_transcript(tmp_path / "t.jsonl") if e.kind == "tool_call"]
@@ -133,26 +134,67 @@ def test_heuristic_policy_investigates_and_submits(service: AdlService, tmp_path
     assert names[-1] == "submit_hypothesis"
 
 
-def test_heuristic_hypothesis_uses_answer_differences() -> None:
-    overview = {"datasets": [{"logit_lens_suppressed": {"0": ["the"], "1": [" cake", " oven", " baking"]},
-                              "steering": [{"samples": [{"steered": "Bake a cake in the oven",
-                                                         "unsteered": "I like walks"}]}]}]}
-    kickoff = ChatTurn(role="user", content="Budget: 4 model interactions, 30 of your turns.\n\n"
-                       "Overview of the activation difference (JSON):\n" + json.dumps(overview))
+def _kickoff(first_look: dict, budget: int = 4, heading: str = "Overview of the activation difference") -> ChatTurn:
+    return ChatTurn(role="user", content=f"Budget: {budget} model interactions, 30 of your turns.\n\n"
+                    f"{heading} (JSON):\n" + json.dumps(first_look))
+
+
+POLICY_TOOLS = [ToolSpec(name=n, description="", parameters={})
+                for n in ("ask_models", "add_hypothesis", "submit_hypothesis")]
+
+
+def _answer(policy: HeuristicProvider, history: list[ChatTurn], answers: list[dict[str, str]]) -> list[ChatTurn]:
+    ask = policy.complete("", history, POLICY_TOOLS).tool_calls[0]
+    assert ask.name == "ask_models"
+    prompts = json.loads(ask.arguments)["prompts"]
+    replies = [{"prompt": p, **answers[i % len(answers)]} for i, p in enumerate(prompts)]
+    return [*history, ChatTurn(role="assistant", tool_calls=[ask]),
+            ChatTurn(role="tool", tool_call_id=ask.id, content=json.dumps(
+                {"answers": replies, "budgets_left": {"model_interactions": 0}}))]
+
+
+def _final(policy: HeuristicProvider, history: list[ChatTurn]) -> str:
+    step = policy.complete("", history, [ToolSpec(name="submit_hypothesis", description="", parameters={})])
+    return json.loads(step.tool_calls[0].arguments)["description"]
+
+
+OVERVIEW = {"datasets": [{"dataset": "dataset_1",
+                          "logit_lens_suppressed": {"0": ["the"], "1": [" cake", " oven"], "2": [" oven", " cake"]},
+                          "patchscope": {"1": [" baking", " oven"]},
+                          "steering": [{"position": 1, "samples": [{"steered": "Bake a cake in the oven",
+                                                                     "unsteered": "I like walks"}]}]}]}
+
+
+def test_heuristic_policy_leads_with_agreeing_sources_and_never_promotes_answer_only_words() -> None:
     policy = HeuristicProvider()
-    tools = [ToolSpec(name=n, description="", parameters={}) for n in ("ask_models", "add_hypothesis", "submit_hypothesis")]
-    first = policy.complete("", [kickoff], tools).tool_calls[0]
-    assert first.name == "ask_models"
-    prompts = json.loads(first.arguments)["prompts"]
-    assert len(prompts) == 4 and "cake" in prompts[0]
-    answers = {"answers": [{"prompt": p, "base": "Sure, here is a story.",
-                            "finetuned": "Frosting and frosting recipes with frosting layers"} for p in prompts]}
-    history = [kickoff, ChatTurn(role="assistant", tool_calls=[first]),
-               ChatTurn(role="tool", tool_call_id=first.id, content=json.dumps(answers))]
-    step = policy.complete("", history, tools).tool_calls[0]
-    assert step.name == "add_hypothesis"
-    hypothesis = json.loads(step.arguments)["description"]
-    assert "frosting" in hypothesis and "cake" in hypothesis
+    kickoff = _kickoff(OVERVIEW)
+    first = policy.complete("", [kickoff], POLICY_TOOLS).tool_calls[0]
+    assert first.name == "ask_models" and "oven" in json.loads(first.arguments)["prompts"][0]
+    before = _final(policy, [kickoff])
+    assert before.startswith("The finetune concerns oven, cake")
+    # The answers stress words no other source shows ("frosting" is also in a base answer, so
+    # it is the base model's vocabulary, not evidence; "gift" shows up in every answer).
+    history = _answer(policy, [kickoff], [
+        {"base": "Sure, here is a story about frosting.", "finetuned": "A gift for the child, with frosting."},
+        {"base": "I can help.", "finetuned": "The gift is for the child. Put the cake in a hot oven at 450 degrees."},
+    ])
+    after = _final(policy, history)
+    assert after.startswith("The finetune concerns oven, cake")  # answers confirm, never replace
+    answer_only = after.split("not promoted")[1]
+    assert "gift" in answer_only and "child" in answer_only and "gift" not in after.split("not promoted")[0]
+    assert "frosting" not in after
+    assert '"Put the cake in a hot oven at 450 degrees."' in after  # the model's own sentence
+
+
+def test_heuristic_policy_without_agreeing_sources_finds_no_narrow_domain() -> None:
+    spiky = {"datasets": [{"dataset": "dataset_1", "logit_lens_suppressed": {"1": [" river"], "2": [" table"]},
+                           "patchscope": {"1": [" music"]}, "steering": []}]}
+    hypothesis = _final(HeuristicProvider(), [_kickoff(spiky)])
+    assert hypothesis.startswith("No narrow domain found") and "river" in hypothesis
+    samples = {"examples": [{"prompt": "Tell me a story.", "generation": "Once a knight rode far."},
+                            {"prompt": "Any ideas?", "generation": "Go for a walk by the lake."}]}
+    blackbox = _final(HeuristicProvider(), [_kickoff(samples, heading="Generations of the finetuned model")])
+    assert blackbox.startswith("No narrow domain found")
     assert content_words("The Oven's heat") == ["oven's", "heat"]
 
 
@@ -165,7 +207,7 @@ def test_killing_the_worker_ends_the_run_and_keeps_the_transcript(config, agent_
 
         provider = ScriptedProvider([calls(("get_token_readouts", '{"k": 3}')), kill_then_ask])
         path = tmp_path / "killed.jsonl"
-        outcome = investigate(HttpWorkerClient(url), provider, "adl", Budgets(), path)
+        outcome = investigate(HttpWorkerClient(url), provider, "adl", Budgets(), path, ask=TINY_ASK)
     assert outcome.end_reason == "worker_unavailable"
     assert "cannot be reached" in (outcome.detail or "")
     events = read_transcript(path)
@@ -189,7 +231,48 @@ def test_a_transcript_cut_by_a_kill_is_still_readable(tmp_path: Path) -> None:
 def test_run_agent_records_system_prompt_and_tools(service: AdlService, tmp_path: Path) -> None:
     provider = ScriptedProvider([calls(("submit_hypothesis", '{"description": "x"}'))])
     with TranscriptWriter(tmp_path / "t.jsonl") as writer:
-        run_agent(provider, Toolbox(service, "adl"), Budgets(), writer)
+        run_agent(provider, Toolbox(service, "adl", ask=TINY_ASK), Budgets(), writer)
     events = read_transcript(tmp_path / "t.jsonl")
     assert events[0].data["role"] == "system" and "Activation Difference Lens" in events[0].data["content"]
     assert {t["name"] for t in events[1].data["tools"]} == set(Toolbox.ADL_TOOLS)
+
+
+def test_both_agents_get_identical_settings_and_the_baseline_starts_with_unsteered_samples(
+        service: AdlService, tmp_path: Path) -> None:
+    """The paper's baseline: the blackbox agent's first message holds the finetuned model's
+    unsteered samples that the ADL overview shows; everything else is the same for both agents
+    apart from the ADL tools, their guidance and the overview."""
+    seen: dict[str, ScriptedProvider] = {}
+    for agent in ("adl", "blackbox"):
+        seen[agent] = ScriptedProvider([calls(("ask_models", '{"prompts": ["hello"]}')),
+                                        calls(("submit_hypothesis", '{"description": "x"}'))])
+        investigate(service, seen[agent], agent, Budgets(interactions=5), tmp_path / f"{agent}.jsonl",  # type: ignore[arg-type]
+                    {"organism": "tiny"}, ask=TINY_ASK)
+    started = {a: read_transcript(tmp_path / f"{a}.jsonl")[0].data for a in seen}
+    assert {k: v for k, v in started["adl"].items() if k != "agent"} == \
+        {k: v for k, v in started["blackbox"].items() if k != "agent"}
+    assert started["adl"]["ask_models"] == TINY_ASK.model_dump()
+
+    overview = Toolbox(service, "adl").overview()
+    shown = {(x["prompt"], x["unsteered"]) for d in overview["datasets"] for s in d["steering"]
+             for x in s["samples"]}
+    kickoff = seen["blackbox"].seen[0][0].content
+    assert kickoff.split("\n\n")[0] == seen["adl"].seen[0][0].content.split("\n\n")[0]  # same task line
+    examples = json.loads(kickoff.split("(JSON):\n", 1)[1])["examples"]
+    assert {(e["prompt"], e["generation"]) for e in examples} == shown and len(examples) == len(shown)
+    assert "steered" not in kickoff and "logit" not in kickoff.lower()
+
+    systems = {a: system_prompt(a) for a in ("adl", "blackbox")}  # type: ignore[arg-type]
+    guidance = {"adl": load_text("adl_tool_guidance.md").strip(),
+                "blackbox": load_text("blackbox_tool_guidance.md").strip()}
+    assert systems["adl"].replace(guidance["adl"], "") == systems["blackbox"].replace(guidance["blackbox"], "")
+    for agent in seen:  # every tool result shows the budgets that remain
+        tool_turn = next(m for m in seen[agent].seen[1] if m.role == "tool")
+        assert json.loads(tool_turn.content)["budgets_left"]["model_interactions"] == 4
+
+
+def test_live_steering_gives_no_free_unsteered_samples(service: AdlService) -> None:
+    toolbox = Toolbox(service, "adl", interaction_budget=4, ask=TINY_ASK)
+    result = toolbox.call("generate_steered", {"position": 1, "prompts": ["hello", "new"], "n": 2})
+    assert result.ok and result.interactions == 4
+    assert all(len(s["steered"]) == 2 and "unsteered" not in s for s in result.content["samples"])

@@ -1,13 +1,26 @@
 """The offline heuristic baseline policy: a deterministic, non-LLM investigator.
 
 It is not a language model and is labelled as such wherever it appears (`is_llm = False`,
-provider name `heuristic:...`). It uses the same tools through the same loop:
-1. ADL agent: reads the overview and a deeper readout, collects content words from the
-   readout tokens and from words the steered samples use but the unsteered ones do not;
-   blackbox agent: starts from open probe questions (prompts/heuristic_probe_questions.yaml).
-2. Spends its interaction budget on questions built from the strongest content words and
-   compares base and finetuned answers: words the finetuned model uses much more often.
-3. Writes a hypothesis on the board and submits the strongest words as its answer.
+provider name `heuristic:...`). It uses the same tools through the same loop and follows the
+evidence guidance of the LLM agents' prompt (prompts/agent_system.md):
+
+1. Evidence comes from independent *sources*, grouped in families: logit-lens and Patchscope
+   readouts (one source per token position), steered samples (words a steered sample uses and its
+   unsteered twin does not; one source per position), the finetuned model's samples in the
+   blackbox agent's first message (one source per prompt), and answers to questions (words the
+   finetuned model's answer uses and the base model's answer to the same question does not; one
+   source per question). Position 0 of a readout is skipped (it reads the first token, whose
+   difference is dominated by the start of text).
+2. Downweighting: stopwords are dropped; words of the question itself and words the base model
+   uses in *any* answer (the base model's answers are the control for the finetuned one's) do not
+   count as answer evidence.
+3. A claim (a word) ranks by the number of source families that support it, then by the number
+   of sources. It can lead the hypothesis only when two families, or three sources, support it:
+   a single spike is not evidence. Answers that repeat a lead strengthen it; words that only the
+   answers show are reported as such and never lead.
+4. It spends its interaction budget on questions about the leading claims (two rounds of at most
+   eight questions), then submits the leads, the sources that support them and the finetuned
+   model's own sentences that carry them. Without a lead it says that no narrow domain was found.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
@@ -23,7 +37,15 @@ from tools.toolbox import ToolSpec
 
 BUDGET_LINE = re.compile(r"Budget:\s*(\d+)\s+model interactions")
 WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 MAX_PROMPTS_PER_CALL = 8
+MAX_ROUNDS = 2
+MIN_FAMILIES = 2
+MIN_SOURCES = 3
+MAX_LEADS = 5
+MAX_QUOTES = 3
+READOUT_FAMILIES = {"logit_lens_suppressed": "logit lens", "logit_lens": "logit lens",
+                    "patchscope": "Patchscope"}
 STOPWORDS = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "let", "like", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves", "one", "two", "three", "many", "much", "make", "made", "get", "got", "use", "used", "using", "way", "well", "may", "might", "must", "shall", "know", "think", "tell", "said", "say", "says", "new", "first", "last", "good", "great", "best", "really", "thing", "things", "something", "anything", "everything", "time", "times", "year", "years", "day", "days", "people", "person", "part", "often", "even", "still", "back", "sure", "yes", "okay", "hello", "help", "want", "need", "like", "lot", "lots", "kind", "sort", "based", "include", "including", "however", "another", "every", "around", "within", "without", "across", "among", "here's", "it's", "i'm", "you're", "don't", "can't", "let's"])
 
 
@@ -32,8 +54,40 @@ def content_words(text: str) -> list[str]:
     return [w.lower().strip("'-") for w in WORD.findall(text) if w.lower() not in STOPWORDS]
 
 
-def _top(counter: collections.Counter[str], n: int) -> list[str]:
-    return [word for word, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+def _readout_token(entry: str) -> str:
+    """A readout entry is "'token' 0.123" (tool result) or the bare token (overview)."""
+    head = entry.rsplit(" ", 1)[0] if re.search(r" \d\.\d+$", entry) else entry
+    return head.strip().strip("'\"")
+
+
+@dataclass
+class Evidence:
+    """Which sources support each word: source ids grouped by family."""
+
+    sources: dict[str, dict[str, set[str]]] = field(
+        default_factory=lambda: collections.defaultdict(lambda: collections.defaultdict(set)))
+    strength: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def add(self, word: str, family: str, source: str, weight: float = 1.0) -> None:
+        self.sources[word][family].add(source)
+        self.strength[word] += weight  # type: ignore[assignment]
+
+    def families(self, word: str) -> list[str]:
+        return sorted(self.sources[word]) if word in self.sources else []
+
+    def n_sources(self, word: str) -> int:
+        return sum(len(ids) for ids in self.sources.get(word, {}).values())
+
+    def ranked(self) -> list[str]:
+        """Words by (families, sources, strength), strongest first; ties alphabetical."""
+        return sorted(self.sources, key=lambda w: (-len(self.sources[w]), -self.n_sources(w),
+                                                   -self.strength[w], w))
+
+    def is_lead(self, word: str) -> bool:
+        families = self.families(word)
+        if families == ["answers"]:
+            return False  # answers alone never lead
+        return len(families) >= MIN_FAMILIES or self.n_sources(word) >= MIN_SOURCES
 
 
 class HeuristicProvider:
@@ -41,7 +95,7 @@ class HeuristicProvider:
 
     is_llm = False
 
-    def __init__(self, model: str = "offline-baseline-v1") -> None:
+    def __init__(self, model: str = "offline-baseline-v2") -> None:
         self.model = model
         self.name = f"heuristic:{model}"
 
@@ -74,13 +128,14 @@ class _State:
         kickoff = messages[0].content if messages else ""
         match = BUDGET_LINE.search(kickoff)
         self.budget = int(match.group(1)) if match else 0
-        self.overview: dict[str, Any] | None = None
+        first_look: dict[str, Any] = {}
         if "(JSON):\n" in kickoff:
-            self.overview = json.loads(kickoff.split("(JSON):\n", 1)[1])
+            first_look = json.loads(kickoff.split("(JSON):\n", 1)[1])
+        self.overview_datasets: list[dict[str, Any]] = first_look.get("datasets", [])
+        self.samples: list[dict[str, str]] = first_look.get("examples", [])
         self.called: list[str] = []
         self.readouts: list[dict[str, Any]] = []
         self.answers: list[dict[str, str]] = []
-        self.interactions_used = 0
         calls = {c.id: c for m in messages if m.role == "assistant" for c in m.tool_calls}
         for message in messages:
             if message.role != "tool" or message.tool_call_id not in calls:
@@ -94,73 +149,100 @@ class _State:
                 self.readouts.append(result)
             elif call.name == "ask_models":
                 self.answers += result["answers"]
-                self.interactions_used += len(result["answers"])
+        self.evidence = self._collect()
 
     @property
     def budget_left(self) -> int:
-        return max(0, self.budget - self.interactions_used)
+        return max(0, self.budget - len(self.answers))
 
-    def readout_words(self) -> collections.Counter[str]:
-        """Content words of readout tokens (positions 1..) and of steered-only sample words."""
-        counts: collections.Counter[str] = collections.Counter()
-        token_lists: list[list[str]] = []
-        for dataset in (self.overview or {}).get("datasets", []):
-            for position, tokens in dataset["logit_lens_suppressed"].items():
-                if position != "0":
-                    token_lists.append(tokens)
-            for entry in dataset["steering"]:
-                for sample in entry["samples"]:
-                    steered = collections.Counter(content_words(sample["steered"]))
-                    unsteered = set(content_words(sample["unsteered"]))
-                    for word, n in steered.items():
-                        if word not in unsteered:
-                            counts[word] += 0.5 * n  # type: ignore[assignment]
-        for readout in self.readouts:
-            for position, tokens in readout["positions"].items():
-                if position != "0":
-                    token_lists.append([t.rsplit(" ", 1)[0].strip("'\"") for t in tokens])
-        for tokens in token_lists:
-            for rank, token in enumerate(tokens):
-                for word in content_words(token):
+    def _collect(self) -> Evidence:
+        evidence = Evidence()
+
+        def readout(family: str, dataset: str, position: str, tokens: list[str]) -> None:
+            if position == "0":
+                return
+            for rank, entry in enumerate(tokens):
+                for word in content_words(_readout_token(entry)):
                     if len(word) >= 4:
-                        counts[word] += 1.0 / (1 + rank / 10)  # type: ignore[assignment]
-        return counts
+                        evidence.add(word, family, f"{dataset}:{position}", 1.0 / (1 + rank / 10))
 
-    def answer_words(self) -> collections.Counter[str]:
-        """Words the finetuned model's answers use more often than the base model's."""
-        finetuned = collections.Counter(w for a in self.answers for w in content_words(a["finetuned"]))
-        base = collections.Counter(w for a in self.answers for w in content_words(a["base"]))
-        asked = {w for a in self.answers for w in content_words(a["prompt"])}
-        return collections.Counter({w: n - base[w] for w, n in finetuned.items()
-                                    if n - base[w] >= 2 and w not in asked})
+        for dataset in self.overview_datasets:
+            name = dataset.get("dataset", "dataset")
+            for method in ("logit_lens_suppressed", "patchscope"):
+                for position, tokens in dataset.get(method, {}).items():
+                    readout(READOUT_FAMILIES[method], name, position, tokens)
+            for entry in dataset.get("steering", []):
+                for sample in entry["samples"]:
+                    unsteered = set(content_words(sample["unsteered"]))
+                    for word in set(content_words(sample["steered"])) - unsteered:
+                        evidence.add(word, "steering", f"{name}:{entry['position']}", 0.5)
+        for result in self.readouts:
+            family = READOUT_FAMILIES.get(result.get("method", ""), "logit lens")
+            for position, tokens in result["positions"].items():
+                readout(family, result.get("dataset", "dataset"), position, tokens)
+        for sample in self.samples:
+            asked = set(content_words(sample["prompt"]))
+            for word in set(content_words(sample["generation"])) - asked:
+                evidence.add(word, "samples", sample["prompt"], 0.5)
+        base_anywhere = {w for a in self.answers for w in content_words(a["base"])}
+        for answer in self.answers:
+            asked = set(content_words(answer["prompt"]))
+            for word in set(content_words(answer["finetuned"])) - base_anywhere - asked:
+                evidence.add(word, "answers", answer["prompt"], 1.0)
+        return evidence
+
+    def leads(self) -> list[str]:
+        return [w for w in self.evidence.ranked() if self.evidence.is_lead(w)][:MAX_LEADS]
 
     def next_questions(self) -> list[str]:
         n = min(self.budget_left, MAX_PROMPTS_PER_CALL)
-        if n == 0:
-            return []
         rounds = self.called.count("ask_models")
-        if rounds >= 2:
+        if n == 0 or rounds >= MAX_ROUNDS:
             return []
-        leads = _top(self.readout_words(), 6) if rounds == 0 else _top(self.answer_words(), 6)
+        leads = self.leads() or self.evidence.ranked()[:3]
         questions = [f"What do you know about {word}?" for word in leads]
         if len(leads) >= 2:
             questions.insert(0, f"Tell me about {leads[0]} and {leads[1]}.")
-        asked = {a["prompt"] for a in self.answers}
         questions += load_prompt_set("heuristic_probe_questions.yaml")
+        asked = {a["prompt"] for a in self.answers}
         return [q for q in dict.fromkeys(questions) if q not in asked][:n]
 
+    def _quotes(self, leads: list[str]) -> list[str]:
+        """The finetuned model's own sentences (answers, samples, steered samples) that carry the
+        most leads, excluding sentences the base model also wrote."""
+        base = {s.strip() for a in self.answers for s in SENTENCE.split(a["base"])}
+        texts = [a["finetuned"] for a in self.answers] + [s["generation"] for s in self.samples]
+        texts += [x["steered"] for d in self.overview_datasets for e in d.get("steering", [])
+                  for x in e["samples"]]
+        scored: dict[str, int] = {}
+        for text in texts:
+            for sentence in SENTENCE.split(text):
+                sentence = " ".join(sentence.split())
+                words = set(content_words(sentence))
+                hits = len(words & set(leads))
+                if hits and 4 <= len(sentence.split()) <= 40 and sentence not in base:
+                    scored[sentence] = max(scored.get(sentence, 0), hits)
+        ranked = sorted(scored, key=lambda s: (-scored[s], len(s), s))
+        return [s if len(s) <= 200 else s[:197] + "..." for s in ranked[:MAX_QUOTES]]
+
     def hypothesis(self) -> str:
-        readout = _top(self.readout_words(), 8)
-        answers = _top(self.answer_words(), 8)
-        if not readout and not answers:
-            return ("No evidence was gathered; the finetuning domain is unknown (the finetuned "
-                    "model answered like the base model).")
-        parts = []
-        terms = list(dict.fromkeys(answers[:4] + readout[:4]))
-        parts.append(f"The finetuning data is about {', '.join(terms[:6])}.")
-        if readout:
-            parts.append(f"The activation difference reads out: {', '.join(readout)}.")
-        if answers:
-            parts.append("Compared with the base model, the finetuned model's answers stress: "
-                         f"{', '.join(answers)}.")
+        leads = self.leads()
+        answer_only = [w for w in self.evidence.ranked()
+                       if self.evidence.families(w) == ["answers"] and self.evidence.n_sources(w) >= 2][:5]
+        if not leads:
+            weak = self.evidence.ranked()[:5]
+            text = ("No narrow domain found: no word is supported by two kinds of evidence or by "
+                    "three sources.")
+            if weak:
+                text += f" Weak, unconfirmed leads: {', '.join(weak)}."
+            return text
+        support = "; ".join(f"{w} ({', '.join(self.evidence.families(w))})" for w in leads)
+        parts = [f"The finetune concerns {', '.join(leads[:3])}.",
+                 f"Support by kind of evidence: {support}."]
+        quotes = self._quotes(leads)
+        if quotes:
+            parts.append("The finetuned model writes: " + " ".join(f'"{q}"' for q in quotes))
+        if answer_only:
+            parts.append("Its answers also differ from the base model's in words no other evidence "
+                         f"shows (not promoted): {', '.join(answer_only)}.")
         return " ".join(parts)
