@@ -1,6 +1,7 @@
 """The heuristic baseline policy runs `adl agent run` offline on the suite's real organism, for
-both agents, in-process and against a real worker process (slow: real models). Every offline
-organism is run by the agent grid of `make bench-science`."""
+both agents, in-process and against a real worker process (slow: real models), and more
+interactions never lower the grade of its hypothesis. Every offline organism is run by the agent
+grid of `make bench-science`."""
 
 from __future__ import annotations
 
@@ -15,9 +16,16 @@ from agent.loop import Budgets, investigate
 from agent.providers import make_provider
 from agent.transcript import read_transcript
 from evals.cli.agent import connect
-from tests.conftest import SUITE_ORGANISM, SUITE_SIZE
+from evals.grading import OfflineGrader
+from evals.organisms import get_organism
+from tests.conftest import SUITE_CONTROL, SUITE_ORGANISM, SUITE_SIZE
 from tests.worker_fixtures import free_port
+from tools.toolbox import AskSettings
 from tools.worker.client import wait_for_worker
+
+# ask_models in the suite: answers cut at 128 new tokens to fit 2 CPU cores (the reference and
+# EvalConfig default: 1024); temperature 0.8 as the reference.
+SUITE_ASK = AskSettings(max_new_tokens=128)
 
 pytestmark = pytest.mark.slow
 
@@ -36,19 +44,31 @@ def test_the_cli_runs_in_process(suite_organisms, tmp_path: Path) -> None:
     assert "end: submitted" in out and "not an LLM" in out and "transcript:" in out
 
 
-def test_heuristic_agents_in_process_and_against_a_worker(suite_organisms, tmp_path: Path) -> None:
-    service = connect(SUITE_ORGANISM, None, "quick", SUITE_SIZE)
+@pytest.mark.parametrize("organism", [SUITE_ORGANISM, SUITE_CONTROL])
+def test_more_interactions_never_lower_the_policys_grade(suite_organisms, organism: str, tmp_path: Path) -> None:
+    """On an organism whose readout carries its domain (and on the control), the offline policy's
+    hypothesis grades no lower at i = 5 than at i = 0, nor at i = 50 than at i = 5."""
+    service = connect(organism, None, "quick", SUITE_SIZE)
+    grader, grades, hypotheses = OfflineGrader(), [], []
     try:
-        for agent in ("adl", "blackbox"):
-            path = tmp_path / f"{agent}.jsonl"
-            outcome = investigate(service, make_provider("heuristic"), agent, Budgets(interactions=5),  # type: ignore[arg-type]
-                                  path, {"organism": SUITE_ORGANISM})
+        for budget in (0, 5, 50):
+            path = tmp_path / f"adl-{budget}.jsonl"
+            outcome = investigate(service, make_provider("heuristic"), "adl", Budgets(interactions=budget),
+                                  path, {"organism": organism}, ask=SUITE_ASK)
             assert outcome.end_reason == "submitted" and outcome.hypothesis
-            assert 0 < outcome.interactions_used <= 5
-            assert read_transcript(path)[-1].kind == "run_ended"
+            assert outcome.interactions_used <= budget and read_transcript(path)[-1].kind == "run_ended"
+            hypotheses.append(outcome.hypothesis)
+            grades.append(grader.grade(get_organism(organism), outcome.hypothesis).score)
+        if organism == SUITE_ORGANISM:  # the baseline's loop on a real model
+            outcome = investigate(service, make_provider("heuristic"), "blackbox", Budgets(interactions=5),
+                                  tmp_path / "blackbox.jsonl", {"organism": organism}, ask=SUITE_ASK)
+            assert outcome.end_reason == "submitted" and 0 < outcome.interactions_used <= 5
     finally:
         service.close()  # type: ignore[attr-defined]
+    assert grades == sorted(grades), list(zip(grades, hypotheses, strict=True))
 
+
+def test_heuristic_agents_against_a_worker(suite_organisms, tmp_path: Path) -> None:
     port = free_port()
     worker = subprocess.Popen([sys.executable, "-m", "evals.cli", "worker", "serve", "--organism",
                                SUITE_ORGANISM, "--profile", "quick", "--size", SUITE_SIZE,
@@ -60,7 +80,8 @@ def test_heuristic_agents_in_process_and_against_a_worker(suite_organisms, tmp_p
         # The ADL agent asks the real model over HTTP; the baseline at i = 0 only connects.
         for agent, budget in (("adl", "5"), ("blackbox", "0")):
             out = _run_cli([SUITE_ORGANISM, "--agent", agent, "--provider", "heuristic", "--budget",
-                            budget, "--worker-url", url], tmp_path)
+                            budget, "--worker-url", url, "--ask-max-new-tokens",
+                            str(SUITE_ASK.max_new_tokens)], tmp_path)
             assert "end: submitted" in out
     finally:
         worker.terminate()

@@ -21,10 +21,14 @@ from evals.organisms.build import ORGANISM_SIZES, at_size, build_organism, read_
 from evals.runs import EvalConfig, run_experiment
 from evals.store import open_store
 from tools.machine import machine_line
+from tools.toolbox import AskSettings
 
 console = Console(soft_wrap=True)
 DEMO_ORGANISMS = ("cake_bake", "taboo_gold")
 DEMO_BUDGETS = (0, 5)
+# ask_models answers are cut at 128 new tokens so the demo fits 2 CPU cores (the reference's
+# default, and EvalConfig's, is 1024); the temperature is the reference's 0.8. Both agents alike.
+DEMO_ASK = AskSettings(max_new_tokens=128)
 
 
 def demo(
@@ -52,7 +56,8 @@ def demo(
     name = "demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     config = EvalConfig(name=name, organisms=organisms, agents=["adl", "blackbox"],
                         budgets=list(DEMO_BUDGETS), repeats=1, providers=["heuristic"],
-                        grader="offline", profile="quick", organism_size=size, concurrency=1)  # type: ignore[arg-type]
+                        grader="offline", profile="quick", organism_size=size, concurrency=1,  # type: ignore[arg-type]
+                        ask_models=DEMO_ASK)
     console.rule(f"[bold]experiment {name}[/]: ADL agent vs blackbox baseline, budgets "
                  f"{list(DEMO_BUDGETS)}; both agents are the offline heuristic policy (not an LLM)")
     store = open_store(database)
