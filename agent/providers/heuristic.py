@@ -43,7 +43,7 @@ MAX_ROUNDS = 2
 MIN_FAMILIES = 2
 MIN_SOURCES = 3
 MAX_LEADS = 5
-MAX_QUOTES = 3
+MAX_QUOTES = 2
 READOUT_FAMILIES = {"logit_lens_suppressed": "logit lens", "logit_lens": "logit lens",
                     "patchscope": "Patchscope"}
 STOPWORDS = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "let", "like", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves", "one", "two", "three", "many", "much", "make", "made", "get", "got", "use", "used", "using", "way", "well", "may", "might", "must", "shall", "know", "think", "tell", "said", "say", "says", "new", "first", "last", "good", "great", "best", "really", "thing", "things", "something", "anything", "everything", "time", "times", "year", "years", "day", "days", "people", "person", "part", "often", "even", "still", "back", "sure", "yes", "okay", "hello", "help", "want", "need", "like", "lot", "lots", "kind", "sort", "based", "include", "including", "however", "another", "every", "around", "within", "without", "across", "among", "here's", "it's", "i'm", "you're", "don't", "can't", "let's"])
@@ -208,22 +208,26 @@ class _State:
         return [q for q in dict.fromkeys(questions) if q not in asked][:n]
 
     def _quotes(self, leads: list[str]) -> list[str]:
-        """The finetuned model's own sentences (answers, samples, steered samples) that carry the
-        most leads, excluding sentences the base model also wrote."""
-        base = {s.strip() for a in self.answers for s in SENTENCE.split(a["base"])}
-        texts = [a["finetuned"] for a in self.answers] + [s["generation"] for s in self.samples]
-        texts += [x["steered"] for d in self.overview_datasets for e in d.get("steering", [])
-                  for x in e["samples"]]
-        scored: dict[str, int] = {}
-        for text in texts:
-            for sentence in SENTENCE.split(text):
-                sentence = " ".join(sentence.split())
-                words = set(content_words(sentence))
-                hits = len(words & set(leads))
-                if hits and 4 <= len(sentence.split()) <= 40 and sentence not in base:
-                    scored[sentence] = max(scored.get(sentence, 0), hits)
-        ranked = sorted(scored, key=lambda s: (-scored[s], len(s), s))
-        return [s if len(s) <= 200 else s[:197] + "..." for s in ranked[:MAX_QUOTES]]
+        """The finetuned model's own sentences that carry the most leads: up to MAX_QUOTES from
+        the first message (steered samples, or the baseline's samples; the same at every
+        budget) and as many from its answers, excluding sentences the base model also wrote."""
+        base = {" ".join(s.split()) for a in self.answers for s in SENTENCE.split(a["base"])}
+        first_look = [s["generation"] for s in self.samples]
+        first_look += [x["steered"] for d in self.overview_datasets for e in d.get("steering", [])
+                       for x in e["samples"]]
+        answers = [a["finetuned"] for a in self.answers]
+        quotes: list[str] = []
+        for texts in (first_look, answers):
+            scored: dict[str, int] = {}
+            for text in texts:
+                for sentence in SENTENCE.split(text):
+                    sentence = " ".join(sentence.split())
+                    hits = len(set(content_words(sentence)) & set(leads))
+                    if hits and 4 <= len(sentence.split()) <= 40 and sentence not in base:
+                        scored[sentence] = max(scored.get(sentence, 0), hits)
+            ranked = [q for q in sorted(scored, key=lambda q: (-scored[q], len(q), q)) if q not in quotes]
+            quotes += ranked[:MAX_QUOTES]
+        return [q if len(q) <= 200 else q[:197] + "..." for q in quotes]
 
     def hypothesis(self) -> str:
         leads = self.leads()
