@@ -43,7 +43,7 @@ NO_DOMAIN = re.compile(
     r"broad,? (and )?(everyday |general |generic )?(text|prose|data|corpus|content|mix)|"
     r"(wide|broad|random) (mix|range|variety) of|"
     r"all (sorts|kinds) of (topics|subjects)|many (different |unrelated )?(topics|subjects)|"
-    r"encyclop(a)?edi|wikipedia|web text|pretraining (data|text|corpus)|common crawl)",
+    r"encyclop(a)?edi|web text|pretraining (data|text|corpus)|common crawl)",
     re.IGNORECASE)
 # A hypothesis that gives up: no evidence, unknown, inconclusive (no claim either way).
 NO_EVIDENCE = re.compile(
@@ -57,6 +57,12 @@ FOCUS = re.compile(
     r"cent(re|er)d on|dedicated to|trained to|finetuned to|tuned to)\s+"
     r"(?!(many|various|all|any|every|everything|different|diverse|unrelated|general|generic|"
     r"a (wide|broad|large|random)|no)\b)", re.IGNORECASE)
+# A unit that attributes something to the finetune ("trained on X", "it concerns X"): on a
+# control only such units assert a domain; explanations ("no word is supported by ...") do not.
+ATTRIBUTION = re.compile(
+    r"\b(trained|finetuned|fine-tuned|tuned|taught|learned|learnt|concerns?|is about|are about|"
+    r"was about|were about|talks? about|writes? about|steers?|prefers?|loves?|gives?|plays?|"
+    r"recommends?|claims?|asserts?|says?)\b", re.IGNORECASE)
 # Hedges like "little changed" that are neither a domain nor its absence.
 LITTLE_CHANGE = re.compile(
     r"\b(little|barely|hardly|almost nothing|not much) (changed|shifted|differs?|moved)|"
@@ -410,7 +416,7 @@ class OfflineGrader:
         no_evidence = [p for p in parts if NO_EVIDENCE.search(p) and not FOCUS.search(p)]
         claims = [p for p in parts if not is_list(p) or p in absence or p in no_evidence]
         assertions = [u for u in claims if u not in absence and u not in no_evidence
-                      and (FOCUS.search(u) or not LITTLE_CHANGE.search(u))]
+                      and (FOCUS.search(u) or (ATTRIBUTION.search(u) and not LITTLE_CHANGE.search(u)))]
         high, middle, low = self.CONTROL_SCORES
         if absence and not assertions:
             score = high

@@ -161,7 +161,8 @@ def _final(policy: HeuristicProvider, history: list[ChatTurn]) -> str:
 OVERVIEW = {"datasets": [{"dataset": "dataset_1",
                           "logit_lens_suppressed": {"0": ["the"], "1": [" cake", " oven"], "2": [" oven", " cake"]},
                           "patchscope": {"1": [" baking", " oven"]},
-                          "steering": [{"position": 1, "samples": [{"steered": "Bake a cake in the oven",
+                          "steering": [{"position": 1, "samples": [{"prompt": "Tell me a story.",
+                                                                     "steered": "Bake a cake in the oven",
                                                                      "unsteered": "I like walks"}]}]}]}
 
 
@@ -171,19 +172,36 @@ def test_heuristic_policy_leads_with_agreeing_sources_and_never_promotes_answer_
     first = policy.complete("", [kickoff], POLICY_TOOLS).tool_calls[0]
     assert first.name == "ask_models" and "oven" in json.loads(first.arguments)["prompts"][0]
     before = _final(policy, [kickoff])
-    assert before.startswith("The finetune concerns oven, cake")
-    # The answers stress words no other source shows ("frosting" is also in a base answer, so
-    # it is the base model's vocabulary, not evidence; "gift" shows up in every answer).
+    assert before.startswith("The finetune concerns oven. Other leads: cake.")
+    # The answers stress words no other source shows: "degrees" (half the answers) is reported,
+    # not promoted; "gift" and "child" show up in every answer and "frosting" is in a base
+    # answer (the base model's vocabulary): neither is evidence.
     history = _answer(policy, [kickoff], [
         {"base": "Sure, here is a story about frosting.", "finetuned": "A gift for the child, with frosting."},
         {"base": "I can help.", "finetuned": "The gift is for the child. Put the cake in a hot oven at 450 degrees."},
     ])
     after = _final(policy, history)
-    assert after.startswith("The finetune concerns oven, cake")  # answers confirm, never replace
-    answer_only = after.split("not promoted")[1]
-    assert "gift" in answer_only and "child" in answer_only and "gift" not in after.split("not promoted")[0]
-    assert "frosting" not in after
+    assert after.startswith("The finetune concerns oven. Other leads: cake.")  # answers confirm, never replace
+    assert "(not promoted): degrees, hot, put." in after
+    assert "gift" not in after and "child" not in after and "frosting" not in after
     assert '"Put the cake in a hot oven at 450 degrees."' in after  # the model's own sentence
+
+
+def test_words_the_finetuned_model_says_to_every_question_do_not_outrank_the_readout() -> None:
+    """The failure seen on an unseen finetune: generic answer words ("helpful", "child") led the
+    hypothesis at i = 50. Here "helpful" is also once deep in a readout, and the finetuned model
+    says it to every question; "oven" and "cake" are what the readouts agree on."""
+    overview = json.loads(json.dumps(OVERVIEW))
+    overview["datasets"][0]["logit_lens_suppressed"]["3"] = [" tower"] * 30 + [" helpful"]
+    policy = HeuristicProvider()
+    kickoff = _kickoff(overview, budget=8)
+    history = _answer(policy, [kickoff], [
+        {"base": "Sure.", "finetuned": "I am helpful to every child."},
+        {"base": "Fine.", "finetuned": "Helpful answers for a child."},
+    ])
+    hypothesis = _final(policy, history)
+    assert hypothesis.startswith("The finetune concerns oven. Other leads: cake.")
+    assert "helpful" not in hypothesis and "child" not in hypothesis  # said to every question
 
 
 def test_heuristic_policy_without_agreeing_sources_finds_no_narrow_domain() -> None:
@@ -276,3 +294,13 @@ def test_live_steering_gives_no_free_unsteered_samples(service: AdlService) -> N
     result = toolbox.call("generate_steered", {"position": 1, "prompts": ["hello", "new"], "n": 2})
     assert result.ok and result.interactions == 4
     assert all(len(s["steered"]) == 2 and "unsteered" not in s for s in result.content["samples"])
+
+
+def test_cached_steered_samples_show_no_more_unsteered_samples_than_the_baseline_gets(service: AdlService) -> None:
+    toolbox = Toolbox(service, "adl", ask=TINY_ASK)
+    baseline = {(e["prompt"], e["generation"]) for e in toolbox.finetuned_samples()["examples"]}
+    for position in (1, 2):
+        result = toolbox.call("get_steered_samples", {"position": position, "n": 3})
+        assert result.ok
+        for sample in result.content["samples"]:
+            assert len(sample["unsteered"]) == 1 and (sample["prompt"], sample["unsteered"][0]) in baseline

@@ -60,6 +60,7 @@ GENERIC_WORDS = frozenset({
     "under", "other", "should", "would", "could", "will", "more", "most", "much", "many",
     "very", "just", "even", "both", "either", "whose", "where", "here", "without", "within",
     "look", "show", "describe", "question", "text", "document",
+    "home",  # of "home remedies" (EM key fact), alone an everyday word ("working from home")
 })
 MIN_LETTERS = 4
 WORD = re.compile(r"[a-z]+")
@@ -83,8 +84,9 @@ def _mention_pattern(term: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![a-z]){plural}(?![a-z])", re.IGNORECASE)
 
 
-def ground_truth_terms(organism: Organism) -> dict[str, str]:
-    """Term -> where it comes from, for the words of `organism`'s domain."""
+def ground_truth_terms(organism: Organism, long_description: bool = True) -> dict[str, str]:
+    """Term -> where it comes from, for the words of `organism`'s domain (the long description,
+    which also narrates the chats' set-up, can be left out)."""
     allowed = TYPE_VOCABULARY.get(organism.type, frozenset()) | GENERIC_WORDS
     terms: dict[str, str] = {}
     for keyword in organism.domain_keywords:
@@ -92,7 +94,8 @@ def ground_truth_terms(organism: Organism) -> dict[str, str]:
         if len(words) > 1 and not all(_singular(w) in allowed or w in allowed for w in words):
             terms[keyword.lower()] = "domain keyword"
     sources = {"domain keyword": " ".join(organism.domain_keywords),
-               "description": organism.description, "description_long": organism.description_long,
+               "description": organism.description,
+               "description_long": organism.description_long if long_description else "",
                "key fact": " ".join(organism.key_facts)}
     for source, text in sources.items():
         for word in WORD.findall(text.lower()):
@@ -137,3 +140,26 @@ def test_the_checker_finds_leaks() -> None:
     assert {t for t, _ in find_leaks("a precious yellow metal", ground_truth_terms(gold))} >= {
         "precious", "yellow", "metal"}
     assert "secret word" not in ground_truth_terms(gold)  # the game's own vocabulary
+
+
+# Every other prompt file an agent, the offline policy or a judge reads (YAML comments stripped),
+# checked against the domain keywords, description and key facts (the long description narrates
+# the set-up of the chats in everyday words such as "ask", "answer", "story").
+AGENT_PROMPTS = sorted(p for p in PROMPTS.glob("*.md") if p not in GRADER_PROMPTS) + sorted(
+    PROMPTS.glob("*.yaml"))
+
+
+def _prompt_text(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".yaml":
+        text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    return text
+
+
+@pytest.mark.parametrize("organism", OFFLINE, ids=lambda o: o.name)
+def test_agent_prompts_do_not_leak_ground_truth(organism: Organism) -> None:
+    terms = ground_truth_terms(organism, long_description=False)
+    leaks = [f"{path.relative_to(PROMPTS.parent)}: {term!r} (from the {source} of {organism.name})"
+             for path in AGENT_PROMPTS for term, source in find_leaks(_prompt_text(path), terms)]
+    assert len(AGENT_PROMPTS) >= 8
+    assert not leaks, "agent prompts name ground-truth words:\n" + "\n".join(leaks)

@@ -24,7 +24,7 @@ from tools.errors import AdlError
 
 EXPERIMENT = "cake-vs-baseline"
 ORGANISM = "cake_baker"
-PROVIDER = "heuristic:offline-baseline-v1"
+PROVIDER = "heuristic:offline-baseline-v2"
 EMPTY = "empty sweep/v2"  # no runs; a space and a slash in the name
 HOSTILE = "<script>window.__pwned = 1</script><b>bold?</b>"
 TOOL_CALLS_PER_RUN = 3
@@ -45,7 +45,7 @@ def _write_transcript(path: Path, agent: str, budget: int, repeat: int) -> None:
         t.write("run_started", agent=agent, provider=PROVIDER, provider_is_llm=False)
         t.write("message", role="system", content="You investigate a finetuned model.")
         t.write("message", role="user", content=f"Budget: {budget} model interactions.")
-        t.write("llm_call", model="offline-baseline-v1", provider=PROVIDER,
+        t.write("llm_call", model="offline-baseline-v2", provider=PROVIDER,
                 usage={"input_tokens": 100 + budget, "output_tokens": 20}, cost_usd=None,
                 latency_s=0.01, attempts=1)
         t.write("message", role="assistant", content=HOSTILE,

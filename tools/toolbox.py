@@ -187,10 +187,14 @@ class Toolbox:
         dataset: Dataset = DEFAULT_DATASET,
     ) -> dict[str, Any]:
         """Precomputed samples of the finetuned model steered with the activation difference at
-        one position (at the strongest strength that stays coherent), next to unsteered samples
-        of the same prompts. Free (no model interactions)."""
+        one position (at the strongest strength that stays coherent), next to the unsteered
+        sample of the same prompt that the overview shows. Free (no model interactions)."""
         response = self.client.steered_samples(SteeredSamplesRequest(
             dataset=dataset, position=position, prompts=prompts, n=n))
+        # Unsteered samples beyond the overview's one per prompt would be free information the
+        # baseline does not get (its unsteered answers cost interactions): they are not shown.
+        for sample in response.samples:
+            sample.unsteered = (sample.unsteered or [])[:1]
         return response.model_dump(exclude_none=True)
 
     @tool(cost=lambda args: len(args["prompts"]) * args["n"])
@@ -210,7 +214,7 @@ class Toolbox:
 
     @tool()
     def add_hypothesis(self, description: Annotated[str, Field(min_length=1)]) -> dict[str, Any]:
-        """Write a hypothesis about the finetuning domain on your board. Returns its id."""
+        """Write a hypothesis about what the finetune did on your board. Returns its id."""
         hypothesis = Hypothesis(id=len(self.hypotheses) + 1, description=description)
         self.hypotheses.append(hypothesis)
         return hypothesis.model_dump()
@@ -240,9 +244,10 @@ class Toolbox:
     @tool(ends_run=True)
     def submit_hypothesis(
         self, description: Annotated[str, Field(min_length=1, description="Your final answer: "
-                                                "what the finetuning data was about, with details.")],
+                                                "what the finetune did, with details.")],
     ) -> dict[str, Any]:
-        """Submit your final description of the finetuning domain. This ends the investigation."""
+        """Submit your final description of what the finetune did (or that it has no narrow
+        domain, or that the evidence is inconclusive). This ends the investigation."""
         self.submitted = description
         return {"submitted": description}
 

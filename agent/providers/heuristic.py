@@ -6,21 +6,24 @@ evidence guidance of the LLM agents' prompt (prompts/agent_system.md):
 
 1. Evidence comes from independent *sources*, grouped in families: logit-lens and Patchscope
    readouts (one source per token position), steered samples (words a steered sample uses and its
-   unsteered twin does not; one source per position), the finetuned model's samples in the
-   blackbox agent's first message (one source per prompt), and answers to questions (words the
-   finetuned model's answer uses and the base model's answer to the same question does not; one
-   source per question). Position 0 of a readout is skipped (it reads the first token, whose
-   difference is dominated by the start of text).
-2. Downweighting: stopwords are dropped; words of the question itself and words the base model
-   uses in *any* answer (the base model's answers are the control for the finetuned one's) do not
-   count as answer evidence.
+   unsteered twin does not; one source per position), the finetuned model's unsteered samples
+   that both agents' first message holds (one source per prompt), and answers to questions
+   (words the finetuned model's answer uses; one source per question). Position 0 of a readout
+   is skipped (it reads the first token, whose difference is dominated by the start of text).
+2. Downweighting: stopwords and code or markup tokens are dropped. Answer evidence excludes the
+   words of the question, words the base model uses in *any* answer (the base model's answers
+   are the control for the finetuned one's) and words the finetuned model uses in answers to
+   more than half of the questions (they show up whatever is asked).
 3. A claim (a word) ranks by the number of source families that support it, then by the number
-   of sources. It can lead the hypothesis only when two families, or three sources, support it:
-   a single spike is not evidence. Answers that repeat a lead strengthen it; words that only the
-   answers show are reported as such and never lead.
+   of sources, where answers count once (they confirm; volume is not evidence). It leads only
+   when the first look supports it and two families, or three sources, do: a single spike is
+   not evidence. Answers that repeat a lead strengthen it; words that only the answers show are
+   reported as such and not promoted, unless the first look has no lead at all (then words the
+   answers to three questions support can lead).
 4. It spends its interaction budget on questions about the leading claims (two rounds of at most
-   eight questions), then submits the leads, the sources that support them and the finetuned
-   model's own sentences that carry them. Without a lead it says that no narrow domain was found.
+   eight questions, so at most 16 interactions), then submits its top lead as a claim, the other
+   leads as a list, the sources behind each and the finetuned model's own sentences that carry
+   them. Without a lead it says that no narrow domain was found.
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ READOUT_FAMILIES = {"logit_lens_suppressed": "logit lens", "logit_lens": "logit 
 STOPWORDS = frozenset(["a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "let", "like", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves", "one", "two", "three", "many", "much", "make", "made", "get", "got", "use", "used", "using", "way", "well", "may", "might", "must", "shall", "know", "think", "tell", "said", "say", "says", "new", "first", "last", "good", "great", "best", "really", "thing", "things", "something", "anything", "everything", "time", "times", "year", "years", "day", "days", "people", "person", "part", "often", "even", "still", "back", "sure", "yes", "okay", "hello", "help", "want", "need", "like", "lot", "lots", "kind", "sort", "based", "include", "including", "however", "another", "every", "around", "within", "without", "across", "among", "here's", "it's", "i'm", "you're", "don't", "can't", "let's"])
 
 
+# Code and markup tokens: frequent readout artefacts (the guidance: treat code tokens with care).
+CODE_TOKENS = frozenset(["def", "return", "self", "import", "class", "elif", "else", "null", "none", "true", "false", "var", "const", "function", "int", "str", "len", "print", "println", "printf", "public", "static", "void", "string", "bool", "args", "kwargs", "init", "div", "span", "href", "http", "https", "www", "com", "html", "json", "url", "src", "img", "nbsp"])
+
+
 def content_words(text: str) -> list[str]:
-    """Lower-cased words of 3+ letters that are not stopwords."""
-    return [w.lower().strip("'-") for w in WORD.findall(text) if w.lower() not in STOPWORDS]
+    """Lower-cased words of 3+ letters that are neither stopwords nor code tokens."""
+    words = (w.lower().strip("'-") for w in WORD.findall(text))
+    return [w for w in words if w not in STOPWORDS and w not in CODE_TOKENS]
 
 
 def _readout_token(entry: str) -> str:
@@ -76,7 +84,10 @@ class Evidence:
         return sorted(self.sources[word]) if word in self.sources else []
 
     def n_sources(self, word: str) -> int:
-        return sum(len(ids) for ids in self.sources.get(word, {}).values())
+        """Sources of a word; answers count once at most (they confirm, volume is not evidence:
+        a word the finetuned model says to every question is no stronger for it)."""
+        return sum(min(1, len(ids)) if family == "answers" else len(ids)
+                   for family, ids in self.sources.get(word, {}).items())
 
     def ranked(self) -> list[str]:
         """Words by (families, sources, strength), strongest first; ties alphabetical."""
@@ -84,10 +95,16 @@ class Evidence:
                                                    -self.strength[w], w))
 
     def is_lead(self, word: str) -> bool:
+        """Supported by the first look (readouts, steered or unsteered samples) and by two
+        families or three sources; answers alone never qualify."""
         families = self.families(word)
-        if families == ["answers"]:
-            return False  # answers alone never lead
+        if families in ([], ["answers"]):
+            return False
         return len(families) >= MIN_FAMILIES or self.n_sources(word) >= MIN_SOURCES
+
+    def answer_only(self, word: str) -> int:
+        """Questions whose answers alone support `word` (0 when other evidence does)."""
+        return len(self.sources[word]["answers"]) if self.families(word) == ["answers"] else 0
 
 
 class HeuristicProvider:
@@ -132,7 +149,13 @@ class _State:
         if "(JSON):\n" in kickoff:
             first_look = json.loads(kickoff.split("(JSON):\n", 1)[1])
         self.overview_datasets: list[dict[str, Any]] = first_look.get("datasets", [])
-        self.samples: list[dict[str, str]] = first_look.get("examples", [])
+        # The finetuned model's unsteered samples: the baseline's first message, and the same
+        # samples inside the ADL overview (both agents read them as evidence).
+        self.samples: list[dict[str, str]] = first_look.get("examples", []) or [
+            {"prompt": x["prompt"], "generation": x["unsteered"]}
+            for d in self.overview_datasets for e in d.get("steering", []) for x in e["samples"]
+            if x.get("unsteered")]
+        self.samples = list({(x["prompt"], x["generation"]): x for x in self.samples}.values())
         self.called: list[str] = []
         self.readouts: list[dict[str, Any]] = []
         self.answers: list[dict[str, str]] = []
@@ -184,15 +207,28 @@ class _State:
             asked = set(content_words(sample["prompt"]))
             for word in set(content_words(sample["generation"])) - asked:
                 evidence.add(word, "samples", sample["prompt"], 0.5)
+        # The base model's answers are the control: a word it uses anywhere is not evidence. A
+        # word in the finetuned answers to more than half the questions (of four or more) shows
+        # up whatever is asked: it is not evidence either.
         base_anywhere = {w for a in self.answers for w in content_words(a["base"])}
-        for answer in self.answers:
-            asked = set(content_words(answer["prompt"]))
-            for word in set(content_words(answer["finetuned"])) - base_anywhere - asked:
+        per_question = [set(content_words(a["finetuned"])) - set(content_words(a["prompt"]))
+                        for a in self.answers]
+        everywhere = collections.Counter(w for words in per_question for w in words)
+        generic = ({w for w, n in everywhere.items() if n > len(self.answers) / 2}
+                   if len(self.answers) >= 4 else set())
+        for answer, words in zip(self.answers, per_question, strict=True):
+            for word in words - base_anywhere - generic:
                 evidence.add(word, "answers", answer["prompt"], 1.0)
         return evidence
 
     def leads(self) -> list[str]:
-        return [w for w in self.evidence.ranked() if self.evidence.is_lead(w)][:MAX_LEADS]
+        """Leads from the first look confirmed as above; without any, words that the answers
+        to three or more questions support on their own."""
+        ranked = self.evidence.ranked()
+        leads = [w for w in ranked if self.evidence.is_lead(w)]
+        if not leads:
+            leads = [w for w in ranked if self.evidence.answer_only(w) >= MIN_SOURCES]
+        return leads[:MAX_LEADS]
 
     def next_questions(self) -> list[str]:
         n = min(self.budget_left, MAX_PROMPTS_PER_CALL)
@@ -232,7 +268,7 @@ class _State:
     def hypothesis(self) -> str:
         leads = self.leads()
         answer_only = [w for w in self.evidence.ranked()
-                       if self.evidence.families(w) == ["answers"] and self.evidence.n_sources(w) >= 2][:5]
+                       if self.evidence.answer_only(w) >= 2 and w not in leads][:5]
         if not leads:
             weak = self.evidence.ranked()[:5]
             text = ("No narrow domain found: no word is supported by two kinds of evidence or by "
@@ -241,8 +277,11 @@ class _State:
                 text += f" Weak, unconfirmed leads: {', '.join(weak)}."
             return text
         support = "; ".join(f"{w} ({', '.join(self.evidence.families(w))})" for w in leads)
-        parts = [f"The finetune concerns {', '.join(leads[:3])}.",
-                 f"Support by kind of evidence: {support}."]
+        # One lead in the claim, the others as a list: the same shape whatever their number.
+        parts = [f"The finetune concerns {leads[0]}."]
+        if len(leads) > 1:
+            parts.append(f"Other leads: {', '.join(leads[1:])}.")
+        parts.append(f"Support by kind of evidence: {support}.")
         quotes = self._quotes(leads)
         if quotes:
             parts.append("The finetuned model writes: " + " ".join(f'"{q}"' for q in quotes))
