@@ -275,8 +275,8 @@ class _State:
                        if self.evidence.answer_only(w) >= 2 and w not in leads][:5]
         if not leads:
             weak = self.evidence.ranked()[:5]
-            text = ("No narrow domain found: no word is supported by two kinds of evidence or by "
-                    "three sources.")
+            text = ("No narrow domain found (no lead has the support of two kinds of evidence or "
+                    "of three sources).")
             if weak:
                 text += f" Weak, unconfirmed leads: {', '.join(weak)}."
             return text
