@@ -94,9 +94,15 @@ class Evidence:
                    for family, ids in self.sources.get(word, {}).items())
 
     def ranked(self) -> list[str]:
-        """Words by (families, sources, strength), strongest first; ties alphabetical."""
-        return sorted(self.sources, key=lambda w: (-len(self.sources[w]), -self.n_sources(w),
-                                                   -self.strength[w], w))
+        """Words by the first look's support (families, then sources), then by whether answers
+        confirm them, then strength; ties alphabetical. Answers reorder ties, never the first
+        look's order, so more questions cannot push a better-supported word down."""
+        def key(word: str) -> tuple[int, int, int, float, str]:
+            first = {f: ids for f, ids in self.sources[word].items() if f != "answers"}
+            confirmed = int("answers" in self.sources[word])
+            return (-len(first), -sum(len(ids) for ids in first.values()), -confirmed,
+                    -self.strength[word], word)
+        return sorted(self.sources, key=key)
 
     def is_lead(self, word: str) -> bool:
         """Supported by the first look (readouts, steered or unsteered samples) and by two
