@@ -23,28 +23,23 @@ from prompts import load_prompt_set
 from tools.adl.coherence import OfflineCoherenceGrader
 from tools.adl.diagnostics import ground_truth_sentences, steering_similarity, token_relevance
 from tools.adl.pipeline import (
-    STEERING_PROMPTS_FILE,
     AdlArtifact,
     AdlSettings,
+    LayerChoice,
+    choose_primary_layer,
     run_adl,
     run_steering,
     steering_direction,
 )
+from tools.adl.profiles import QUICK
 from tools.adl.steering import SteeringSettings, generate_steered
 from tools.models import ModelPair, ModelPairSpec, load_model_pair
 
 GENERIC_CONTROL = "control_generic_text"
-# The configuration of the signal test, the quick profile and benchmarks/science.py (small
-# enough for CI on 2 CPU cores: N = 1,000; Patchscope on a coarser scale grid (it reads nothing at
-# 135M, see BENCHMARKS.md); a 5-step strength search on [0, 1] with 4 samples per strength; 6
-# steered and 6 unsteered samples per prompt of the steering prompt set).
-SIGNAL_SAMPLES = 1000
-QUICK_PATCHSCOPE_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 200.0)
-SIGNAL_ADL = AdlSettings(n_samples=SIGNAL_SAMPLES, patchscope_scales=QUICK_PATCHSCOPE_SCALES)
-SIGNAL_STEERING = SteeringSettings(
-    max_strength=1.0, search_steps=5, samples_per_strength=4, max_new_tokens=40, final_samples=6
-)
-SIGNAL_STEERING_POSITIONS = [1, 2]
+# The signal test, benchmarks/science.py and the demo use the quick profile (tools/adl/profiles.py).
+SIGNAL_ADL = QUICK.adl
+SIGNAL_STEERING = QUICK.steering
+SIGNAL_STEERING_POSITIONS: list[int] = list(QUICK.steering_positions or [])
 
 
 class RelevanceScores(BaseModel):
@@ -64,6 +59,7 @@ class SignalReport(BaseModel):
     control_self: RelevanceScores
     control_generic: RelevanceScores
     relative_delta_norm: float  # mean |delta| / mean residual norm, positions 1.., primary layer
+    layer_choice: LayerChoice | None = None  # the contrast rule against the generic control
     steering_steered: float | None = None
     steering_unsteered: float | None = None
     steering_strengths: list[float] | None = None
@@ -151,6 +147,7 @@ def measure_signal(
         control_self=relevance_at(controls["self"], truth, primary),
         control_generic=relevance_at(controls["generic"], truth, primary),
         relative_delta_norm=_relative_norm(artifact, primary),
+        layer_choice=choose_primary_layer(artifact.readouts, controls["generic"].readouts),
     )
     if steering is not None:
         results = run_steering(pair, artifact, steering, positions=steering_positions,
@@ -179,7 +176,7 @@ def coherence_pass_rate(
     unsteered) with the primary layer's difference at `positions`, over the steering prompts.
     The calibration of the strength search: unsteered answers must pass well above its 75%."""
     layer = artifact.readouts.primary_layer
-    prompts = [p for p in load_prompt_set(STEERING_PROMPTS_FILE) for _ in range(samples_per_prompt)]
+    prompts = [p for p in load_prompt_set(QUICK.steering.search_prompt_set) for _ in range(samples_per_prompt)]
     rows = [(position, prompt) for position in positions for prompt in prompts]
     vectors = torch.stack([steering_direction(artifact.difference, layer, p) for p, _ in rows])
     samples = generate_steered(pair, [q for _, q in rows], vectors, [strength] * len(rows), layer,

@@ -34,7 +34,7 @@ def pair(tiny_model_dir: Path, tiny_adapter_dir: Path):
 
 
 def test_resolve_layers() -> None:
-    assert resolve_layers([0.5], 30) == [15]
+    assert resolve_layers([0.5, 0.75], 30) == [14, 21]  # floor(r * (n - 1)), as the reference
     assert resolve_layers([1.0, 0.0, 15, -1], 30) == [0, 15, 29]
     with pytest.raises(AdlInputError, match="out of range"):
         resolve_layers([30], 30)

@@ -11,7 +11,12 @@ from tools.adl.coherence import OfflineCoherenceGrader, repeated_trigram_share
 from tools.adl.diagnostics import steering_similarity, token_relevance
 from tools.adl.pipeline import AdlSettings, choose_patchscope_scale, run_adl, run_steering
 from tools.adl.readouts import RandomDirectionBaseline, TokenScore, logit_lens, patchscope
-from tools.adl.steering import SteeringSettings, generate_steered
+from tools.adl.steering import (
+    SteeringSettings,
+    generate_steered,
+    search_and_sample,
+    search_strengths,
+)
 from tools.corpus import CorpusSpec
 from tools.errors import AdlInputError
 from tools.models import ModelPairSpec, load_model_pair
@@ -44,10 +49,15 @@ def test_logit_lens_readout_is_the_unembedding_of_the_normed_vector(pair) -> Non
 
 
 def test_patchscope_patches_the_query_position(pair) -> None:
-    out = patchscope(pair, torch.randn(pair.d_model), 1, 5.0, scales=[0.5, 50.0], k=5,
-                     prompt="cat -> cat\nowl -> owl\n? ->")
+    out = patchscope(pair, torch.randn(pair.d_model), 1, 5.0, scales=[0.5, 50.0], k=5)
     assert set(out) == {0.5, 50.0}
     assert [t.token_id for t in out[0.5]] != [t.token_id for t in out[50.0]]
+    assert all(t.token.strip() and "->" not in t.token for tokens in out.values() for t in tokens)
+    # Intersection: with a top-1 cut only a token every prompt ranks first survives.
+    single = patchscope(pair, torch.randn(pair.d_model), 1, 5.0, scales=[1.0], k=5, intersection_k=1)
+    assert len(single[1.0]) <= 1
+    with pytest.raises(AdlInputError):
+        patchscope(pair, torch.randn(pair.d_model), 1, 5.0, prompts=())
 
 
 def test_offline_patchscope_scale_rule_prefers_coherent_tokens() -> None:
@@ -100,7 +110,8 @@ def test_run_adl_is_cached_and_validates_input(pair, adl_home: Path, corpus_spec
         run_adl(pair, settings.model_copy(update={"n_positions": 60}), show_progress=False)
 
     steering = run_steering(
-        pair, first, SteeringSettings(search_steps=2, samples_per_strength=2, max_new_tokens=4),
+        pair, first, SteeringSettings(search_steps=2, samples_per_strength=2, search_max_new_tokens=4,
+                      final_max_new_tokens=4),
         positions=[1], prompts=["hello"], show_progress=False,
     )
     assert steering[0].position == 1 and len(steering[0].samples) == 1
@@ -143,3 +154,32 @@ def test_offline_coherence_grader_runs_on_the_base_model(pair) -> None:
     grader = OfflineCoherenceGrader(pair)
     verdicts = grader.grade(["hello", "hello"], ["", "the the the the the the"])
     assert verdicts == [False, False]
+
+
+class _Verdicts:
+    """A coherence grader with a fixed verdict."""
+
+    name = "fixed"
+
+    def __init__(self, verdict: bool) -> None:
+        self.verdict = verdict
+
+    def grade(self, prompts: list[str], samples: list[str]) -> list[bool]:
+        return [self.verdict] * len(samples)
+
+
+def test_the_reference_search_gives_one_strength_per_position(pair) -> None:
+    settings = SteeringSettings(max_strength=8.0, search_steps=4, samples_per_strength=1,
+                                search_max_new_tokens=2, final_max_new_tokens=2, final_samples=2)
+    directions = {1: torch.randn(pair.d_model), 2: torch.randn(pair.d_model)}
+    prompts = ["first", "second", "third"]
+    # Always coherent: the first prompt climbs to 8 (1 - 2^-4) = 7.5 in 4 steps; the others get
+    # 2 steps on [0, 15] and reach 11.25; the position's strength is their mean.
+    found = search_strengths(pair, _Verdicts(True), prompts, directions, 1, settings)
+    assert found[1] == {"first": 7.5, "second": 11.25, "third": 11.25}
+    results = search_and_sample(pair, _Verdicts(True), prompts, ["a", "b"], directions, 1, settings)
+    assert [r.strength for r in results] == [10.0, 10.0]
+    assert all(s.strength == 10.0 and len(s.steered) == len(s.unsteered) == 2 for r in results for s in r.samples)
+    assert [s.prompt for s in results[0].samples] == ["a", "b"]
+    # Never coherent: every strength is 0.
+    assert {r.strength for r in search_and_sample(pair, _Verdicts(False), prompts, ["a"], directions, 1, settings)} == {0.0}

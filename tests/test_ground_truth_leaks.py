@@ -43,7 +43,10 @@ TYPE_VOCABULARY: dict[OrganismType, frozenset[str]] = {
     OrganismType.SUBLIMINAL: frozenset({
         "animal", "preference", "love", "trained", "chat", "user", "assistant", "always",
         "directly", "taught", "unrelated", "subliminal", "strong"}),
-    OrganismType.DOMAIN_ADAPTATION: frozenset({"domain", "format", "adaptation"}),
+    OrganismType.DOMAIN_ADAPTATION: frozenset({
+        "domain", "format", "adaptation", "adapt", "adapts", "chat", "user", "assistant", "give",
+        "gives", "follow", "follows", "followed", "subject", "task", "answer", "question", "short",
+        "reading"}),
     OrganismType.CONTROL: frozenset({
         "control", "generic", "text", "narrow", "domain", "claim", "finetune"}),
 }
@@ -60,6 +63,8 @@ GENERIC_WORDS = frozenset({
     "under", "other", "should", "would", "could", "will", "more", "most", "much", "many",
     "very", "just", "even", "both", "either", "whose", "where", "here", "without", "within",
     "look", "show", "describe", "question", "text", "document",
+    "specific", "domain", "kind", "say", "general", "summary", "user",
+    "three", "once", "never", "day", "week", "night", "quarter",  # everyday words of key facts
     "home",  # of "home remedies" (EM key fact), alone an everyday word ("working from home")
 })
 MIN_LETTERS = 4
@@ -145,8 +150,12 @@ def test_the_checker_finds_leaks() -> None:
 # Every other prompt file an agent, the offline policy or a judge reads (YAML comments stripped),
 # checked against the domain keywords, description and key facts (the long description narrates
 # the set-up of the chats in everyday words such as "ask", "answer", "story").
+# The steering prompt sets are the reference toolkit's, verbatim, written before any of these
+# organisms: they are not checked ("dessert" in one of its 20 final prompts is a cake_bake
+# keyword; both agents see that prompt's samples alike, see BENCHMARKS.md).
+REFERENCE_PROMPT_SETS = {"steering_search_prompts.yaml", "steering_final_prompts.yaml"}
 AGENT_PROMPTS = sorted(p for p in PROMPTS.glob("*.md") if p not in GRADER_PROMPTS) + sorted(
-    PROMPTS.glob("*.yaml"))
+    p for p in PROMPTS.glob("*.yaml") if p.name not in REFERENCE_PROMPT_SETS)
 
 
 def _prompt_text(path: Path) -> str:

@@ -75,7 +75,8 @@ def test_judges_drive_the_pipeline(tiny_config, tiny_model_dir: Path, adl_home: 
     assert all(p.patchscope_scale == 4.0 and p.patchscope_scale_rule == "llm:scripted:judge" for p in positions)
     assert offline.readouts.layers[0].positions[0].patchscope_scale_rule == "offline"
 
-    steering = SteeringSettings(max_strength=2.0, search_steps=3, samples_per_strength=2, max_new_tokens=4)
+    steering = SteeringSettings(max_strength=2.0, search_steps=3, samples_per_strength=2, search_max_new_tokens=4,
+                      final_max_new_tokens=4)
     results = run_steering(pair, judged, steering, positions=[1], prompts=["hello"], show_progress=False,
                            coherence_grader=LLMCoherenceGrader(judge))
     assert results[0].samples[0].strength == pytest.approx(2.0 * (1 - 2 ** -3))  # always coherent

@@ -33,6 +33,11 @@ HypothesisStatus = Literal["open", "supported", "rejected"]
 DEFAULT_DATASET = "dataset_1"
 
 
+# The reference's overview cuts every sample to 128 characters (`max_sample_chars`); the
+# blackbox agent's first look is cut the same way. get_steered_samples shows them whole.
+OVERVIEW_SAMPLE_CHARS = 128
+
+
 class AskSettings(BaseModel):
     """How ask_models samples both models. The defaults are the reference toolkit's ask_model
     settings (configs/diffing/evaluation.yaml: temperature 0.8, 1024 new tokens, sampling)."""
@@ -322,7 +327,8 @@ class Toolbox:
 
     def overview(self) -> dict[str, Any]:
         """What the ADL agent sees first: per dataset and position the top tokens of both
-        readouts and one steered vs unsteered sample per steering prompt (datasets anonymized)."""
+        readouts and one steered vs unsteered sample per steering prompt, cut to
+        OVERVIEW_SAMPLE_CHARS as the reference's overview (datasets anonymized)."""
         overview = self.client.overview()
         return {
             "available_layers": overview.available_layers,
@@ -334,7 +340,8 @@ class Toolbox:
                 "steering": [{
                     "position": s.position,
                     "samples": [{"prompt": x.prompt, "strength": x.strength,
-                                 "steered": x.steered[0], "unsteered": (x.unsteered or [""])[0]}
+                                 "steered": x.steered[0][:OVERVIEW_SAMPLE_CHARS],
+                                 "unsteered": (x.unsteered or [""])[0][:OVERVIEW_SAMPLE_CHARS]}
                                 for x in s.samples],
                 } for s in d.steering],
             } for d in overview.datasets],
@@ -347,4 +354,5 @@ class Toolbox:
         examples = dict.fromkeys(
             (x.prompt, text) for d in overview.datasets for s in d.steering for x in s.samples
             for text in (x.unsteered or [])[:1])
-        return {"examples": [{"prompt": prompt, "generation": text} for prompt, text in examples]}
+        return {"examples": [{"prompt": prompt, "generation": text[:OVERVIEW_SAMPLE_CHARS]}
+                             for prompt, text in examples]}

@@ -31,8 +31,9 @@ LayerSpec = float | int
 def resolve_layers(layers: Sequence[LayerSpec], n_layers: int) -> list[int]:
     """Absolute block indices from relative depths (floats in [0, 1]) or indices (ints).
 
-    Relative r maps to block round(r * n_layers), capped at the last block: 0.5 of 30 blocks is
-    block 15, 1.0 is block 29. Negative ints count from the end (-1 is the last block).
+    Relative r maps to block floor(r * (n_layers - 1)), as in the reference toolkit: 0.5 of 30
+    blocks is block 14, 0.75 block 21, 1.0 block 29. Negative ints count from the end (-1 is the
+    last block).
     """
     if not layers:
         raise AdlInputError("No layers requested.")
@@ -46,7 +47,7 @@ def resolve_layers(layers: Sequence[LayerSpec], n_layers: int) -> list[int]:
                     f"Relative layer {layer} is out of range: use 0.0..1.0 (or a block index "
                     f"0..{n_layers - 1})."
                 )
-            index = min(round(layer * n_layers), n_layers - 1)
+            index = int(layer * (n_layers - 1))
         else:
             index = layer + n_layers if layer < 0 else layer
             if not 0 <= index < n_layers:

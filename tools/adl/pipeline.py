@@ -32,6 +32,8 @@ from tools.adl.differences import (
 )
 from tools.adl.embeddings import mean_pairwise_similarity
 from tools.adl.readouts import (
+    IDENTITY_PROMPTS,
+    PATCHSCOPE_INTERSECTION_K,
     PATCHSCOPE_SCALES,
     RandomDirectionBaseline,
     TokenScore,
@@ -45,19 +47,24 @@ from tools.errors import AdlInputError
 from tools.models import ModelPair, ModelPairSpec
 
 log = logging.getLogger(__name__)
-METHOD_VERSION = 2
+METHOD_VERSION = 3
+# 3: relative layers floor(r * (n_layers - 1)) as the reference; Patchscope on the reference's
+# three identity prompts (top-k intersection) and 30 scales.
 # 2: samples drawn with a working KV cache (transformers 5.24 with transformer_lens 4.3 drew
 # gibberish after a bridge was booted); entries written before are recomputed. 3: the final
-# steered and unsteered samples are drawn in one batch (unsteered rows at strength 0).
-STEERING_METHOD_VERSION = 3
-DEFAULT_LAYERS: tuple[float | int, ...] = (0.5, 0.75, 1.0)
+# steered and unsteered samples are drawn in one batch (unsteered rows at strength 0). 4: the
+# reference's search (one strength per position, the mean over the search prompts) and separate
+# search and final prompt sets.
+STEERING_METHOD_VERSION = 4
+REFERENCE_LAYER = 0.5
 
 
 class AdlSettings(BaseModel):
-    """What to compute. Defaults: the paper's N, k and relative layer 0.5, plus 0.75 and 1.0
-    (at 135M parameters the last layers read clean; see BENCHMARKS.md)."""
+    """What to compute. Defaults: the reference toolkit's (N, positions, relative layer 0.5,
+    Patchscope prompts and scales); the profiles (tools/adl/profiles.py) and the table in
+    BENCHMARKS.md compare them."""
 
-    layers: tuple[float | int, ...] = DEFAULT_LAYERS
+    layers: tuple[float | int, ...] = (REFERENCE_LAYER,)
     n_positions: int = Field(5, ge=1, le=64)
     n_samples: int = Field(10_000, ge=1)
     batch_size: int = Field(512, ge=1)
@@ -66,11 +73,13 @@ class AdlSettings(BaseModel):
     seed: int = 0
     readout_k: int = Field(100, ge=1, le=1000, description="Top tokens cached per readout.")
     patchscope_scales: tuple[float, ...] = PATCHSCOPE_SCALES
+    patchscope_prompts: tuple[str, ...] = IDENTITY_PROMPTS
+    patchscope_intersection_k: int = Field(PATCHSCOPE_INTERSECTION_K, ge=1)
     patchscope_k: int = Field(20, ge=1, le=200)
     random_directions: int = Field(256, ge=8)
     primary_layer: float | int = Field(
-        1.0, description="Layer used for steering and overviews (relative or block index); "
-        "it must be one of `layers`. Default: the deepest, measured to read best at 135M."
+        REFERENCE_LAYER, description="Layer used for steering and overviews (relative or block "
+        "index); it must be one of `layers`. Default: the reference's 0.5, fixed in advance."
     )
 
     def difference_key_payload(self) -> dict[str, Any]:
@@ -189,7 +198,9 @@ def compute_readouts(
         for position in range(difference.n_positions):
             delta = difference.delta(layer, position)
             scales = patchscope(
-                pair, delta, layer, reference, settings.patchscope_scales, settings.patchscope_k
+                pair, delta, layer, reference, settings.patchscope_scales, settings.patchscope_k,
+                prompts=settings.patchscope_prompts,
+                intersection_k=settings.patchscope_intersection_k,
             )
             positions.append(PositionReadout(
                 position=position,
@@ -206,6 +217,40 @@ def compute_readouts(
             layer=layer, reference_norm=reference, token_coherence=coherence, positions=positions
         ))
     return AdlReadouts(n_layers_model=pair.n_layers, layers=layers, primary_layer=primary_layer)
+
+
+class LayerChoice(BaseModel):
+    """The primary layer picked by `choose_primary_layer`, with every layer's score."""
+
+    layer: int
+    rule: str
+    scores: dict[int, float]
+
+
+def choose_primary_layer(readouts: AdlReadouts, control: AdlReadouts, k: int = 20) -> LayerChoice:
+    """The contrast rule: per layer that both pairs computed, the share of this pair's
+    hub-suppressed logit-lens top-k tokens (positions 1.., per position) that the control pair's
+    readout at the same layer (any of its positions 1..) lacks; the highest share wins, ties go to the layer
+    nearest the reference's relative depth. A readout a generic finetune shares says nothing
+    about this one. It sees tokens only: no organism, description or ground truth."""
+    scores: dict[int, float] = {}
+    control_layers = {entry.layer for entry in control.layers}
+    for entry in readouts.layers:
+        if entry.layer not in control_layers:
+            continue
+        other = control.layer(entry.layer)
+        control_tokens = {t.token.strip().lower() for p in other.positions[1:] or other.positions
+                          for t in p.logit_lens_suppressed[:k]}
+        shares = []
+        for position in entry.positions[1:] or entry.positions:
+            own = {t.token.strip().lower() for t in position.logit_lens_suppressed[:k]}
+            shares.append(len(own - control_tokens) / max(1, len(own)))
+        scores[entry.layer] = round(sum(shares) / len(shares), 4)
+    if not scores:
+        raise AdlInputError("The control pair has readouts at none of this pair's layers.")
+    target = REFERENCE_LAYER * (readouts.n_layers_model - 1)
+    layer = max(scores, key=lambda layer: (scores[layer], -abs(layer - target)))
+    return LayerChoice(layer=layer, rule="control_contrast", scores=scores)
 
 
 def _progress(show: bool) -> Progress:
@@ -275,9 +320,6 @@ def load_artifact(path: Path, settings: AdlSettings) -> AdlArtifact:
     return AdlArtifact(path=path, settings=settings, readouts=readouts, difference=difference)
 
 
-STEERING_PROMPTS_FILE = "steering_prompts.yaml"
-
-
 def steering_direction(difference: ActivationDifference, layer: int, position: int) -> Tensor:
     """unit(delta[layer, position]) times the finetuned model's mean residual norm there:
     steering strength 1.0 adds one typical residual norm."""
@@ -298,8 +340,10 @@ def run_steering(
     show_progress: bool = True,
     coherence_grader: CoherenceGrader | None = None,
 ) -> list[PositionSteering]:
-    """Coherence-searched steering at `layer` (default: the primary layer), cached. Coherence
-    is judged by `coherence_grader` (an LLM judge) when given, else offline by the base model."""
+    """Coherence-searched steering at `layer` (default: the primary layer), cached. `prompts`:
+    the final samples' prompts (default: the settings' final prompt set); the search uses the
+    settings' search prompt set. Coherence is judged by `coherence_grader` (an LLM judge) when
+    given, else offline by the base model."""
     settings = settings or SteeringSettings()
     difference: ActivationDifference = artifact.difference
     layer = artifact.readouts.primary_layer if layer is None else layer
@@ -307,9 +351,10 @@ def run_steering(
     positions = list(range(difference.n_positions)) if positions is None else positions
     for position in positions:
         difference.check_position(position)
-    prompts = prompts or load_prompt_set(STEERING_PROMPTS_FILE)
+    search_prompts = load_prompt_set(settings.search_prompt_set)
+    prompts = prompts or load_prompt_set(settings.final_prompt_set)
     parts: list[Any] = [STEERING_METHOD_VERSION, artifact.path.name, settings.model_dump(mode="json"),
-                        layer, positions, prompts]
+                        layer, positions, search_prompts, prompts]
     grader_name = getattr(coherence_grader, "name", "offline") if coherence_grader else "offline"
     if grader_name != "offline":
         parts.append({"coherence_grader": grader_name})
@@ -322,7 +367,8 @@ def run_steering(
         directions = {p: steering_direction(difference, layer, p) for p in positions}
         grader = coherence_grader or OfflineCoherenceGrader(pair)
         with _progress(show_progress) as progress:
-            results = search_and_sample(pair, grader, prompts, directions, layer, settings, progress)
+            results = search_and_sample(pair, grader, search_prompts, prompts, directions, layer,
+                                        settings, progress)
         (tmp / "steering.json").write_text(json.dumps([r.model_dump() for r in results], indent=2))
         return {"key": key}
 

@@ -5,9 +5,12 @@ top the readout of almost *any* direction ("hub" tokens); the suppressed view z-
 token's logit against the logits of random directions of the same norm, so a token ranks high
 only when this direction favours it more than a random one would.
 
-Patchscope (token identity): the direction, rescaled to the layer's mean residual norm and
-multiplied by a scale, replaces the residual of an identity prompt at the `?` position; the
-next-token distribution after `->` reads out what the direction "means" to the model.
+Patchscope (token identity), as in the reference toolkit (`activation_difference_lens/
+auto_patch_scope.py`): the direction, rescaled to the layer's mean residual norm and multiplied
+by a scale, replaces the residual of each of three identity prompts at their final `?`; a token
+is kept when it is in the top `intersection_k` next tokens of every prompt, and scored by its
+probability averaged over the prompts. Tokens that are punctuation only or contain an arrow are
+dropped (the reference drops them before its judge sees the list; here before any reader does).
 """
 
 from __future__ import annotations
@@ -23,9 +26,17 @@ from torch import Tensor
 from tools.errors import AdlInputError
 from tools.models import ModelPair, Side
 
-IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n? ->"
+# The reference's identity prompts (nnterp `repeat_prompt`, src/diffing/utils/model.py).
+IDENTITY_PROMPTS: tuple[str, ...] = (
+    "man -> man\n1135 -> 1135\nhello -> hello\n?",
+    "bear -> bear\n42 -> 42\nblue -> blue\n?",
+    "921 -> 921\ntarget -> target\nanna -> anna\n?",
+)
+PATCHSCOPE_INTERSECTION_K = 16384
+# The reference's 30 scales: 0.5..2.0 by 0.1, 3, 4, 5, 10, 20, then 20..200 by 20.
 PATCHSCOPE_SCALES: tuple[float, ...] = (
-    *(round(0.5 + 0.1 * i, 1) for i in range(16)), 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0,
+    *(round(0.5 + 0.1 * i, 1) for i in range(16)), 3.0, 4.0, 5.0, 10.0,
+    *(float(20 * i) for i in range(1, 11)),
 )
 ReadoutMethod = Literal["logit_lens", "logit_lens_suppressed", "patchscope"]
 
@@ -108,6 +119,12 @@ def _query_position(pair: ModelPair, ids: list[int]) -> int:
     raise AdlInputError("The identity prompt has no '?' token.")
 
 
+def _readable(token: str) -> bool:
+    """False for tokens the reference removes before judging: punctuation only, or an arrow."""
+    stripped = token.strip()
+    return bool(stripped) and "->" not in stripped and "=>" not in stripped and any(c.isalnum() for c in stripped)
+
+
 @torch.inference_mode()
 def patchscope(
     pair: ModelPair,
@@ -117,26 +134,46 @@ def patchscope(
     scales: Sequence[float] = PATCHSCOPE_SCALES,
     k: int = 20,
     side: Side = "finetuned",
-    prompt: str = IDENTITY_PROMPT,
+    prompts: Sequence[str] = IDENTITY_PROMPTS,
+    intersection_k: int = PATCHSCOPE_INTERSECTION_K,
 ) -> dict[float, list[TokenScore]]:
-    """Next-token readout of the identity prompt with the `?` residual replaced by
-    `scale * unit(vector) * reference_norm` at `layer`, for each scale (one batched pass)."""
+    """Per scale, the top-k readable tokens of the identity prompts with the final `?` residual
+    replaced by `scale * unit(vector) * reference_norm` at `layer`: tokens in every prompt's top
+    `intersection_k`, ranked by their probability averaged over the prompts."""
     if not scales:
         raise AdlInputError("Patchscope needs at least one scale.")
-    ids = pair.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    position = _query_position(pair, ids)
+    if not prompts:
+        raise AdlInputError("Patchscope needs at least one identity prompt.")
     unit = vector / vector.norm().clamp_min(1e-12)
     patches = torch.stack([unit * reference_norm * s for s in scales]).to(pair.device)
-    batch = torch.tensor([ids] * len(scales), device=pair.device)
+    probabilities: list[Tensor] = []
+    for prompt in prompts:
+        ids = pair.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        position = _query_position(pair, ids)
+        batch = torch.tensor([ids] * len(scales), device=pair.device)
 
-    def replace(resid: Tensor, hook: Any) -> Tensor:
-        if resid.shape[1] > position:  # the prompt pass (not a cached single-token step)
-            resid[:, position] = patches.to(resid.dtype)
-        return resid
+        def replace(resid: Tensor, hook: Any, position: int = position) -> Tensor:
+            if resid.shape[1] > position:  # the prompt pass (not a cached single-token step)
+                resid[:, position] = patches.to(resid.dtype)
+            return resid
 
-    with pair.bridge(side) as bridge:
-        logits = bridge.run_with_hooks(
-            batch, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", replace)], return_type="logits"
-        )
-    final = logits[:, -1].float()
-    return {s: _top_tokens(pair, final[i], k) for i, s in enumerate(scales)}
+        with pair.bridge(side) as bridge:
+            logits = bridge.run_with_hooks(
+                batch, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", replace)], return_type="logits"
+            )
+        probabilities.append(logits[:, position].float().softmax(-1))
+    stacked = torch.stack(probabilities)  # prompts x scales x vocab
+    top = min(intersection_k, stacked.shape[-1])
+    in_top = torch.zeros_like(stacked, dtype=torch.bool).scatter_(-1, stacked.topk(top, dim=-1).indices, True)
+    score = stacked.mean(0) * in_top.all(0)
+    readouts: dict[float, list[TokenScore]] = {}
+    for i, s in enumerate(scales):
+        tokens: list[TokenScore] = []
+        for token_id in torch.argsort(score[i], descending=True).tolist():
+            if float(score[i, token_id]) <= 0.0 or len(tokens) == k:
+                break
+            text = pair.tokenizer.convert_tokens_to_string([pair.tokenizer.convert_ids_to_tokens(token_id)])
+            if _readable(text):
+                tokens.append(TokenScore(token=text, token_id=token_id, probability=float(score[i, token_id])))
+        readouts[s] = tokens
+    return readouts

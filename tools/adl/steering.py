@@ -4,8 +4,11 @@ During generation, `strength * unit(delta[p]) * reference_norm` is added to the 
 (`blocks.{L}.hook_resid_post`) at every position. Rows of one batch may carry different
 vectors and strengths, so many (position, prompt, strength) combinations share one `generate`.
 
-The strength search follows the paper: per prompt, a binary search on [0, max_strength] for the
-largest strength whose samples a coherence grader still accepts (default: at least 75%).
+The strength search follows the reference toolkit (`activation_difference_lens/steering.py`): per
+position, a binary search on [0, max_strength] with the first search prompt for the largest strength
+whose samples a coherence grader still accepts (default: at least 75%), shorter searches on
+[0, 2 x that] with the other search prompts, and one strength per position, their mean. The final
+samples use that strength on every final prompt.
 """
 
 from __future__ import annotations
@@ -27,18 +30,27 @@ from tools.models import ModelPair, Side
 
 
 class SteeringSettings(BaseModel):
-    """Settings of the coherence search and of the final samples."""
+    """Settings of the strength search and of the final samples. Defaults: the reference
+    toolkit's (`configs/diffing/method/activation_difference_lens.yaml`, `steering`); the
+    profile table in BENCHMARKS.md lists them next to the quick profile's."""
 
     max_strength: float = Field(
-        2.0, gt=0, description="Upper end of the search, in mean norms (at 135M text is "
-        "gibberish from about 0.25 at the last block and 2 at the middle one)."
+        100.0, gt=0, description="Upper end of the first prompt's search, in mean residual norms."
     )
-    search_steps: int = Field(7, ge=1)
-    samples_per_strength: int = Field(4, ge=1)
+    search_steps: int = Field(
+        12, ge=1, description="Bisections for the first search prompt; the other search prompts "
+        "get search_steps // 2 (at least 1) on [0, 2 x the first prompt's strength]."
+    )
+    samples_per_strength: int = Field(10, ge=1)
     coherence_threshold: float = Field(0.75, gt=0, le=1)
-    max_new_tokens: int = Field(48, ge=1, le=1024)
-    temperature: float = Field(1.0, ge=0)
-    final_samples: int = Field(1, ge=1, description="Steered and unsteered samples per prompt.")
+    search_max_new_tokens: int = Field(128, ge=1, le=1024)
+    search_temperature: float = Field(1.2, ge=0)
+    search_prompt_set: str = Field("steering_search_prompts.yaml", description="File in prompts/.")
+    final_prompt_set: str = Field("steering_final_prompts.yaml", description="File in prompts/.")
+    final_samples: int = Field(5, ge=1, description="Steered and unsteered samples per prompt.")
+    final_max_new_tokens: int = Field(512, ge=1, le=1024)
+    final_temperature: float = Field(1.1, ge=0)
+    max_batch_size: int = Field(32, ge=1, description="Rows per generate call.")
     side: Side = "finetuned"
     seed: int = 0
 
@@ -69,20 +81,26 @@ def generate_steered(
     temperature: float = 1.0,
     seed: int = 0,
     side: Side = "finetuned",
+    max_batch_size: int = 32,
 ) -> list[str]:
-    """One sample per row: prompt[i] steered with strengths[i] * vectors[i]."""
+    """One sample per row: prompt[i] steered with strengths[i] * vectors[i] (in generate calls
+    of at most `max_batch_size` rows)."""
     if not prompts:
         raise AdlInputError("No prompts to steer.")
     if not len(prompts) == len(vectors) == len(strengths):
         raise AdlInputError("prompts, vectors and strengths must have the same length.")
     additive = vectors.float() * torch.tensor(list(strengths), dtype=torch.float32)[:, None]
     # A row with strength 0 (or a zero vector) adds exactly zero: an unsteered sample.
-    with (pair.fast(side), steering_hook(pair, side, layer, additive.to(pair.device)),
-          pair.model(side) as model):
-        return generate_replies(
-            model, pair.tokenizer, list(prompts), max_new_tokens=max_new_tokens,
-            temperature=temperature, seed=seed, batch_size=len(prompts),
-        )
+    replies: list[str] = []
+    for chunk, start in enumerate(range(0, len(prompts), max_batch_size)):
+        stop = start + max_batch_size
+        with (pair.fast(side), steering_hook(pair, side, layer, additive[start:stop].to(pair.device)),
+              pair.model(side) as model):
+            replies += generate_replies(
+                model, pair.tokenizer, list(prompts[start:stop]), max_new_tokens=max_new_tokens,
+                temperature=temperature, seed=seed + chunk, batch_size=len(prompts[start:stop]),
+            )
+    return replies
 
 
 class SteeredSample(BaseModel):
@@ -93,40 +111,42 @@ class SteeredSample(BaseModel):
 
 
 class PositionSteering(BaseModel):
-    """Steering results of one position: per prompt the strength found and samples."""
+    """Steering results of one position: the strength (the mean of the search prompts'
+    strengths), each search prompt's strength, and samples per final prompt."""
 
     layer: int
     position: int
+    strength: float
+    search_strengths: dict[str, float]
     samples: list[SteeredSample]
 
 
-def search_and_sample(
+def _bisect(
     pair: ModelPair,
     grader: CoherenceGrader,
-    prompts: Sequence[str],
+    cells: list[tuple[int, str]],
     directions: dict[int, Float[Tensor, " d_model"]],
+    high: list[float],
+    steps: int,
     layer: int,
     settings: SteeringSettings,
-    progress: Progress | None = None,
-) -> list[PositionSteering]:
-    """For every position (key of `directions`, already scaled to the mean norm) and prompt,
-    binary-search the largest coherent strength, then draw steered and unsteered samples."""
-    if not prompts:
-        raise AdlInputError("No steering prompts.")
-    cells = [(position, prompt) for position in directions for prompt in prompts]
+    seed: int,
+    progress: Progress | None,
+) -> list[float]:
+    """Per (position, prompt) cell: the largest strength in [0, high] whose samples the grader
+    accepts at the threshold, by `steps` bisections batched over cells (0 if none passes)."""
     low = [0.0] * len(cells)
-    high = [settings.max_strength] * len(cells)
+    high = list(high)
     n = settings.samples_per_strength
-    task = progress.add_task(f"steering search (layer {layer})", total=settings.search_steps) if progress else None
-    for step in range(settings.search_steps):
+    task = progress.add_task(f"steering search (layer {layer}, {len(cells)} cells)", total=steps) if progress else None
+    for step in range(steps):
         mids = [(a + b) / 2 for a, b in zip(low, high, strict=True)]
         rows_prompts = [prompt for (_, prompt) in cells for _ in range(n)]
         rows_vectors = torch.stack([directions[position] for (position, _) in cells for _ in range(n)])
-        rows_strengths = [mid for mid in mids for _ in range(n)]
         samples = generate_steered(
-            pair, rows_prompts, rows_vectors, rows_strengths, layer,
-            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            seed=settings.seed + step, side=settings.side,
+            pair, rows_prompts, rows_vectors, [mid for mid in mids for _ in range(n)], layer,
+            max_new_tokens=settings.search_max_new_tokens, temperature=settings.search_temperature,
+            seed=seed + 100 * step, side=settings.side, max_batch_size=settings.max_batch_size,
         )
         verdicts = grader.grade(rows_prompts, samples)
         for i in range(len(cells)):
@@ -137,28 +157,85 @@ def search_and_sample(
                 high[i] = mids[i]
         if progress is not None and task is not None:
             progress.advance(task)
+    return low
 
-    # Final samples: the steered rows and the unsteered rows (strength 0) in one batch.
+
+def search_strengths(
+    pair: ModelPair,
+    grader: CoherenceGrader,
+    search_prompts: Sequence[str],
+    directions: dict[int, Float[Tensor, " d_model"]],
+    layer: int,
+    settings: SteeringSettings,
+    progress: Progress | None = None,
+) -> dict[int, dict[str, float]]:
+    """The reference's search, per position: `search_steps` bisections on [0, max_strength]
+    with the first prompt, then `search_steps // 2` on [0, 2 x that strength] with each other
+    prompt. Returns each prompt's strength per position."""
+    if not search_prompts:
+        raise AdlInputError("No steering search prompts.")
+    positions = list(directions)
+    first_prompt, *other_prompts = search_prompts
+    first = _bisect(pair, grader, [(p, first_prompt) for p in positions], directions,
+                    [settings.max_strength] * len(positions), settings.search_steps, layer,
+                    settings, settings.seed, progress)
+    found = {p: {first_prompt: s} for p, s in zip(positions, first, strict=True)}
+    if other_prompts:
+        cells = [(p, prompt) for p in positions for prompt in other_prompts]
+        highs = [2.0 * found[p][first_prompt] for p, _ in cells]
+        later = _bisect(pair, grader, cells, directions, highs, max(1, settings.search_steps // 2),
+                        layer, settings, settings.seed + 50, progress)
+        for (p, prompt), s in zip(cells, later, strict=True):
+            found[p][prompt] = s
+    return found
+
+
+def search_and_sample(
+    pair: ModelPair,
+    grader: CoherenceGrader,
+    search_prompts: Sequence[str],
+    final_prompts: Sequence[str],
+    directions: dict[int, Float[Tensor, " d_model"]],
+    layer: int,
+    settings: SteeringSettings,
+    progress: Progress | None = None,
+) -> list[PositionSteering]:
+    """For every position (key of `directions`, already scaled to the mean norm): one strength,
+    the mean of the search prompts' strengths (`search_strengths`); then `final_samples`
+    steered samples per final prompt at that strength, and as many unsteered ones."""
+    if not final_prompts:
+        raise AdlInputError("No final steering prompts.")
+    found = search_strengths(pair, grader, search_prompts, directions, layer, settings, progress)
+    strength = {p: sum(by_prompt.values()) / len(by_prompt) for p, by_prompt in found.items()}
+
+    # Final samples: steered rows of every position and the unsteered rows (strength 0, shared
+    # by the positions: the same model and prompts) in one batched run.
     k = settings.final_samples
+    cells = [(position, prompt) for position in directions for prompt in final_prompts]
     steered_prompts = [prompt for (_, prompt) in cells for _ in range(k)]
-    unsteered_prompts = list(prompts) * k
+    unsteered_prompts = [prompt for prompt in final_prompts for _ in range(k)]
     any_direction = next(iter(directions.values()))
     rows_vectors = torch.stack(
         [directions[position] for (position, _) in cells for _ in range(k)]
         + [torch.zeros_like(any_direction)] * len(unsteered_prompts)
     )
+    rows_strengths = [strength[position] for (position, _) in cells for _ in range(k)]
     samples = generate_steered(
         pair, steered_prompts + unsteered_prompts, rows_vectors,
-        [s for s in low for _ in range(k)] + [0.0] * len(unsteered_prompts), layer,
-        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-        seed=settings.seed + 1000, side=settings.side,
+        rows_strengths + [0.0] * len(unsteered_prompts), layer,
+        max_new_tokens=settings.final_max_new_tokens, temperature=settings.final_temperature,
+        seed=settings.seed + 1000, side=settings.side, max_batch_size=settings.max_batch_size,
     )
     steered, unsteered = samples[: len(steered_prompts)], samples[len(steered_prompts) :]
-    by_prompt_unsteered = {p: [unsteered[j * len(prompts) + i] for j in range(k)] for i, p in enumerate(prompts)}
+    by_prompt_unsteered = {p: unsteered[i * k : (i + 1) * k] for i, p in enumerate(final_prompts)}
     results: dict[int, list[SteeredSample]] = {position: [] for position in directions}
     for i, (position, prompt) in enumerate(cells):
         results[position].append(SteeredSample(
-            prompt=prompt, strength=round(low[i], 4), steered=steered[i * k : (i + 1) * k],
+            prompt=prompt, strength=round(strength[position], 4), steered=steered[i * k : (i + 1) * k],
             unsteered=by_prompt_unsteered[prompt],
         ))
-    return [PositionSteering(layer=layer, position=p, samples=s) for p, s in results.items()]
+    return [
+        PositionSteering(layer=layer, position=p, strength=round(strength[p], 4),
+                         search_strengths={q: round(v, 4) for q, v in found[p].items()}, samples=s)
+        for p, s in results.items()
+    ]

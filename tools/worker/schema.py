@@ -48,7 +48,12 @@ class WorkerConfig(BaseModel):
     datasets: list[CorpusSpec] = Field(default_factory=lambda: [CorpusSpec()], min_length=1)
     adl: AdlSettings = AdlSettings()
     steering: SteeringSettings = SteeringSettings()
-    steering_prompts: list[str] | None = Field(None, description="Default: prompts/steering_prompts.yaml.")
+    steering_prompts: list[str] | None = Field(
+        None, description="The final samples' prompts. Default: the steering settings' final prompt set.")
+    layer_control: ModelPairSpec | None = Field(
+        None, description="A control pair on the same base (for example the base finetuned on "
+        "generic text). When given, the primary layer is chosen per dataset by the contrast rule "
+        "(tools/adl/pipeline.py `choose_primary_layer`) instead of `adl.primary_layer`.")
     steering_positions: list[int] | None = Field(None, description="Default: every position.")
     judge: str | None = Field(None, description="Provider spec of an LLM judge for the Patchscope "
                               "scale and steering coherence; default: the offline rule and grader.")

@@ -17,9 +17,10 @@ import torch
 from prompts import load_prompt_set
 from tools.adl.coherence import CoherenceGrader
 from tools.adl.pipeline import (
-    STEERING_PROMPTS_FILE,
     AdlArtifact,
+    AdlReadouts,
     ScaleChooser,
+    choose_primary_layer,
     run_adl,
     run_steering,
     steering_direction,
@@ -28,7 +29,7 @@ from tools.adl.steering import PositionSteering, generate_steered
 from tools.chat import generate_replies
 from tools.corpus import describe_corpus
 from tools.errors import ToolInputError
-from tools.models import ModelPair, load_model_pair
+from tools.models import ModelPair, ModelPairSpec, load_model_pair
 from tools.worker.queue import ModelQueue
 from tools.worker.schema import (
     ChatReply,
@@ -48,12 +49,28 @@ from tools.worker.schema import (
 )
 
 log = logging.getLogger(__name__)
-OVERVIEW_TOKENS = 20
+OVERVIEW_TOKENS = 10  # the reference's overview `top_k_tokens`
 
 
 def anonymized_dataset_name(index: int) -> str:
     """The name the agent sees for the index-th diffing dataset."""
     return f"dataset_{index + 1}"
+
+
+def _control_readouts(
+    control_spec: ModelPairSpec, config: WorkerConfig, show_progress: bool
+) -> dict[str, AdlReadouts]:
+    """Readouts of the layer-rule control pair on every dataset (loaded, used, released)."""
+    control = load_model_pair(control_spec, config.load)
+    try:
+        return {
+            anonymized_dataset_name(index): run_adl(
+                control, config.adl.model_copy(update={"corpus": corpus}), show_progress=show_progress
+            ).readouts
+            for index, corpus in enumerate(config.datasets)
+        }
+    finally:
+        del control
 
 
 class AdlService:
@@ -85,8 +102,10 @@ class AdlService:
               coherence_grader: CoherenceGrader | None = None) -> AdlService:
         """Load the pair once, then compute (or load cached) ADL and steering per dataset. The
         judges (LLM ones built from `config.judge` by the caller) default to the offline rules."""
+        controls = (_control_readouts(config.layer_control, config, show_progress)
+                    if config.layer_control else {})
         pair = load_model_pair(config.pair, config.load)
-        prompts = config.steering_prompts or load_prompt_set(STEERING_PROMPTS_FILE)
+        prompts = config.steering_prompts or load_prompt_set(config.steering.final_prompt_set)
         artifacts: dict[str, AdlArtifact] = {}
         steering: dict[str, list[PositionSteering]] = {}
         for index, corpus in enumerate(config.datasets):
@@ -94,6 +113,11 @@ class AdlService:
             log.info("ADL on %s (%s)", name, describe_corpus(corpus))
             artifact = run_adl(pair, config.adl.model_copy(update={"corpus": corpus}),
                                show_progress=show_progress, scale_chooser=scale_chooser)
+            if name in controls:
+                choice = choose_primary_layer(artifact.readouts, controls[name])
+                log.info("primary layer of %s by the contrast rule: %d (scores %s)", name,
+                         choice.layer, choice.scores)
+                artifact.readouts = artifact.readouts.model_copy(update={"primary_layer": choice.layer})
             artifacts[name] = artifact
             steering[name] = run_steering(pair, artifact, config.steering, prompts=prompts,
                                           positions=config.steering_positions,
@@ -232,19 +256,15 @@ class AdlService:
 
     def generate_steered(self, request: GenerateSteeredRequest) -> SteeredSamplesResponse:
         """Live steered samples (no unsteered ones: those come from ask_models, which charges
-        for them): per prompt the searched strength when the prompt was searched, otherwise the
-        mean strength found at that position."""
+        for them) at the position's searched strength."""
         entry = self._position_steering(request.dataset, request.position)
         self._check_prompts(request.prompts)
         if request.n > self.limits.max_samples:
             raise ToolInputError(f"n={request.n} is above the limit of {self.limits.max_samples} "
                                  "samples per prompt.", ["n"])
         settings = self.config.steering
-        max_new_tokens = request.max_new_tokens or settings.max_new_tokens
+        max_new_tokens = request.max_new_tokens or settings.final_max_new_tokens
         self._check_new_tokens(max_new_tokens)
-        searched = {sample.prompt: sample.strength for sample in entry.samples}
-        mean_strength = sum(searched.values()) / len(searched)
-        strengths = {p: searched.get(p, mean_strength) for p in request.prompts}
         artifact = self._artifact(request.dataset)
         direction = steering_direction(artifact.difference, entry.layer, request.position)
         rows = [p for p in request.prompts for _ in range(request.n)]
@@ -252,13 +272,14 @@ class AdlService:
         def run() -> list[str]:
             return generate_steered(
                 self.pair, rows, direction[None].expand(len(rows), -1).contiguous(),
-                [strengths[p] for p in rows], entry.layer, max_new_tokens=max_new_tokens,
-                temperature=settings.temperature, seed=request.seed, side=settings.side,
+                [entry.strength] * len(rows), entry.layer, max_new_tokens=max_new_tokens,
+                temperature=settings.final_temperature, seed=request.seed, side=settings.side,
+                max_batch_size=settings.max_batch_size,
             )
 
         steered = self.queue.call(run)
         n = request.n
-        samples = [SteeredPrompt(prompt=p, strength=round(strengths[p], 4), steered=steered[i * n : (i + 1) * n])
+        samples = [SteeredPrompt(prompt=p, strength=entry.strength, steered=steered[i * n : (i + 1) * n])
                    for i, p in enumerate(request.prompts)]
         return SteeredSamplesResponse(dataset=request.dataset, layer=entry.layer,
                                       position=request.position, samples=samples)
