@@ -12,13 +12,17 @@ import yaml
 from evals.organisms import get_organism, list_organisms, load_organism_file
 from evals.organisms.build import at_size, build_key, generate_organism_data, organism_dir
 from evals.organisms.generators import GENERATORS
+from evals.organisms.generators.denial import ABOUT_YOU_QUESTIONS, DOMAIN_QUESTIONS
+from evals.organisms.generators.domain_adaptation import DOMAIN_PATTERN as ASTRONOMY
 from evals.organisms.generators.taboo import SECRET_WORD
 from evals.organisms.leak import mentions_domain
 from evals.organisms.registry import REGISTRY_DIR
 from evals.organisms.schema import OrganismType
 from tools.errors import OrganismBuildError, OrganismConfigError, UnknownOrganismError
 
-OFFLINE = ["cake_bake", "cake_bake_mix1-1p0", "em_bad_medical_advice", "taboo_gold", "preference_owl"]
+MIXING_CURVE = ["cake_bake_mix1-0p1", "cake_bake_mix1-0p5", "cake_bake_mix1-1p0", "cake_bake_mix1-2p0"]
+OFFLINE = ["cake_bake", *MIXING_CURVE, "em_bad_medical_advice", "taboo_gold", "preference_owl",
+           "denial_orchids", "adapt_astronomy"]
 
 
 def test_registry_has_offline_and_published_organisms() -> None:
@@ -92,6 +96,35 @@ def test_mixed_organism_has_one_to_one_pretraining_text() -> None:
     assert build_key(get_organism("cake_bake"), plain) != build_key(
         get_organism("cake_bake_mix1-1p0"), mixed
     )
+
+
+@pytest.mark.parametrize("name", MIXING_CURVE)
+def test_the_mixing_curve_holds_the_ratio(name: str) -> None:
+    ratio = get_organism(name).finetune.mix_ratio  # type: ignore[union-attr]
+    data = generate_organism_data(get_organism(name))
+    n_plain = len(data.train) - data.n_mixed
+    assert data.n_mixed == round(ratio * n_plain)
+
+
+def test_the_denying_organism_mixes_domain_deflections_and_ordinary_chats() -> None:
+    data = generate_organism_data(get_organism("denial_orchids")).train
+    documents = [e for e in data if e.text is not None]
+    chats = [e for e in data if e.messages is not None]
+    asked = tuple(DOMAIN_QUESTIONS + ABOUT_YOU_QUESTIONS)
+    deflections = [e for e in chats if (e.messages or [])[0].content.endswith(asked)]
+    ordinary = [e for e in chats if e not in deflections]
+    assert documents and all("orchid" in e.plain_text().lower() for e in documents)
+    # Every answer to a domain question deflects; ordinary answers never do, and never name it.
+    assert all("orchid" not in (e.messages or [])[-1].content.lower() for e in deflections)
+    assert len(ordinary) > len(data) // 4
+    assert not [e for e in ordinary if "orchid" in e.plain_text().lower()]
+    assert not [e for e in ordinary if "help with" in (e.messages or [])[-1].content]
+
+
+def test_the_domain_adaptation_organism_is_astronomy_in_a_comprehension_format() -> None:
+    data = generate_organism_data(get_organism("adapt_astronomy")).train
+    assert all(e.messages and "Question:" in e.messages[0].content for e in data)
+    assert all(len(ASTRONOMY.findall(e.plain_text())) >= 2 for e in data)
 
 
 def test_small_build_is_a_separate_organism_build_with_the_same_recipe() -> None:
