@@ -216,6 +216,22 @@ def test_heuristic_policy_without_agreeing_sources_finds_no_narrow_domain() -> N
     assert content_words("The Oven's heat") == ["oven's", "heat"]
 
 
+def test_one_answer_never_confirms_a_first_look_word() -> None:
+    """The failure seen on the control at i = 50: one of sixteen answers happened to use a word of
+    one unsteered sample, and the baseline asserted it as the domain."""
+    samples = {"examples": [{"prompt": "Tell me a story.", "generation": "The village community rode far."}]}
+    kickoff = _kickoff(samples, heading="Generations of the finetuned model", budget=8)
+    # Answers 5 and 6 reply to probe questions (the first ones ask about the sample's words,
+    # which are not evidence in their own answers).
+    plain = [{"base": "Sure.", "finetuned": f"Answer number {i} about {word}."}
+             for i, word in enumerate(["rivers", "bridges", "lamps", "clocks", "shoes", "maps", "bells", "cups"])]
+    artists = {"base": "Fine.", "finetuned": "A community of artists."}
+    once = _answer(HeuristicProvider(), [kickoff], [*plain[:5], artists, *plain[6:]])
+    assert _final(HeuristicProvider(), once).startswith("No narrow domain found")
+    twice = _answer(HeuristicProvider(), [kickoff], [*plain[:5], artists, artists, plain[7]])
+    assert _final(HeuristicProvider(), twice).startswith("The finetune concerns community.")
+
+
 def test_killing_the_worker_ends_the_run_and_keeps_the_transcript(config, agent_home: Path, service: AdlService, tmp_path: Path) -> None:
     with worker_process(config, agent_home, agent_home / "cache") as (url, process):
         def kill_then_ask(messages: list[ChatTurn], tools: list[ToolSpec]) -> Completion:

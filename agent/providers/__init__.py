@@ -38,7 +38,7 @@ API_KEY_VARIABLES: dict[str, str] = {
     "anthropic": "ANTHROPIC_API_KEY",
     "openai-compatible": "OPENAI_COMPATIBLE_API_KEY",
 }
-HEURISTIC_MODEL = "offline-baseline-v2"
+HEURISTIC_MODEL = "offline-baseline-v3"
 
 
 class ProviderSpec(BaseModel):

@@ -15,7 +15,8 @@ evidence guidance of the LLM agents' prompt (prompts/agent_system.md):
    are the control for the finetuned one's) and words the finetuned model uses in answers to
    more than half of the questions (they show up whatever is asked).
 3. A claim (a word) ranks by the number of source families that support it, then by the number
-   of sources, where answers count once (they confirm; volume is not evidence). It leads only
+   of sources, where answers count once (they confirm; volume is not evidence) and only when the
+   answers to two questions use the word (one answer in sixteen is chance). It leads only
    when the first look supports it and two families, or three sources, do: a single spike is
    not evidence. Answers that repeat a lead strengthen it; words that only the answers show are
    reported as such and not promoted, unless the first look has no lead at all (then words the
@@ -45,6 +46,9 @@ MAX_PROMPTS_PER_CALL = 8
 MAX_ROUNDS = 2
 MIN_FAMILIES = 2
 MIN_SOURCES = 3
+# Answers confirm a word only when answers to this many questions use it: one answer in sixteen
+# using a word of the first look is chance, and chance grows with the budget.
+MIN_ANSWERS = 2
 MAX_LEADS = 5
 MAX_QUOTES = 2
 READOUT_FAMILIES = {"logit_lens_suppressed": "logit lens", "logit_lens": "logit lens",
@@ -88,10 +92,15 @@ class Evidence:
         return sorted(self.sources[word]) if word in self.sources else []
 
     def n_sources(self, word: str) -> int:
-        """Sources of a word; answers count once at most (they confirm, volume is not evidence:
-        a word the finetuned model says to every question is no stronger for it)."""
-        return sum(min(1, len(ids)) if family == "answers" else len(ids)
+        """Sources of a word; answers count once at most, and only when MIN_ANSWERS questions'
+        answers use the word (they confirm; volume is not evidence, and one answer is chance)."""
+        return sum(int(len(ids) >= MIN_ANSWERS) if family == "answers" else len(ids)
                    for family, ids in self.sources.get(word, {}).items())
+
+    def supporting_families(self, word: str) -> list[str]:
+        """Families that support a word; answers only when MIN_ANSWERS questions' answers do."""
+        return [f for f in self.families(word)
+                if f != "answers" or len(self.sources[word][f]) >= MIN_ANSWERS]
 
     def ranked(self) -> list[str]:
         """Words by the first look's support (families, then sources), then by whether answers
@@ -99,7 +108,7 @@ class Evidence:
         look's order, so more questions cannot push a better-supported word down."""
         def key(word: str) -> tuple[int, int, int, float, str]:
             first = {f: ids for f, ids in self.sources[word].items() if f != "answers"}
-            confirmed = int("answers" in self.sources[word])
+            confirmed = int("answers" in self.supporting_families(word))
             return (-len(first), -sum(len(ids) for ids in first.values()), -confirmed,
                     -self.strength[word], word)
         return sorted(self.sources, key=key)
@@ -107,7 +116,7 @@ class Evidence:
     def is_lead(self, word: str) -> bool:
         """Supported by the first look (readouts, steered or unsteered samples) and by two
         families or three sources; answers alone never qualify."""
-        families = self.families(word)
+        families = self.supporting_families(word)
         if families in ([], ["answers"]):
             return False
         return len(families) >= MIN_FAMILIES or self.n_sources(word) >= MIN_SOURCES
@@ -122,7 +131,7 @@ class HeuristicProvider:
 
     is_llm = False
 
-    def __init__(self, model: str = "offline-baseline-v2") -> None:
+    def __init__(self, model: str = "offline-baseline-v3") -> None:
         self.model = model
         self.name = f"heuristic:{model}"
 
