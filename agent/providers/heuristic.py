@@ -282,6 +282,8 @@ class _State:
                         scored[sentence] = max(scored.get(sentence, 0), hits)
             ranked = [q for q in sorted(scored, key=lambda q: (-scored[q], len(q), q)) if q not in quotes]
             quotes += ranked[:MAX_QUOTES]
+        # Double quotes inside a quote become single ones: the quotation marks stay balanced.
+        quotes = [q.replace('"', "'").replace("“", "'").replace("”", "'") for q in quotes]
         return [q if len(q) <= 200 else q[:197] + "..." for q in quotes]
 
     def hypothesis(self) -> str:
