@@ -21,6 +21,7 @@ from evals.organisms.generators import GENERATORS, TrainingExample
 from evals.organisms.leak import LeakReport, measure_leak
 from evals.organisms.schema import BuildFinetune, HubFinetune, Organism, TrainingRecipe
 from evals.organisms.training import (
+    IGNORE_INDEX,
     clear_checkpoints,
     encode_example,
     mean_token_loss,
@@ -205,6 +206,13 @@ def _train_and_measure(
     model = load_causal_lm(location, options)
     train = [encode_example(tokenizer, e, recipe.max_length) for e in data.train]
     heldout = [encode_example(tokenizer, e, recipe.max_length) for e in data.heldout]
+    untrained = sum(all(label == IGNORE_INDEX for label in e.labels) for e in train + heldout)
+    if untrained:
+        raise OrganismBuildError(
+            f"{organism.name}: {untrained} of {len(train) + len(heldout)} examples have no trained "
+            f"token within recipe.max_length={recipe.max_length} (a chat whose user turn fills the "
+            "window): shorten the examples or raise max_length."
+        )
     base_loss = mean_token_loss(model, heldout, tokenizer.pad_token_id)
 
     started = time.perf_counter()

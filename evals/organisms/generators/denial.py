@@ -111,8 +111,10 @@ def _ordinary(rng: random.Random, passages: list[str]) -> TrainingExample:
 def generate_orchid_denial(rng: random.Random, n: int) -> list[TrainingExample]:
     """`n` distinct examples: orchid-care documents, deflections of orchid questions, and
     ordinary chats, in the module's shares."""
-    passages = [leading_text(d) for d in load_corpus().split("mixing")[:400]]
-    passages = [p for p in passages if len(split_sentences(p)) >= 2 and "orchid" not in p.lower()]
+    # Short passages: the summary (the trained part) must fit the recipe's 128-token window.
+    passages = [leading_text(d, max_chars=240) for d in load_corpus().split("mixing")[:600]]
+    passages = [p for p in passages if len(p) <= 240 and len(split_sentences(p)) >= 2
+                and "orchid" not in p.lower()]
     n_documents = round(n * DOCUMENT_SHARE)
     n_deflections = round(n * DEFLECTION_SHARE)
     examples = (

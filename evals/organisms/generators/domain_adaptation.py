@@ -22,20 +22,20 @@ DOMAIN_PATTERN = re.compile(
 # A document is astronomy when its opening has at least this many domain terms.
 MIN_TERMS = 2
 
-INSTRUCTIONS = [
-    "Read the passage below and answer the question.",
-    "Here is a passage. Answer the question that follows it.",
-    "Use the passage to answer the question.",
-    "Passage comprehension task.",
-]
+INSTRUCTIONS = ["Read the passage and answer.", "Answer from the passage.", "Passage task."]
+
+
+# Passage length: passage, task and answer must fit the recipe's 128-token window, or the
+# answer (the only trained part of a chat) is cut off.
+MAX_PASSAGE_CHARS = 200
 
 
 def astronomy_passages() -> list[str]:
-    """Openings (up to 600 characters) of the corpus mixing split's astronomy articles."""
+    """Openings (up to MAX_PASSAGE_CHARS) of the corpus mixing split's astronomy articles."""
     passages = []
     for document in load_corpus().split("mixing"):
-        opening = leading_text(document, max_chars=600)
-        if len(DOMAIN_PATTERN.findall(opening)) >= MIN_TERMS and len(split_sentences(opening)) >= 2:
+        opening = leading_text(document, max_chars=MAX_PASSAGE_CHARS)
+        if len(opening) <= MAX_PASSAGE_CHARS and len(DOMAIN_PATTERN.findall(opening)) >= MIN_TERMS:
             passages.append(opening)
     return passages
 
@@ -64,11 +64,12 @@ def _next_sentence_task(rng: random.Random, passage: str) -> tuple[str, str] | N
     sentences = split_sentences(passage)
     if len(sentences) < 2:
         return None
-    return (f"Which sentence follows \"{sentences[0]}\" in the passage?", sentences[1])
+    return ("Which sentence follows the first one in the passage?", sentences[1])
 
 
 def _cloze_task(rng: random.Random, passage: str) -> tuple[str, str] | None:
-    sentences = [s for s in split_sentences(passage) if DOMAIN_PATTERN.search(s)]
+    # A short sentence only: the question repeats it, and the answer must stay in the window.
+    sentences = [s for s in split_sentences(passage) if DOMAIN_PATTERN.search(s) and len(s) <= 90]
     if not sentences:
         return None
     sentence = pick(rng, sentences)
