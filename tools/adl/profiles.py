@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from prompts import load_prompt_set
 from tools.adl.pipeline import AdlSettings
 from tools.adl.steering import SteeringSettings
 from tools.errors import AdlInputError
@@ -119,8 +120,6 @@ DEVIATIONS: dict[str, str] = {
 
 def _value(settings: AnalysisSettings, name: str) -> object:
     """A setting by dotted name, in the form the table compares (prompt sets by count)."""
-    from prompts import load_prompt_set
-
     if name == "steering_positions":
         return tuple(settings.steering_positions) if settings.steering_positions is not None else (0, 1, 2, 3, 4)
     group, field = name.split(".")
