@@ -60,17 +60,15 @@ def anonymized_dataset_name(index: int) -> str:
 def _control_readouts(
     control_spec: ModelPairSpec, config: WorkerConfig, show_progress: bool
 ) -> dict[str, AdlReadouts]:
-    """Readouts of the layer-rule control pair on every dataset (loaded, used, released)."""
+    """Readouts of the layer-rule control pair on every dataset (the pair is released when this
+    returns: only its readouts are kept)."""
     control = load_model_pair(control_spec, config.load)
-    try:
-        return {
-            anonymized_dataset_name(index): run_adl(
-                control, config.adl.model_copy(update={"corpus": corpus}), show_progress=show_progress
-            ).readouts
-            for index, corpus in enumerate(config.datasets)
-        }
-    finally:
-        del control
+    return {
+        anonymized_dataset_name(index): run_adl(
+            control, config.adl.model_copy(update={"corpus": corpus}), show_progress=show_progress
+        ).readouts
+        for index, corpus in enumerate(config.datasets)
+    }
 
 
 class AdlService:
