@@ -300,3 +300,23 @@ def test_queue_merges_greedy_chats_and_rejects_work_when_closing() -> None:
     assert running.result(5) == ["base:running"]
     with pytest.raises(WorkerStoppingError):
         waiting.result(5)
+
+
+def test_a_layer_control_pair_sets_the_primary_layer_by_the_contrast_rule(
+    worker_config, worker_home: Path, service: AdlService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pair as its own control: every layer's readout is fully shared with the control, so all
+    # contrast scores are 0 and the tie goes to the layer nearest relative depth 0.5 of the tiny
+    # model's 4 blocks (block 2), not to the configured primary layer 3.
+    assert worker_config.adl.primary_layer == 3
+    config = worker_config.model_copy(update={"layer_control": worker_config.pair})
+    monkeypatch.setenv("ADL_HOME", str(worker_home / "cache"))
+    controlled = AdlService.start(config, show_progress=False)
+    try:
+        dataset, artifact = next(iter(controlled.artifacts.items()))
+        assert artifact.readouts.primary_layer == 2
+        overview = controlled.readouts(ReadoutRequest(dataset=dataset))
+        assert overview.layer == 2
+    finally:
+        controlled.close()
+    assert next(iter(service.artifacts.values())).readouts.primary_layer == 3
