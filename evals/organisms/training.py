@@ -155,6 +155,11 @@ def train_lora(
             losses.append(round(loss_value, 5))
             step += 1
             progress.update(task, completed=step, loss=f"{losses[-1]:.3f}")
+            if step % recipe.checkpoint_every == 0 or step == total_steps:
+                # A line in the log file too: the bar is drawn on the terminal only.
+                recent = losses[-recipe.checkpoint_every :]
+                log.info("%s: step %d of %d, mean loss of the last %d steps %.3f", description,
+                         step, total_steps, len(recent), sum(recent) / len(recent))
             if step % recipe.checkpoint_every == 0 and step < total_steps:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 tmp = state_file.with_suffix(".tmp")

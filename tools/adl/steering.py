@@ -14,6 +14,7 @@ samples use that strength on every final prompt.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ from tools.adl.coherence import CoherenceGrader
 from tools.chat import generate_replies
 from tools.errors import AdlInputError
 from tools.models import ModelPair, Side
+
+log = logging.getLogger(__name__)
 
 
 class SteeringSettings(BaseModel):
@@ -157,6 +160,9 @@ def _bisect(
                 high[i] = mids[i]
         if progress is not None and task is not None:
             progress.advance(task)
+        # A line per bisection step in the log file too (the bar is drawn on the terminal only).
+        log.info("steering search, layer %d: bisection %d of %d done (%d cells, %d samples)",
+                 layer, step + 1, steps, len(cells), len(rows_prompts))
     return low
 
 
@@ -220,6 +226,8 @@ def search_and_sample(
         + [torch.zeros_like(any_direction)] * len(unsteered_prompts)
     )
     rows_strengths = [strength[position] for (position, _) in cells for _ in range(k)]
+    log.info("steering, layer %d: strengths %s; sampling %d steered and %d unsteered rows", layer,
+             {p: round(v, 3) for p, v in strength.items()}, len(steered_prompts), len(unsteered_prompts))
     samples = generate_steered(
         pair, steered_prompts + unsteered_prompts, rows_vectors,
         rows_strengths + [0.0] * len(unsteered_prompts), layer,
