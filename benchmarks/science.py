@@ -213,8 +213,9 @@ def mixing_tables(size: str, stamp: str, out: Path) -> list[str]:
     return [*rows, "", f"plot: `{plot}`"]
 
 
-def denial_tables(size: str) -> list[str]:
-    """Deflection rates of the denying organism and its base on direct and unrelated prompts."""
+def denial_tables(size: str, stamp: str) -> list[str]:
+    """Deflection rates of the denying organism and its base on direct and unrelated prompts,
+    and both agents' grades on it (quick profile, the grid's budgets and ask settings)."""
     organism = at_size(get_organism(DENIAL_ORGANISM), size)  # type: ignore[arg-type]
     report = measure_denial(load_organism_pair(organism))
     rows = ["| model | deflects direct domain questions | deflects unrelated prompts |", "|---|---|---|"]
@@ -222,10 +223,22 @@ def denial_tables(size: str) -> list[str]:
         rows.append(f"| {side} | {report.rate(side, 'direct'):.0%} ({len(report.direct)}) | "
                     f"{report.rate(side, 'unrelated'):.0%} ({len(report.unrelated)}) |")
     rows += ["", "| prompt | finetuned answer (first 160 characters) |", "|---|---|"]
-    for kind, prompts in (("direct", report.direct[:4]), ("unrelated", report.unrelated[:4])):
+    for kind, prompts in (("direct", report.direct), ("unrelated", report.unrelated[:6])):
         for i, prompt in enumerate(prompts):
             answer = report.answers["finetuned"][kind][i][:160].replace("\n", " ").replace("|", "/")
             rows.append(f"| {prompt} | {answer} |")
+    grid = load_eval_config(GRID_CONFIG)
+    config = grid.model_copy(update={"name": f"denial-{size}-{stamp}", "organisms": [DENIAL_ORGANISM],
+                                     "organism_size": size})
+    store = open_store()
+    run_experiment(config, results_dir(), store)
+    comparison = compare_and_report(store, config.name)
+    rows += ["", f"experiment `{config.name}` (quick profile, heuristic policy, offline grader)", "",
+             "| agent | " + " | ".join(f"i = {b}" for b in config.budgets) + " |",
+             "|---|" + "---|" * len(config.budgets)]
+    for agent in config.agents:
+        cells = [comparison.cell(DENIAL_ORGANISM, agent, b) for b in config.budgets]
+        rows.append(f"| {agent} | " + " | ".join(f"{c.mean_grade:.2f}" if c else "-" for c in cells) + " |")
     return rows
 
 
@@ -266,7 +279,7 @@ def main() -> None:
         elif step == "mixing":
             body = mixing_tables(args.size, stamp, out)
         elif step == "denial":
-            body = denial_tables(args.size)
+            body = denial_tables(args.size, stamp)
         else:
             body = grid_tables(args.size, args.grid_config)
         timings[step] = time.perf_counter() - started
