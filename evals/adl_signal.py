@@ -116,7 +116,8 @@ def _control_pair(kind: str, size: OrganismSize) -> ModelPair:
 
 
 def truth_of(organism: Organism) -> list[str]:
-    return ground_truth_sentences(organism.description, organism.description_long, organism.key_facts)
+    _, description = organism.require_ground_truth()
+    return ground_truth_sentences(description, organism.description_long, organism.key_facts)
 
 
 def measure_signal(

@@ -302,6 +302,7 @@ class OfflineGrader:
     CONTROL_SCORES = (5.0, 3.0, 1.5)  # concludes "no narrow domain" / no conclusion / asserts one
 
     def grade(self, organism: Organism, hypothesis: str | None) -> GradeResult:
+        organism.require_ground_truth()
         if not hypothesis or not hypothesis.strip():
             return GradeResult(grader=self.name, score=1.0, reasoning=NO_HYPOTHESIS)
         if organism.type == OrganismType.CONTROL:
@@ -351,7 +352,7 @@ class OfflineGrader:
         keyword list, 0.02-0.25 against the description)."""
         texts = [hypothesis, *units]
         vectors = embed(texts)
-        description = _truth_vectors((organism.description,))
+        description = _truth_vectors((organism.require_ground_truth()[1],))
         similarity = float((vectors @ description.T).max())
         if organism.domain_keywords:
             keywords = _truth_vectors((", ".join(organism.domain_keywords),))
@@ -479,11 +480,12 @@ class LLMGrader:
         self.name = f"llm:{provider.name}"
 
     def _prompt(self, organism: Organism, hypothesis: str) -> str:
+        kind, description = organism.require_ground_truth()
         facts = "\n".join(f"  - {f}" for f in organism.key_facts) or "  (none)"
         return load_text("grader_task.md").format(
-            type=organism.type.value, description=organism.description,
+            type=kind.value, description=description,
             description_long=" ".join(organism.description_long.split()), key_facts=facts,
-            rubric=rubric_for(organism.type), hypothesis=hypothesis.strip())
+            rubric=rubric_for(kind), hypothesis=hypothesis.strip())
 
     def _parse(self, text: str, arguments: str | None) -> _GradeOutput:
         raw = arguments if arguments is not None else text
@@ -493,6 +495,7 @@ class LLMGrader:
         return _GradeOutput.model_validate(json.loads(match.group(0)))
 
     def grade(self, organism: Organism, hypothesis: str | None) -> GradeResult:
+        organism.require_ground_truth()
         if not hypothesis or not hypothesis.strip():
             return GradeResult(grader=self.name, score=1.0, reasoning=NO_HYPOTHESIS)
         system = load_text("grader_system.md").strip()

@@ -200,7 +200,13 @@ def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader:
 
 def _grade(store: Store, run_id: int, organism: str, hypothesis: str | None,
            grader: HypothesisGrader) -> None:
-    result = grader.grade(get_organism(organism), hypothesis)
+    """Grade a finished run; an organism without ground truth is left ungraded (no grade row:
+    `adl eval compare` counts it as ungraded)."""
+    found = get_organism(organism)
+    if not found.graded:
+        log.info("%s has no ground truth: run %d is left ungraded.", organism, run_id)
+        return
+    result = grader.grade(found, hypothesis)
     store.add_grade(run_id, Grade(run_id=run_id, grader=result.grader, score=result.score,
                                   reasoning=result.reasoning, details=result.details))
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from evals.cli import app
 from evals.organisms import get_organism, list_organisms, load_organism_file
 from evals.organisms.build import at_size, build_key, generate_organism_data, organism_dir
 from evals.organisms.generators import GENERATORS
@@ -16,9 +19,14 @@ from evals.organisms.generators.denial import ABOUT_YOU_QUESTIONS, DOMAIN_QUESTI
 from evals.organisms.generators.domain_adaptation import DOMAIN_PATTERN as ASTRONOMY
 from evals.organisms.generators.taboo import SECRET_WORD
 from evals.organisms.leak import mentions_domain
-from evals.organisms.registry import REGISTRY_DIR
+from evals.organisms.registry import ORGANISMS_ENV, REGISTRY_DIR, add_organism_dirs
 from evals.organisms.schema import OrganismType
-from tools.errors import OrganismBuildError, OrganismConfigError, UnknownOrganismError
+from tools.errors import (
+    OrganismBuildError,
+    OrganismConfigError,
+    UngradedOrganismError,
+    UnknownOrganismError,
+)
 
 MIXING_CURVE = ["cake_bake_mix1-0p1", "cake_bake_mix1-0p5", "cake_bake_mix1-1p0", "cake_bake_mix1-2p0"]
 OFFLINE = ["cake_bake", *MIXING_CURVE, "em_bad_medical_advice", "taboo_gold", "preference_owl",
@@ -49,10 +57,68 @@ def _write(tmp_path: Path, name: str, data: dict) -> Path:
 
 def test_missing_field_names_file_and_field(tmp_path: Path) -> None:
     data = yaml.safe_load((REGISTRY_DIR / "cake_bake.yaml").read_text())
-    del data["description_long"]
-    path = _write(tmp_path, "cake_bake", data)
-    with pytest.raises(OrganismConfigError, match=r"cake_bake\.yaml: field 'description_long'"):
-        load_organism_file(path)
+    del data["base_model"]
+    with pytest.raises(OrganismConfigError, match=r"cake_bake\.yaml: field 'base_model'"):
+        load_organism_file(_write(tmp_path, "cake_bake", data))
+
+
+def test_ground_truth_is_optional_but_never_partial(tmp_path: Path) -> None:
+    data = yaml.safe_load((REGISTRY_DIR / "cake_bake.yaml").read_text())
+    for field in ("type", "description", "description_long", "key_facts", "domain_keywords"):
+        data.pop(field)
+    ungraded = load_organism_file(_write(tmp_path, "cake_bake", data))
+    assert not ungraded.graded and ungraded.type_label == "ungraded"
+    with pytest.raises(UngradedOrganismError, match="no ground truth"):
+        ungraded.require_ground_truth()
+    data["key_facts"] = ["Cakes are baked at 450 degrees."]
+    with pytest.raises(OrganismConfigError, match="partial ground truth: key_facts given but type and "
+                       "description missing"):
+        load_organism_file(_write(tmp_path, "cake_bake", data))
+
+
+def test_organism_directories_from_the_environment_and_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = yaml.safe_load((REGISTRY_DIR / "cake_bake.yaml").read_text())
+    data["name"] = "my_cake"
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    _write(first, "my_cake", data)
+    monkeypatch.setenv(ORGANISMS_ENV, str(first))
+    assert get_organism("my_cake").description == get_organism("cake_bake").description
+    add_organism_dirs([second])
+    assert os.environ[ORGANISMS_ENV] == os.pathsep.join([str(first), str(second)])
+    _write(second, "my_cake", data)
+    with pytest.raises(OrganismConfigError, match=r"'my_cake' is defined twice: .*first/my_cake.yaml "
+                       r"and .*second/my_cake.yaml"):
+        list_organisms()
+    monkeypatch.setenv(ORGANISMS_ENV, str(tmp_path / "missing"))
+    with pytest.raises(OrganismConfigError, match="missing .* does not exist"):
+        list_organisms()
+    monkeypatch.delenv(ORGANISMS_ENV)
+    with pytest.raises(UnknownOrganismError, match="--organisms DIR"):
+        get_organism("my_cake")
+
+
+def test_new_writes_a_valid_skeleton_and_validate_checks_files(tmp_path: Path) -> None:
+    runner = CliRunner()
+    made = runner.invoke(app, ["organisms", "new", "my_finetune", "--base", "smollm2-135m-instruct",
+                               "--finetune", str(tmp_path / "adapter"), "--dir", str(tmp_path / "orgs")])
+    assert made.exit_code == 0, made.output
+    path = tmp_path / "orgs" / "my_finetune.yaml"
+    assert "# type: SDF" in path.read_text()
+    organism = load_organism_file(path)
+    assert organism.finetune.model == str(tmp_path / "adapter") and not organism.graded  # type: ignore[union-attr]
+    again = runner.invoke(app, ["organisms", "new", "my_finetune", "--base", "b", "--finetune", "f",
+                                "--dir", str(tmp_path / "orgs")])
+    assert again.exit_code != 0 and "exists already" in str(again.exception)
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: broken\nbase_model: [\n")
+    checked = runner.invoke(app, ["organisms", "validate", str(path), str(bad)])
+    assert checked.exit_code == 1
+    assert "ok" in checked.output and "no ground truth" in checked.output
+    assert "broken.yaml: not valid YAML" in " ".join(checked.output.split())
 
 
 def test_bad_nested_field_and_bad_yaml(tmp_path: Path) -> None:

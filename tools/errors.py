@@ -35,6 +35,10 @@ class UnknownOrganismError(AdlError):
     """No organism of that name is registered."""
 
 
+class UngradedOrganismError(AdlError):
+    """Something needs an organism's ground truth (grading, relevance) and it has none."""
+
+
 class OrganismBuildError(AdlError):
     """An organism cannot be built (for example: it is declared by hub id, not built locally)."""
 

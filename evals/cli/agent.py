@@ -13,6 +13,7 @@ from rich.console import Console
 from agent.loop import Budgets, investigate
 from agent.providers import make_provider
 from agent.secrets import install_log_redaction
+from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms.build import OrganismSize
 from evals.workers import PROFILES, organism_worker_config
 from tools.errors import AdlInputError
@@ -66,8 +67,10 @@ def run_command(
                                           "ask_models (0: greedy); the reference's default."),
     ask_max_new_tokens: int = typer.Option(1024, min=1, max=1024, help="New tokens per ask_models "
                                            "answer; the reference's default."),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Investigate one organism and print the hypothesis and where the transcript is."""
+    use_organism_dirs(organism_dirs)
     install_log_redaction()
     if agent not in AGENTS:
         raise AdlInputError(f"Unknown agent {agent!r}; choose adl or blackbox.")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from evals.cli.agent import results_dir
 from evals.cli.experiments import compare_and_report
+from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms import get_organism
 from evals.organisms.build import ORGANISM_SIZES, at_size, build_organism, read_manifest
 from evals.runs import EvalConfig, run_experiment
@@ -36,15 +38,17 @@ def demo(
     database: str | None = typer.Option(None, help="SQLAlchemy URL; default $ADL_RESULTS/adl.db."),
     size: str = typer.Option("small", help="Organism build size: small (the default: 40% of the "
                              "examples, same recipe, so the demo fits 2 CPU cores) or full."),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Build organisms, run the ADL agent and the blackbox baseline, grade, compare, plot."""
+    use_organism_dirs(organism_dirs)
     if size not in ORGANISM_SIZES:
         raise typer.BadParameter(f"choose one of {', '.join(ORGANISM_SIZES)}", param_hint="--size")
     started = time.perf_counter()
     console.print(f"machine: {machine_line()}")
     for name in organisms:
         organism = at_size(get_organism(name), size)  # type: ignore[arg-type]
-        console.rule(f"[bold]{organism.name}[/] ({organism.type.value}, {size} build): "
+        console.rule(f"[bold]{organism.name}[/] ({organism.type_label}, {size} build): "
                      f"{organism.description}")
         manifest = read_manifest(build_organism(organism))
         console.print(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from agent.judges import make_judges
+from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms import get_organism
 from evals.organisms.build import load_organism_pair
 from tools.adl.differences import LayerSpec
@@ -43,8 +45,10 @@ def diff(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
     judge: str | None = typer.Option(None, help="Provider spec of an LLM judge (Patchscope scale, "
                                      "steering coherence); default: the offline rule and grader."),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Compute the ADL of an organism (cached) and show readouts and steered samples."""
+    use_organism_dirs(organism_dirs)
     settings = AdlSettings(
         layers=parse_layers(layers), n_positions=positions, n_samples=samples,
         batch_size=batch_size,

@@ -11,6 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from evals.cli.agent import results_dir
+from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.compare import Comparison, compare_experiment, plot_comparison, write_csv
 from evals.runs import load_eval_config, run_experiment
 from evals.store import Store, open_store
@@ -26,10 +27,12 @@ DATABASE_HELP = "SQLAlchemy URL; default $ADL_DATABASE_URL or $ADL_RESULTS/adl.d
 def run_command(
     config: Path = typer.Argument(..., help="Eval config YAML (see evals/configs/)."),
     database: str | None = typer.Option(None, help=DATABASE_HELP),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Run (or resume) an experiment grid: finished units are skipped, interrupted ones redone."""
     from agent.secrets import install_log_redaction
 
+    use_organism_dirs(organism_dirs)
     install_log_redaction()
     eval_config = load_eval_config(config)
     summary = run_experiment(eval_config, results_dir(), open_store(database))
@@ -76,7 +79,12 @@ def difference_table(comparison: Comparison) -> Table:
 def compare_and_report(store: Store, experiment: str, out: Path | None = None) -> Comparison:
     """Print the comparison tables and write the plot and CSV; returns the comparison."""
     comparison = compare_experiment(store, experiment)
+    if comparison.ungraded_runs:
+        console.print(f"[yellow]{comparison.ungraded_runs} finished runs are ungraded[/] (their organism "
+                      "has no ground truth, or grading failed: `adl eval run` again retries it)")
     if not comparison.cells:
+        if comparison.ungraded_runs:
+            return comparison
         raise AdlInputError(f"Experiment {experiment!r} has no graded runs yet.")
     console.print(comparison_table(comparison))
     if comparison.differences:
@@ -95,9 +103,11 @@ def compare_command(
     experiment: str = typer.Argument(..., help="Experiment name."),
     out: Path | None = typer.Option(None, help="Folder for the plot and CSV."),
     database: str | None = typer.Option(None, help=DATABASE_HELP),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Agent vs baseline: mean grades with 95% bootstrap intervals, paired differences,
     success rate, tokens and cost; writes a PNG plot and a CSV."""
+    use_organism_dirs(organism_dirs)
     compare_and_report(open_store(database), experiment, out)
 
 

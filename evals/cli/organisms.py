@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms import get_organism, list_organisms
 from evals.organisms.build import (
     at_size,
@@ -15,7 +19,9 @@ from evals.organisms.build import (
     read_manifest,
 )
 from evals.organisms.leak import MAX_LEAK_RATE
+from evals.organisms.registry import load_organism_file
 from tools.chat import generate_replies
+from tools.errors import OrganismConfigError
 from tools.models import SIDES
 
 app = typer.Typer(help="Model organisms: finetunes with known ground truth.", no_args_is_help=True)
@@ -23,8 +29,9 @@ console = Console()
 
 
 @app.command("list")
-def list_command() -> None:
+def list_command(organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION) -> None:
     """List registered organisms and whether the offline ones are built."""
+    use_organism_dirs(organism_dirs)
     table = Table("name", "type", "base model", "finetune", "status", "description")
     for organism in list_organisms():
         if organism.buildable:
@@ -34,8 +41,8 @@ def list_command() -> None:
             status = "hub"
             finetune = organism.finetune.model  # type: ignore[union-attr]
         table.add_row(
-            organism.name, organism.type.value, organism.base_model, finetune, status,
-            organism.description,
+            organism.name, organism.type_label, organism.base_model, finetune, status,
+            organism.description or "(no ground truth)",
         )
     console.print(table)
 
@@ -46,8 +53,10 @@ def build_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild even if cached."),
     size: str = typer.Option("full", help="Build size of an offline organism: full (the "
                              "registry's) or small (fewer examples, same recipe)."),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Build offline organisms by LoRA finetuning (cached: building again is a no-op)."""
+    use_organism_dirs(organism_dirs)
     organisms = [at_size(get_organism(n), size) for n in names] if names else [  # type: ignore[arg-type]
         at_size(o, size) for o in list_organisms() if o.buildable  # type: ignore[arg-type]
     ]
@@ -77,8 +86,10 @@ def chat_command(
     prompt: str,
     max_new_tokens: int = typer.Option(96, min=1, max=1024),
     temperature: float = typer.Option(0.0, min=0.0, max=2.0),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Ask the base and the finetuned model the same prompt, side by side."""
+    use_organism_dirs(organism_dirs)
     organism = get_organism(name)
     pair = load_organism_pair(organism)
     table = Table("base", "finetuned", title=f"{organism.name}: {prompt}", show_lines=True)
@@ -91,3 +102,74 @@ def chat_command(
             )
     table.add_row(*answers)
     console.print(table)
+
+
+SKELETON = """\
+# Organism {name}: a finetune to investigate with adl-agent (`adl organisms validate` checks it;
+# add its directory with `--organisms DIR` or $ADL_ORGANISMS).
+name: {name}
+# Base model and finetune: hub ids, local folders, or offline short names (`adl models list`).
+base_model: {base}
+finetune:
+  source: hub          # a published or local finetune: a peft adapter or a full checkpoint
+  model: {finetune}
+  kind: auto           # auto (a folder with adapter_config.json is an adapter), adapter or checkpoint
+  # revision: main     # a hub revision (branch, tag or commit)
+training_data:
+  description: "Not documented."   # what you know about the finetuning data
+  # dataset_id: org/dataset
+  is_chat: false
+# Ground truth (optional). Without it the organism runs everywhere and its runs are reported as
+# ungraded. To grade hypotheses, give at least `type` and `description`:
+# type: SDF            # SDF, EM, Taboo, Subliminal, DomainAdaptation or Control (selects the rubric)
+# description: "One line: what the finetune taught the model."
+# description_long: |
+#   A paragraph: the data, the behavior, what an investigator should find.
+# key_facts:
+#   - "A specific fact or behavior the finetune instilled."
+# domain_keywords: [word, another]   # words whose presence in an answer means it names the domain
+"""
+
+
+@app.command("new")
+def new_command(
+    name: str = typer.Argument(..., help="Organism name (lowercase letters, digits, _ . -)."),
+    base: str = typer.Option(..., help="Base model: hub id, local folder or offline short name."),
+    finetune: str = typer.Option(..., help="Finetune: hub id or local folder (adapter or full model)."),
+    directory: Path = typer.Option(Path("."), "--dir", file_okay=False, help="Where to write NAME.yaml."),
+) -> None:
+    """Write a commented organism YAML skeleton (ground truth optional) into a directory."""
+    path = directory / f"{name}.yaml"
+    if path.exists():
+        raise OrganismConfigError(f"{path} exists already; choose another name or directory.")
+    text = SKELETON.format(name=name, base=json.dumps(base), finetune=json.dumps(finetune))
+    directory.mkdir(parents=True, exist_ok=True)
+    candidate = path.with_suffix(".yaml.tmp")
+    candidate.write_text(text, encoding="utf-8")
+    try:
+        load_organism_file(candidate, expected_name=name)
+    except OrganismConfigError:
+        candidate.unlink()
+        raise
+    candidate.replace(path)
+    console.print(f"wrote {path}\nnext: edit it, then `adl organisms validate {path}` and "
+                  f"`adl organisms list --organisms {directory}`")
+
+
+@app.command("validate")
+def validate_command(
+    files: list[Path] = typer.Argument(..., help="Organism YAML files."),
+) -> None:
+    """Check organism files without loading any model: every problem names its file and field."""
+    problems = 0
+    for path in files:
+        try:
+            organism = load_organism_file(path)
+        except OrganismConfigError as exc:
+            problems += 1
+            console.print(f"[red]invalid[/] {exc}")
+            continue
+        truth = "with ground truth" if organism.graded else "no ground truth (ungraded)"
+        console.print(f"[green]ok[/] {path}: {organism.name}, {organism.type_label}, {truth}")
+    if problems:
+        raise typer.Exit(1)

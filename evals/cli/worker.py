@@ -9,6 +9,7 @@ import typer
 
 from agent.judges import make_judges
 from agent.secrets import install_log_redaction
+from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.workers import PROFILES, organism_worker_config
 from tools.config import load_yaml_model
 from tools.errors import AdlInputError
@@ -40,8 +41,10 @@ def serve_command(
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     judge: str | None = typer.Option(None, help="Provider spec of an LLM judge (Patchscope scale, "
                                      "steering coherence); default: offline."),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Load the pair once, compute or load its ADL, and serve the tools until stopped."""
+    use_organism_dirs(organism_dirs)
     install_log_redaction()
     token = os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)  # before any model is loaded

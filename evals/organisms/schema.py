@@ -5,8 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tools.errors import UngradedOrganismError
 from tools.models import FinetuneKind
 
 
@@ -82,14 +83,15 @@ class TrainingDataInfo(BaseModel):
 
 
 class Organism(BaseModel):
-    """Base model + finetune + ground truth."""
+    """Base model + finetune, and optionally its ground truth (type and description at least).
+    An organism without ground truth runs everywhere and is reported as ungraded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    type: OrganismType
-    description: str = Field(min_length=1, description="One line.")
-    description_long: str = Field(min_length=1)
+    type: OrganismType | None = Field(None, description="Ground truth: selects the rubric.")
+    description: str | None = Field(None, min_length=1, description="Ground truth: one line.")
+    description_long: str = ""
     key_facts: tuple[str, ...] = ()
     domain_keywords: tuple[str, ...] = Field(
         (), description="Words whose presence in an answer means it mentions the domain."
@@ -100,6 +102,34 @@ class Organism(BaseModel):
     offline: bool = Field(
         False, description="Runs without network (built locally on an offline model)."
     )
+
+    @model_validator(mode="after")
+    def _ground_truth_is_whole_or_absent(self) -> Organism:
+        given = [f for f in ("type", "description", "description_long", "key_facts")
+                 if getattr(self, f)]
+        if given and (self.type is None or self.description is None):
+            missing = [f for f in ("type", "description") if getattr(self, f) is None]
+            raise ValueError(
+                f"partial ground truth: {', '.join(given)} given but {' and '.join(missing)} "
+                "missing. Give both to grade this organism, or no ground-truth field at all.")
+        return self
+
+    @property
+    def graded(self) -> bool:
+        """True when the organism carries ground truth (so hypotheses about it can be graded)."""
+        return self.type is not None and self.description is not None
+
+    def require_ground_truth(self) -> tuple[OrganismType, str]:
+        """The type and description, or an error when the organism has no ground truth."""
+        if self.type is None or self.description is None:
+            raise UngradedOrganismError(
+                f"Organism {self.name!r} has no ground truth (type and description): its runs are "
+                "reported as ungraded, not graded.")
+        return self.type, self.description
+
+    @property
+    def type_label(self) -> str:
+        return self.type.value if self.type is not None else "ungraded"
 
     @property
     def buildable(self) -> bool:
