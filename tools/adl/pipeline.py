@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -291,9 +292,14 @@ def run_adl(
         tokens = select_sample_tokens(
             pair.tokenizer, samples, settings.n_positions, settings.n_samples, settings.seed
         )
+        log.info("ADL: differences of %d samples x %d positions at blocks %s (cache %s)",
+                 len(tokens), settings.n_positions, layers, key)
+        started = time.perf_counter()
         difference = compute_activation_difference(
             pair, tokens, layers, batch_size=settings.batch_size, show_progress=show_progress
         )
+        log.info("ADL: differences done in %.0f s; readouts (logit lens, Patchscope at %d scales)",
+                 time.perf_counter() - started, len(settings.patchscope_scales))
         save_file({k: v.contiguous() for k, v in difference.tensors().items()},
                   tmp / "differences.safetensors")
         readouts = compute_readouts(pair, difference, settings, primary_layer, scale_chooser)
@@ -366,6 +372,7 @@ def run_steering(
     def build(tmp: Path) -> dict[str, Any]:
         directions = {p: steering_direction(difference, layer, p) for p in positions}
         grader = coherence_grader or OfflineCoherenceGrader(pair)
+        log.info("ADL steering at block %d, positions %s (cache %s)", layer, positions, key)
         with _progress(show_progress) as progress:
             results = search_and_sample(pair, grader, search_prompts, prompts, directions, layer,
                                         settings, progress)
