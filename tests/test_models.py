@@ -78,7 +78,7 @@ def test_full_checkpoint_pair(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 def test_mismatched_pair_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     wider = save_tiny_model(tmp_path / "wide", hidden=64)
-    with pytest.raises(ModelLoadError, match="Mismatched model pair: .*hidden_size"):
+    with pytest.raises(ModelLoadError, match="Cannot diff .*different hidden_size"):
         load_model_pair(
             ModelPairSpec(base=str(tiny_model_dir), finetuned=str(wider),
                           finetune_kind=FinetuneKind.CHECKPOINT)

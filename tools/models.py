@@ -23,6 +23,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.errors import ModelLoadError, UnknownModelError
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
+from tools.pair_checks import check_configs, check_pair, hub_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,9 @@ def _detect_finetune_kind(location: str, revision: str | None) -> FinetuneKind:
         return FinetuneKind.ADAPTER
     except LocalEntryNotFoundError as exc:  # offline, or the hub unreachable, and not cached
         raise ModelLoadError(
-            f"Finetuned model {location!r} was not found: not a local folder, not in the hub "
-            f"cache, and the hub could not be reached ({exc.__class__.__name__})."
+            f"Finetuned model {location!r} was not found: not a local folder, not in the local hub "
+            f"cache ({hub_cache_dir()}; set HF_HUB_CACHE or HF_HOME to use another), and the hub "
+            f"could not be reached or HF_HUB_OFFLINE=1 forbids it ({exc.__class__.__name__})."
         ) from exc
     except EntryNotFoundError:
         return FinetuneKind.CHECKPOINT
@@ -171,14 +173,9 @@ def load_causal_lm(location: str, options: LoadOptions, revision: str | None = N
     return model.to(options.device).eval()
 
 
-def _check_compatible(base: PreTrainedModel, finetuned: PreTrainedModel) -> None:
-    for field in ("hidden_size", "num_hidden_layers", "vocab_size"):
-        a = getattr(base.config, field, None)
-        b = getattr(finetuned.config, field, None)
-        if a != b:
-            raise ModelLoadError(
-                f"Mismatched model pair: base has {field}={a}, finetuned has {field}={b}."
-            )
+def _check_compatible(base: PreTrainedModel, finetuned: PreTrainedModel, names: tuple[str, str]) -> None:
+    """After loading (a hub finetune downloaded during the load skipped the preflight)."""
+    check_configs(base.config.to_dict(), finetuned.config.to_dict(), names)
 
 
 class ModelPair:
@@ -303,26 +300,29 @@ def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> 
     """Load the pair described by `spec` (see `ModelPairSpec`)."""
     options = options or LoadOptions()
     base_location = resolve_model_location(spec.base)
-    tokenizer = load_tokenizer(base_location, spec.base_revision)
-    base_model = load_causal_lm(base_location, options, spec.base_revision)
-
     kind = spec.finetune_kind
+    ft_location: str | None = None
     if spec.finetuned is None:
         if kind not in (FinetuneKind.AUTO, FinetuneKind.NONE):
             raise ModelLoadError(f"finetune_kind={kind.value} needs a finetuned model or adapter.")
         kind = FinetuneKind.NONE
-    if kind == FinetuneKind.NONE:
+    elif kind != FinetuneKind.NONE:
+        if spec.finetuned in OFFLINE_MODELS:
+            ft_location = resolve_model_location(spec.finetuned)
+        else:
+            ft_location = _resolve_finetune_location(spec.finetuned)
+        if kind == FinetuneKind.AUTO:
+            kind = _detect_finetune_kind(ft_location, spec.finetuned_revision)
+    # Everything that can fail without loading weights fails here, before any model is loaded.
+    check_pair(base_location, ft_location, kind.value, base_revision=spec.base_revision,
+               finetuned_revision=spec.finetuned_revision,
+               names=(spec.base, spec.finetuned or spec.base))
+    tokenizer = load_tokenizer(base_location, spec.base_revision)
+    base_model = load_causal_lm(base_location, options, spec.base_revision)
+    if kind == FinetuneKind.NONE or ft_location is None:
         return ModelPair(
             spec, tokenizer, base_model, base_model, None, base_location, base_location, options
         )
-
-    assert spec.finetuned is not None  # narrowed above; kept for type checkers
-    if spec.finetuned in OFFLINE_MODELS:
-        ft_location = resolve_model_location(spec.finetuned)
-    else:
-        ft_location = _resolve_finetune_location(spec.finetuned)
-    if kind == FinetuneKind.AUTO:
-        kind = _detect_finetune_kind(ft_location, spec.finetuned_revision)
 
     if kind == FinetuneKind.ADAPTER:
         from peft import PeftModel
@@ -342,11 +342,12 @@ def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> 
         )
 
     finetuned_model = load_causal_lm(ft_location, options, spec.finetuned_revision)
-    _check_compatible(base_model, finetuned_model)
+    _check_compatible(base_model, finetuned_model, (spec.base, spec.finetuned or spec.base))
     ft_tokenizer = load_tokenizer(ft_location, spec.finetuned_revision)
     if ft_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ModelLoadError(
-            f"Mismatched model pair: {spec.base!r} and {spec.finetuned!r} use different tokenizers."
+            f"Cannot diff {spec.finetuned!r} against {spec.base!r}: they use different tokenizers "
+            "(different vocabularies). The finetune must keep its base model's tokenizer."
         )
     return ModelPair(
         spec, tokenizer, base_model, finetuned_model, None, base_location, ft_location, options

@@ -1,0 +1,91 @@
+"""Pairs that cannot be diffed fail before any weights are loaded, with an error that names the
+problem and what to do."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tools.models
+from tests.conftest import save_tiny_model
+from tools.errors import ModelLoadError
+from tools.models import ModelPairSpec, load_model_pair
+
+
+@pytest.fixture(autouse=True)
+def no_model_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading weights is an error in these tests: every check must come first."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were loaded before the pair was checked")
+
+    monkeypatch.setattr(tools.models, "load_causal_lm", refuse)
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _adapter_on(model_dir: Path, out: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "down_proj"])).save_pretrained(out)
+    return out
+
+
+def test_different_tokenizers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    other = _copy(tiny_model_dir, tmp_path / "other-tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["zebra"])
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ModelLoadError, match="different tokenizers .*keep its base model's tokenizer"):
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(other)))
+
+
+def test_different_architecture_or_size(tiny_model_dir: Path, tmp_path: Path) -> None:
+    wider = save_tiny_model(tmp_path / "wide", hidden=64)
+    with pytest.raises(ModelLoadError, match="different hidden_size \\(64 vs the base's 32\\).*trained from"):
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(wider)))
+
+
+def test_an_adapter_made_for_another_base(tiny_model_dir: Path, tmp_path: Path) -> None:
+    wider = save_tiny_model(tmp_path / "wide", hidden=64)
+    adapter = _adapter_on(wider, tmp_path / "adapter-of-wide")
+    with pytest.raises(ModelLoadError, match="made for another base model: .*does not fit"):
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(adapter)))
+
+
+def test_missing_or_corrupt_weight_files(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path) -> None:
+    missing = _copy(tiny_model_dir, tmp_path / "missing")
+    (missing / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="no weight files .*Download the model again"):
+        load_model_pair(ModelPairSpec(base=str(missing), finetuned=str(tiny_adapter_dir)))
+    corrupt = _copy(tiny_model_dir, tmp_path / "corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        load_model_pair(ModelPairSpec(base=str(corrupt), finetuned=str(tiny_adapter_dir)))
+    adapter = _copy(tiny_adapter_dir, tmp_path / "adapter-without-weights")
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="no adapter_model.safetensors"):
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(adapter)))
+
+
+def test_a_hub_id_missing_from_the_cache_while_offline(tiny_adapter_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"not in the local hub cache \(.+\) and HF_HUB_OFFLINE=1 .*"
+                       "HF_HUB_CACHE or HF_HOME"):
+        load_model_pair(ModelPairSpec(base="nobody/no-such-model", finetuned=str(tiny_adapter_dir)))
+    with pytest.raises(ModelLoadError, match=r"not in the local hub\s+cache .*HF_HUB_CACHE or HF_HOME"):
+        load_model_pair(ModelPairSpec(base="nobody/no-such-model", finetuned="nobody/no-such-adapter"))
+
+
+def test_a_folder_that_is_neither_model_nor_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("my finetune")
+    with pytest.raises(ModelLoadError, match="neither a peft adapter .*nor a model"):
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tmp_path / "notes")))

@@ -1,0 +1,202 @@
+"""Checks that a base model and a finetune can be diffed, before any weights are loaded.
+
+Reads only configs, tokenizers, adapter configs and the headers of weight files (tensor names and
+shapes), so that a pair that cannot be diffed fails in seconds with an error that names the
+problem and what to do, and not after minutes of loading or in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tools.errors import ModelLoadError
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# Pair-defining config fields: a finetune changes none of them.
+SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+
+
+def hub_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def local_folder(location: str, revision: str | None, what: str) -> Path | None:
+    """The folder holding `location`: itself when local, else its hub-cache snapshot. None when
+    a hub id is not cached but the hub may be reached (it will be downloaded)."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(location, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
+        if _offline():
+            raise ModelLoadError(
+                f"The {what} {location!r} is not in the local hub cache ({hub_cache_dir()}) and "
+                "HF_HUB_OFFLINE=1 forbids downloading it. Download it once with network "
+                "(`huggingface-cli download ...`), point HF_HUB_CACHE or HF_HOME at a cache that "
+                "holds it, or give a local folder."
+            ) from exc
+        return None
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"The {what} {path} cannot be read as JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"The {what} {path} is not a JSON object.")
+    return data
+
+
+def weight_shapes(folder: Path, what: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a model folder's weights, from the file headers only. Missing
+    shards, missing weights and unreadable (corrupt, truncated) files are errors."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index, "weight index").get("weight_map", {}).values()))
+        files = [folder / shard for shard in shards]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(
+                f"The {what} {folder} is missing weight shards named in its index: "
+                f"{', '.join(missing)}. Download the model again.")
+    else:
+        files = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)})
+    if not files:
+        raise ModelLoadError(
+            f"The {what} {folder} has a config but no weight files (*.safetensors or "
+            "pytorch_model*.bin). Download the model again or save it with save_pretrained.")
+    return _shapes(files, what)
+
+
+def _shapes(files: list[Path], what: str) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        if file.suffix != ".safetensors":
+            continue  # pickled weights have no header to read without loading them
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise ModelLoadError(
+                f"The {what} weight file {file} is corrupt or truncated ({type(exc).__name__}: "
+                f"{exc}). Download or save it again.") from exc
+    return shapes
+
+
+def _config(folder: Path, what: str) -> dict[str, Any]:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"The {what} {folder} is not a model folder (no config.json in it).")
+    return _read_json(config, f"{what} config")
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Multimodal configs keep the language model's fields under `text_config`."""
+    inner = config.get("text_config")
+    return {**config, **inner} if isinstance(inner, dict) else config
+
+
+def check_configs(base: dict[str, Any], finetuned: dict[str, Any], names: tuple[str, str]) -> None:
+    """A full finetune must keep the base's architecture and sizes."""
+    a, b = _text_config(base), _text_config(finetuned)
+    for field in SHAPE_FIELDS:
+        if a.get(field) != b.get(field):
+            raise ModelLoadError(
+                f"Cannot diff {names[1]!r} against {names[0]!r}: different {field} "
+                f"({b.get(field)!r} vs the base's {a.get(field)!r}). The finetune must be made from "
+                "this base model; give the base it was trained from.")
+
+
+LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<kind>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def check_adapter(adapter: Path, base_shapes: dict[str, tuple[int, ...]], names: tuple[str, str]) -> None:
+    """The adapter's LoRA matrices must fit modules of the base with the same shapes."""
+    _read_json(adapter / "adapter_config.json", "adapter config")
+    files = [adapter / f for f in ADAPTER_WEIGHTS if (adapter / f).is_file()]
+    if not files:
+        raise ModelLoadError(
+            f"The adapter {adapter} has an adapter_config.json but no adapter_model.safetensors "
+            "or adapter_model.bin. Save it again with save_pretrained.")
+    shapes = _shapes(files, "adapter")
+    if not base_shapes:
+        return
+    suffixes = {name.removesuffix(".weight"): shape for name, shape in base_shapes.items()
+                if name.endswith(".weight")}
+    for name, shape in shapes.items():
+        match = LORA_KEY.match(name)
+        if match is None:
+            continue
+        module = match["module"]
+        target = suffixes.get(module) or next(
+            (s for n, s in suffixes.items() if n.endswith("." + module) or module.endswith("." + n)), None)
+        if target is None:
+            raise ModelLoadError(
+                f"The adapter {names[1]!r} was made for another base model: it adapts {module!r}, "
+                f"which {names[0]!r} does not have. Give the base model it was trained on "
+                "(adapter_config.json, base_model_name_or_path).")
+        # lora_A: (r, in_features); lora_B: (out_features, r); the base weight is (out, in).
+        fits = shape[1] == target[-1] if match["kind"] == "A" else shape[0] == target[0]
+        if len(target) == 2 and not fits:
+            raise ModelLoadError(
+                f"The adapter {names[1]!r} was made for another base model: its {module} matrix "
+                f"has shape {shape}, which does not fit the base's {target} in {names[0]!r}. Give "
+                "the base model it was trained on (adapter_config.json, base_model_name_or_path).")
+
+
+def check_tokenizers(base: Path, finetuned: Path, names: tuple[str, str]) -> None:
+    """Both sides must tokenize the same way (the difference is taken token by token)."""
+    from tools.models import load_tokenizer
+
+    if not any((finetuned / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        return  # a checkpoint saved without its tokenizer uses the base's
+    if load_tokenizer(str(base)).get_vocab() != load_tokenizer(str(finetuned)).get_vocab():
+        raise ModelLoadError(
+            f"Cannot diff {names[1]!r} against {names[0]!r}: they use different tokenizers "
+            "(different vocabularies). The finetune must keep its base model's tokenizer.")
+
+
+def check_pair(
+    base_location: str, finetuned_location: str | None, kind: str, *,
+    base_revision: str | None = None, finetuned_revision: str | None = None,
+    names: tuple[str, str] | None = None,
+) -> None:
+    """Every check that can be made without loading weights; `kind` is adapter or checkpoint."""
+    names = names or (base_location, finetuned_location or base_location)
+    base = local_folder(base_location, base_revision, "base model")
+    base_config = _config(base, "base model") if base else None
+    base_shapes = weight_shapes(base, "base model") if base else {}
+    if finetuned_location is None:
+        return
+    finetuned = local_folder(finetuned_location, finetuned_revision, "finetuned model or adapter")
+    if finetuned is None:
+        return
+    if kind == "adapter":
+        check_adapter(finetuned, base_shapes, names)
+        return
+    finetuned_config = _config(finetuned, "finetuned model")
+    weight_shapes(finetuned, "finetuned model")
+    if base is not None and base_config is not None:
+        check_configs(base_config, finetuned_config, names)
+        check_tokenizers(base, finetuned, names)
+
