@@ -24,7 +24,7 @@ from agent.providers.base import ChatTurn, Completion, Provider
 from agent.transcript import TranscriptWriter
 from prompts import load_text
 from tools.errors import AdlError
-from tools.toolbox import AgentKind, AskSettings, Toolbox, ToolSpec
+from tools.toolbox import AgentKind, AskSettings, Hypothesis, Toolbox, ToolSpec
 from tools.worker.client import WorkerClient
 
 EndReason = Literal["submitted", "final_answer", "no_final_answer", "provider_error",
@@ -58,6 +58,7 @@ class RunOutcome(BaseModel):
     tool_calls: int
     tool_errors: int
     wall_time_s: float
+    board: list[Hypothesis] = Field(default_factory=list, description="The hypothesis board at the end.")
 
 
 class _Tally:
@@ -220,4 +221,5 @@ def investigate(
                          provider_is_llm=provider.is_llm, model=provider.model,
                          budgets=budgets.model_dump(), ask_models=ask.model_dump(),
                          **(metadata or {}))
-        return run_agent(provider, toolbox, budgets, transcript)
+        outcome = run_agent(provider, toolbox, budgets, transcript)
+    return outcome.model_copy(update={"board": [h.model_copy(deep=True) for h in toolbox.hypotheses]})

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import threading
 import time
@@ -20,6 +19,7 @@ from agent.transcript import TranscriptWriter
 from evals import viewer
 from evals.store import Grade, Store, open_store
 from evals.viewer import CONTENT_SECURITY_POLICY, HEURISTIC_LABEL, create_viewer_app, serve_viewer
+from tests.browser import chromium_executable
 from tools.errors import AdlError
 
 EXPERIMENT = "cake-vs-baseline"
@@ -28,10 +28,6 @@ PROVIDER = "heuristic:offline-baseline-v2"
 EMPTY = "empty sweep/v2"  # no runs; a space and a slash in the name
 HOSTILE = "<script>window.__pwned = 1</script><b>bold?</b>"
 TOOL_CALLS_PER_RUN = 3
-INSTALL_HINT = ("Debian's chromium is needed by the viewer's browser test: run `make browser` "
-                "(apt-get install chromium; `make test` and `make test-fast` run it first) "
-                "after `make setup`.")
-
 
 @dataclass
 class Viewer:
@@ -119,17 +115,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
         sock.close()
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None and Path("/usr/bin/chromium").exists():
-        path = "/usr/bin/chromium"
-    if path is None:
-        pytest.fail(f"No chromium executable on PATH or at /usr/bin/chromium. {INSTALL_HINT}")
-    return path
-
-
 def test_browser_walkthrough(served: Viewer) -> None:
-    executable = _chromium()
+    executable = chromium_executable()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

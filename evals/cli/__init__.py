@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from evals.cli import agent, demo, diff, experiments, models, organisms, worker
+from evals.cli import agent, demo, diff, experiments, investigate, models, organisms, worker
 from tools.errors import AdlError
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(experiments.app, name="eval")
 app.command("view")(experiments.view_command)
 app.command("demo")(demo.demo)
 app.command("diff")(diff.diff)
+app.command("investigate")(investigate.investigate_command)
 
 error_console = Console(stderr=True)
 

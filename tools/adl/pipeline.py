@@ -381,4 +381,4 @@ def run_steering(
 
     path = ensure_entry(target, build, overwrite=overwrite, what="ADL steering")
     data = json.loads((path / "steering.json").read_text())
-    return [PositionSteering.model_validate(item) for item in data]
+    return [PositionSteering.model_validate({**item, "cache_key": path.name}) for item in data]

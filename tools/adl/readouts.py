@@ -64,7 +64,7 @@ def _top_tokens(
 ) -> list[TokenScore]:
     probs = logits.softmax(-1)
     ranking = z if z is not None else logits
-    top = torch.topk(ranking, k).indices
+    top = torch.topk(ranking, min(k, ranking.shape[-1])).indices  # a vocabulary may be smaller than k
     return [
         TokenScore(
             token=pair.tokenizer.convert_tokens_to_string([pair.tokenizer.convert_ids_to_tokens(int(i))]),

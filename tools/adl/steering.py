@@ -122,6 +122,7 @@ class PositionSteering(BaseModel):
     strength: float
     search_strengths: dict[str, float]
     samples: list[SteeredSample]
+    cache_key: str | None = Field(None, description="The steering cache entry (set when loaded).")
 
 
 def _bisect(

@@ -1,0 +1,129 @@
+"""`adl investigate` on an adapter made with peft directly (not by the organism builder): the
+report folder, and the HTML report in a headless browser with hostile model text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evals.cli import app
+from evals.investigation import InvestigationReport, write_report
+from tests.browser import chromium_executable
+
+HOSTILE = "<script>window.__pwned = 1</script><b>bold?</b>"
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter saved by peft itself (not by the organism builder)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj", "up_proj"],
+                      init_lora_weights=False)
+    out = tmp_path_factory.mktemp("peft") / "my-adapter"
+    get_peft_model(model, lora).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One $ADL_HOME for the module: `adl investigate` and `adl eval run` share the pair's ADL."""
+    return tmp_path_factory.mktemp("adl-home")
+
+
+@pytest.fixture(scope="module")
+def investigated(tiny_model_dir: Path, peft_adapter: Path, shared_home: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report folder of `adl investigate` on that adapter (layers given as the quick
+    profile's, so that `adl eval run` below reuses the cached ADL)."""
+    folder = tmp_path_factory.mktemp("investigate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADL_HOME", str(shared_home))
+        result = CliRunner().invoke(app, [
+            "investigate", "--base", str(tiny_model_dir), "--finetune", str(peft_adapter),
+            "--provider", "heuristic", "--budget", "0", "--profile", "quick", "--layers", "0.5,0.75,1.0",
+            "--out", str(folder / "report"),
+        ])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "No LLM was used" in result.output and "report.html" in result.output
+    return folder / "report"
+
+
+def test_investigate_writes_the_three_report_files(investigated: Path) -> None:
+    report = InvestigationReport.model_validate_json((investigated / "report.json").read_text())
+    assert not report.graded and "No ground truth: nothing is graded." in report.notes
+    assert [a.agent for a in report.agents] == ["adl", "blackbox"]
+    assert all(a.hypothesis and a.interactions_used == 0 for a in report.agents)
+    assert all(Path(a.transcript).is_file() for a in report.agents)
+    assert [layer.layer for layer in report.layers] == [1, 2, 3] and report.layers[-1].primary
+    assert all(p.logit_lens and p.logit_lens_suppressed for layer in report.layers for p in layer.positions)
+    assert report.steering and report.cache["adl"] and report.cache["steering"] != "none"
+    assert {t.step.split()[0] for t in report.timings} >= {"load", "adl", "blackbox"}
+    markdown = (investigated / "report.md").read_text()
+    assert "## Activation-difference readouts" in markdown and "No LLM was used" in markdown
+    assert markdown.lower().count("grade") == 1  # "nothing is graded": no grade is claimed
+    assert report.finetune_kind == "adapter"
+    html = (investigated / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+
+
+def test_the_html_report_shows_readouts_and_model_text_as_text(investigated: Path, tmp_path: Path) -> None:
+    report = InvestigationReport.model_validate_json((investigated / "report.json").read_text())
+    report.agents[0].hypothesis = HOSTILE
+    report.steering[0].steered = [HOSTILE]
+    write_report(report, tmp_path)
+    token = report.layers[-1].positions[1].logit_lens_suppressed[0]
+    executable = chromium_executable()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto((tmp_path / "report.html").as_uri())
+            assert page.locator("#hypothesis-adl").inner_text() == HOSTILE
+            readouts = page.locator("table.readouts").last.inner_text()
+            assert token.strip() in readouts
+            assert page.evaluate("window.__pwned === undefined")
+            assert page.locator("b", has_text="bold?").count() == 0
+        finally:
+            browser.close()
+    assert json.loads((tmp_path / "report.json").read_text())["agents"][0]["hypothesis"] == HOSTILE
+
+
+def test_the_adapter_as_an_organism_file_runs_through_eval_run(
+    tiny_model_dir: Path, peft_adapter: Path, investigated: Path, shared_home: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ADL_HOME", str(shared_home))
+    monkeypatch.setenv("ADL_RESULTS", str(tmp_path / "results"))
+    monkeypatch.delenv("ADL_ORGANISMS", raising=False)
+    organisms = tmp_path / "organisms"
+    runner = CliRunner()
+    made = runner.invoke(app, ["organisms", "new", "my_adapter", "--base", str(tiny_model_dir),
+                               "--finetune", str(peft_adapter), "--dir", str(organisms)])
+    assert made.exit_code == 0, made.output
+    graded = yaml.safe_load((organisms / "my_adapter.yaml").read_text())
+    graded.update(name="my_graded_adapter", type="SDF", description="Talks about rain and rivers.",
+                  key_facts=["Rain falls on the river."])
+    (organisms / "my_graded_adapter.yaml").write_text(yaml.safe_dump(graded))
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "own-adapters", "organisms": ["my_adapter", "my_graded_adapter"], "agents": ["adl"],
+        "budgets": [0], "providers": ["heuristic"], "grader": "offline", "profile": "quick",
+        "ask_models": {"max_new_tokens": 8}}))
+    result = runner.invoke(app, ["eval", "run", str(config), "--organisms", str(organisms)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    compared = runner.invoke(app, ["eval", "compare", "own-adapters", "--organisms", str(organisms)])
+    assert compared.exit_code == 0, compared.output + repr(compared.exception)
+    assert "1 finished runs are ungraded" in " ".join(compared.output.split())
+    rows = (tmp_path / "results" / "comparisons" / "own-adapters" / "comparison.csv").read_text()
+    assert ",my_graded_adapter,adl,0,1," in rows and ",my_adapter," not in rows
