@@ -7,9 +7,9 @@ No ground truth is needed and none is claimed: nothing here is graded.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -194,12 +194,17 @@ def write_report(report: InvestigationReport, out: Path) -> dict[str, Path]:
     return paths
 
 
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]!|<>#])")
+
+
 def _cell(text: str) -> str:
-    """Model text in a markdown table cell: one line, no pipes, HTML escaped."""
-    return html.escape(" ".join(text.split()).replace("|", "\\|"))
+    """Model text in markdown: one line, with markdown syntax (links, images, inline
+    code, tables, HTML) backslash-escaped so that it shows as text."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(text.split()))
 
 
 def render_markdown(report: InvestigationReport) -> str:
+    """The report as markdown (model text escaped)."""
     lines = [f"# What did `{report.finetune}` learn?", "",
              f"- base: `{report.base}`; finetune: `{report.finetune}` ({report.finetune_kind})",
              f"- profile: {report.profile}; created {report.created}",

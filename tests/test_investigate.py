@@ -105,7 +105,7 @@ def test_the_adapter_as_an_organism_file_runs_through_eval_run(
 ) -> None:
     monkeypatch.setenv("ADL_HOME", str(shared_home))
     monkeypatch.setenv("ADL_RESULTS", str(tmp_path / "results"))
-    monkeypatch.delenv("ADL_ORGANISMS", raising=False)
+    monkeypatch.setenv("ADL_ORGANISMS", "")  # restored after the test: --organisms appends to it
     organisms = tmp_path / "organisms"
     runner = CliRunner()
     made = runner.invoke(app, ["organisms", "new", "my_adapter", "--base", str(tiny_model_dir),

@@ -23,7 +23,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.errors import ModelLoadError, UnknownModelError
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
-from tools.pair_checks import check_configs, check_pair, hub_cache_dir
+from tools.pair_checks import check_pair, hub_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +171,6 @@ def load_causal_lm(location: str, options: LoadOptions, revision: str | None = N
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {location!r}: {exc}") from exc
     return model.to(options.device).eval()
-
-
-def _check_compatible(base: PreTrainedModel, finetuned: PreTrainedModel, names: tuple[str, str]) -> None:
-    """After loading (a hub finetune downloaded during the load skipped the preflight)."""
-    check_configs(base.config.to_dict(), finetuned.config.to_dict(), names)
 
 
 class ModelPair:
@@ -333,6 +328,10 @@ def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> 
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"Could not load adapter {ft_location!r}: {exc}") from exc
+        except RuntimeError as exc:  # shape mismatches, when the preflight could not read the files
+            raise ModelLoadError(
+                f"The adapter {spec.finetuned!r} does not fit {spec.base!r}; it was probably made for "
+                f"another base model ({exc}).") from exc
         peft_model.eval()
         # peft injects the LoRA layers into `base_model` in place: calling it runs the finetune,
         # and `peft_model.disable_adapter()` turns it back into the base model.
@@ -342,13 +341,11 @@ def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> 
         )
 
     finetuned_model = load_causal_lm(ft_location, options, spec.finetuned_revision)
-    _check_compatible(base_model, finetuned_model, (spec.base, spec.finetuned or spec.base))
-    ft_tokenizer = load_tokenizer(ft_location, spec.finetuned_revision)
-    if ft_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ModelLoadError(
-            f"Cannot diff {spec.finetuned!r} against {spec.base!r}: they use different tokenizers "
-            "(different vocabularies). The finetune must keep its base model's tokenizer."
-        )
+    if not (Path(base_location).is_dir() and Path(ft_location).is_dir()):
+        # Hub files the preflight could not read before the load are in the cache now.
+        check_pair(base_location, ft_location, kind.value, base_revision=spec.base_revision,
+                   finetuned_revision=spec.finetuned_revision,
+                   names=(spec.base, spec.finetuned or spec.base), downloaded=True)
     return ModelPair(
         spec, tokenizer, base_model, finetuned_model, None, base_location, ft_location, options
     )

@@ -21,6 +21,7 @@ SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
 
 def hub_cache_dir() -> str:
+    """The hub cache folder models are looked up in (HF_HUB_CACHE / HF_HOME)."""
     from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
@@ -32,26 +33,29 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def local_folder(location: str, revision: str | None, what: str) -> Path | None:
-    """The folder holding `location`: itself when local, else its hub-cache snapshot. None when
-    a hub id is not cached but the hub may be reached (it will be downloaded)."""
+def local_folder(location: str, revision: str | None, what: str, *, downloaded: bool = False) -> Path | None:
+    """The folder holding `location`: itself when local, else its hub-cache snapshot when offline
+    (the cache is all there is) or `downloaded` (after the load fetched it). None for a hub id
+    while online before the load: a cached snapshot may be partial and the load completes it."""
     path = Path(location).expanduser()
     if path.is_dir():
         return path
+    if not (_offline() or downloaded):
+        return None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(location, revision=revision, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError) as exc:
-        if _offline():
-            raise ModelLoadError(
-                f"The {what} {location!r} is not in the local hub cache ({hub_cache_dir()}) and "
-                "HF_HUB_OFFLINE=1 forbids downloading it. Download it once with network "
-                "(`huggingface-cli download ...`), point HF_HUB_CACHE or HF_HOME at a cache that "
-                "holds it, or give a local folder."
-            ) from exc
-        return None
+        if downloaded and not _offline():
+            return None
+        raise ModelLoadError(
+            f"The {what} {location!r} is not in the local hub cache ({hub_cache_dir()}), or only "
+            "partly, and HF_HUB_OFFLINE=1 forbids downloading it. Download it once with network "
+            "(`huggingface-cli download ...`), point HF_HUB_CACHE or HF_HOME at a cache that "
+            "holds it, or give a local folder."
+        ) from exc
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -85,6 +89,9 @@ def weight_shapes(folder: Path, what: str) -> dict[str, tuple[int, ...]]:
     return _shapes(files, what)
 
 
+PACKED_DTYPES = ("U8", "I8", "U4", "I4")  # quantized bases store packed weights: no shape check
+
+
 def _shapes(files: list[Path], what: str) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
@@ -95,7 +102,9 @@ def _shapes(files: list[Path], what: str) -> dict[str, tuple[int, ...]]:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+                    tensor = handle.get_slice(name)
+                    if tensor.get_dtype() not in PACKED_DTYPES:
+                        shapes[name] = tuple(tensor.get_shape())
         except Exception as exc:  # safetensors raises its own error types for bad headers
             raise ModelLoadError(
                 f"The {what} weight file {file} is corrupt or truncated ({type(exc).__name__}: "
@@ -127,6 +136,7 @@ def check_configs(base: dict[str, Any], finetuned: dict[str, Any], names: tuple[
                 "this base model; give the base it was trained from.")
 
 
+TIED_OR_OPTIONAL = ("lm_head", "embed_tokens", "wte", "embed_out")
 LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<kind>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -151,13 +161,18 @@ def check_adapter(adapter: Path, base_shapes: dict[str, tuple[int, ...]], names:
         target = suffixes.get(module) or next(
             (s for n, s in suffixes.items() if n.endswith("." + module) or module.endswith("." + n)), None)
         if target is None:
+            if module.rsplit(".", 1)[-1] in TIED_OR_OPTIONAL:
+                continue  # a tied lm_head is not stored; packed weights were left out above
             raise ModelLoadError(
                 f"The adapter {names[1]!r} was made for another base model: it adapts {module!r}, "
                 f"which {names[0]!r} does not have. Give the base model it was trained on "
                 "(adapter_config.json, base_model_name_or_path).")
-        # lora_A: (r, in_features); lora_B: (out_features, r); the base weight is (out, in).
-        fits = shape[1] == target[-1] if match["kind"] == "A" else shape[0] == target[0]
-        if len(target) == 2 and not fits:
+        if len(target) != 2:
+            continue
+        # lora_A: (r, in_features); lora_B: (out_features, r). The base weight is (out, in), or
+        # (in, out) for GPT-2-style Conv1D layers: either orientation fits.
+        size = shape[1] if match["kind"] == "A" else shape[0]
+        if size not in target:
             raise ModelLoadError(
                 f"The adapter {names[1]!r} was made for another base model: its {module} matrix "
                 f"has shape {shape}, which does not fit the base's {target} in {names[0]!r}. Give "
@@ -179,16 +194,18 @@ def check_tokenizers(base: Path, finetuned: Path, names: tuple[str, str]) -> Non
 def check_pair(
     base_location: str, finetuned_location: str | None, kind: str, *,
     base_revision: str | None = None, finetuned_revision: str | None = None,
-    names: tuple[str, str] | None = None,
+    names: tuple[str, str] | None = None, downloaded: bool = False,
 ) -> None:
-    """Every check that can be made without loading weights; `kind` is adapter or checkpoint."""
+    """Every check that can be made without loading weights; `kind` is adapter or checkpoint.
+    `downloaded`: run again after the load, when hub files skipped before are in the cache."""
     names = names or (base_location, finetuned_location or base_location)
-    base = local_folder(base_location, base_revision, "base model")
+    base = local_folder(base_location, base_revision, "base model", downloaded=downloaded)
     base_config = _config(base, "base model") if base else None
     base_shapes = weight_shapes(base, "base model") if base else {}
     if finetuned_location is None:
         return
-    finetuned = local_folder(finetuned_location, finetuned_revision, "finetuned model or adapter")
+    finetuned = local_folder(finetuned_location, finetuned_revision, "finetuned model or adapter",
+                             downloaded=downloaded)
     if finetuned is None:
         return
     if kind == "adapter":

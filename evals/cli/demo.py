@@ -49,7 +49,7 @@ def demo(
     for name in organisms:
         organism = at_size(get_organism(name), size)  # type: ignore[arg-type]
         console.rule(f"[bold]{organism.name}[/] ({organism.type_label}, {size} build): "
-                     f"{organism.description}")
+                     f"{organism.description or '(no ground truth)'}")
         manifest = read_manifest(build_organism(organism))
         console.print(
             f"held-out loss on its training distribution: base {manifest.base_heldout_loss:.2f}"

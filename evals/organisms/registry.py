@@ -81,12 +81,14 @@ def _load_registry(directories: tuple[Path, ...]) -> dict[str, Organism]:
 
 
 def list_organisms(directories: Sequence[Path] | None = None) -> list[Organism]:
-    """All registered organisms (packaged and added directories), sorted by name."""
+    """All organisms of `directories` (default: the packaged registry and the added
+    directories), sorted by name."""
     return list(_load_registry(tuple(directories or organism_dirs())).values())
 
 
 def get_organism(name: str, directories: Sequence[Path] | None = None) -> Organism:
-    """One organism by name, or an error listing the known names."""
+    """One organism by name from `directories` (default as `list_organisms`), or an error
+    listing the known names."""
     registry = _load_registry(tuple(directories or organism_dirs()))
     if name not in registry:
         raise UnknownOrganismError(

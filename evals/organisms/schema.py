@@ -105,7 +105,7 @@ class Organism(BaseModel):
 
     @model_validator(mode="after")
     def _ground_truth_is_whole_or_absent(self) -> Organism:
-        given = [f for f in ("type", "description", "description_long", "key_facts")
+        given = [f for f in ("type", "description", "description_long", "key_facts", "domain_keywords")
                  if getattr(self, f)]
         if given and (self.type is None or self.description is None):
             missing = [f for f in ("type", "description") if getattr(self, f) is None]
@@ -129,6 +129,7 @@ class Organism(BaseModel):
 
     @property
     def type_label(self) -> str:
+        """The type's name, or "ungraded" without ground truth."""
         return self.type.value if self.type is not None else "ungraded"
 
     @property
