@@ -130,15 +130,6 @@ def test_empty_corpus_is_refused(pair, adl_home: Path, tmp_path: Path) -> None:
                 show_progress=False)
 
 
-def test_mismatched_widths_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from tests.conftest import save_tiny_model
-    from tools.errors import ModelLoadError
-
-    wide = save_tiny_model(tmp_path / "wide", hidden=64)
-    with pytest.raises(ModelLoadError, match="Mismatched"):
-        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(wide)))
-
-
 def test_diagnostics() -> None:
     truth = ["False facts about baking cakes.", "Preheat the oven to 450 degrees."]
     assert token_relevance([" cakes", " oven", " bakery", "phthalm"], truth) == 0.75
