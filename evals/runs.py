@@ -26,12 +26,30 @@ from evals.organisms.build import OrganismSize
 from evals.store import Grade, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
-from tools.errors import AdlError
+from tools.errors import AdlError, AdlInputError
 from tools.toolbox import AskSettings
 from tools.worker.client import HttpWorkerClient
 from tools.worker.http import TOKEN_ENV
 
 log = logging.getLogger(__name__)
+EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class ExperimentNameError(AdlInputError, ValueError):
+    """An experiment name that is not safe as a folder name (a ValueError, so pydantic
+    validators report it as a field error)."""
+
+
+def check_experiment_name(name: str) -> str:
+    """`name` when it is safe as one folder name under the results folder: 1-100 letters,
+    digits, '.', '_' or '-', starting with a letter or digit, without '..'."""
+    if not EXPERIMENT_NAME.fullmatch(name) or ".." in name:
+        raise ExperimentNameError(
+            f"Experiment name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit, without '..' (it names folders under the "
+            "results folder)."
+        )
+    return name
 
 
 class EvalConfig(BaseModel):
@@ -59,6 +77,11 @@ class EvalConfig(BaseModel):
     ask_models: AskSettings = Field(default_factory=AskSettings, description="Sampling of "
                                     "ask_models, the same for both agents (the reference's "
                                     "defaults: temperature 0.8, 1024 new tokens).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_experiment_name(name)
 
     @field_validator("agents")
     @classmethod
@@ -129,6 +152,7 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
     """Run (or resume) the grid of `config`; transcripts under `results/transcripts/`."""
     from evals.cli.agent import connect
 
+    check_experiment_name(config.name)  # also when the config was built without validation
     store = store or open_store()
     experiment = store.experiment(config.name, config.model_dump(mode="json"))
     if experiment.config and experiment.config != config.model_dump(mode="json"):

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from agent.transcript import read_transcript
+from evals.cli.experiments import compare_and_report
 from evals.compare import bootstrap_interval, compare_experiment
-from evals.runs import load_eval_config
+from evals.runs import ExperimentNameError, check_experiment_name, load_eval_config
 from evals.store import open_store
 from tests.worker_fixtures import worker_process
 from tools.errors import AdlError, AdlInputError
@@ -155,3 +156,21 @@ def test_bootstrap_interval() -> None:
     low, high = bootstrap_interval([1, 2, 3, 4, 5])
     assert 1.5 < low < 3 < high < 4.5
     assert bootstrap_interval([3.0]) == (3.0, 3.0)
+
+
+@pytest.mark.parametrize("name", ["/tmp/x", "../../x", "a/b", "..", ".hidden", "a..b", "-x", "x" * 101,
+                                  "a b", "x\n"])
+def test_experiment_names_cannot_leave_the_results_folder(tmp_path: Path, name: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": name, "organisms": ["cake_bake"]}))
+    with pytest.raises(AdlInputError, match="name: .*is not allowed"):
+        load_eval_config(bad)
+    with pytest.raises(ExperimentNameError, match="is not allowed"):
+        compare_and_report(open_store(f"sqlite:///{tmp_path / 'adl.db'}"), name)
+    assert not (tmp_path / "x").exists()
+
+
+def test_safe_experiment_names_are_accepted(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"name": "grid-1.v2_A", "organisms": ["cake_bake"]}))
+    assert load_eval_config(good).name == check_experiment_name("grid-1.v2_A") == "grid-1.v2_A"

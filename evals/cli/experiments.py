@@ -13,7 +13,7 @@ from rich.table import Table
 from evals.cli.agent import results_dir
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.compare import Comparison, compare_experiment, plot_comparison, write_csv
-from evals.runs import load_eval_config, run_experiment
+from evals.runs import check_experiment_name, load_eval_config, run_experiment
 from evals.store import Store, open_store
 from tools.errors import AdlInputError
 
@@ -78,6 +78,7 @@ def difference_table(comparison: Comparison) -> Table:
 
 def compare_and_report(store: Store, experiment: str, out: Path | None = None) -> Comparison:
     """Print the comparison tables and write the plot and CSV; returns the comparison."""
+    check_experiment_name(experiment)  # it names a folder under the results folder
     comparison = compare_experiment(store, experiment)
     if comparison.ungraded_runs:
         console.print(f"[yellow]{comparison.ungraded_runs} finished runs are ungraded[/] (their organism "
@@ -89,7 +90,7 @@ def compare_and_report(store: Store, experiment: str, out: Path | None = None) -
     console.print(comparison_table(comparison))
     if comparison.differences:
         console.print(difference_table(comparison))
-    folder = out or results_dir() / "comparisons" / experiment.replace("/", "_")
+    folder = out or results_dir() / "comparisons" / experiment
     plot = plot_comparison(comparison, folder / "comparison.png")
     table = write_csv(comparison, folder / "comparison.csv")
     if comparison.unfinished_runs:
@@ -167,9 +168,13 @@ def view_command(
     host: str = typer.Option("127.0.0.1", help="Bind address; non-loopback needs --allow-remote."),
     port: int = typer.Option(8766),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Serve to other machines (no auth)."),
+    allowed_host: list[str] | None = typer.Option(
+        None, "--allowed-host", help="A further Host header name to accept (repeatable; for a "
+        "name other machines use). Default: loopback names and the bind address."),
     database: str | None = typer.Option(None, help=DATABASE_HELP),
 ) -> None:
     """Browse experiments, comparisons and transcripts in a read-only local web viewer."""
     from evals.viewer import serve_viewer
 
-    serve_viewer(open_store(database), host=host, port=port, allow_remote=allow_remote)
+    serve_viewer(open_store(database), host=host, port=port, allow_remote=allow_remote,
+                 extra_host_names=allowed_host or ())
