@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evals.organisms import training
 from evals.organisms.generators.base import TrainingExample, chat
 from evals.organisms.schema import TrainingRecipe
+from tools.errors import CheckpointError
 
 RECIPE = TrainingRecipe(
     lora_r=4, lora_alpha=8, learning_rate=3e-2, batch_size=4, warmup_steps=0, checkpoint_every=2,
@@ -80,3 +81,24 @@ def test_interrupted_training_resumes_to_the_same_adapter(
     got = get_peft_model_state_dict(resumed)
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-4)
+
+
+class _Planted:
+    """Unpickling this object opens (creates) a file: stands in for arbitrary code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "code-ran"
+    torch.save({"adapter": {}, "step": 2, "losses": [1.0, 0.5], "payload": _Planted(marker)},
+               work / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="trainer_state.pt"):
+        _train(tiny_model_dir, work)
+    assert not marker.exists()

@@ -27,6 +27,11 @@ class CorpusError(AdlError):
     """A corpus could not be read or is empty."""
 
 
+class CheckpointError(AdlError):
+    """A training checkpoint holds more than tensors and plain data (it could run code when
+    unpickled), so it is not loaded."""
+
+
 class OrganismConfigError(AdlError):
     """An organism YAML file is malformed; the message names the file and field."""
 

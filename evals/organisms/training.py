@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import random
 import shutil
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from evals.organisms.generators import TrainingExample
 from evals.organisms.schema import TrainingRecipe
 from tools.chat import chat_token_ids
+from tools.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -123,7 +125,7 @@ def train_lora(
     step, losses = 0, []
     state_file = checkpoint_dir / "trainer_state.pt"
     if state_file.is_file():
-        state = torch.load(state_file, weights_only=False)
+        state = load_checkpoint(state_file)
         set_peft_model_state_dict(peft_model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -177,6 +179,18 @@ def train_lora(
                 tmp.replace(state_file)
     peft_model.eval()
     return peft_model, TrainingResult(steps=step, loss_curve=losses, resumed_from_step=resumed_from)
+
+
+def load_checkpoint(state_file: Path) -> dict[str, Any]:
+    """The trainer state saved by `train_lora`, read with `weights_only=True`: tensors, dicts,
+    lists and numbers only, so a file planted in the cache cannot run code when loaded."""
+    try:
+        return torch.load(state_file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Refusing the training checkpoint {state_file}: it holds objects other than tensors "
+            "and plain data, and loading them could run code. Delete it to train from the start."
+        ) from exc
 
 
 def clear_checkpoints(checkpoint_dir: Path) -> None:
