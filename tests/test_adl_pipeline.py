@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,13 @@ import torch
 
 from tools.adl.coherence import OfflineCoherenceGrader, repeated_trigram_share
 from tools.adl.diagnostics import steering_similarity, token_relevance
-from tools.adl.pipeline import AdlSettings, choose_patchscope_scale, run_adl, run_steering
+from tools.adl.pipeline import (
+    AdlSettings,
+    choose_patchscope_scale,
+    pair_fingerprint,
+    run_adl,
+    run_steering,
+)
 from tools.adl.readouts import RandomDirectionBaseline, TokenScore, logit_lens, patchscope
 from tools.adl.steering import (
     SteeringSettings,
@@ -19,7 +26,7 @@ from tools.adl.steering import (
 )
 from tools.corpus import CorpusSpec
 from tools.errors import AdlInputError
-from tools.models import ModelPairSpec, load_model_pair
+from tools.models import LoadOptions, ModelPairSpec, load_model_pair
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +181,50 @@ def test_the_reference_search_gives_one_strength_per_position(pair) -> None:
     assert [s.prompt for s in results[0].samples] == ["a", "b"]
     # Never coherent: every strength is 0.
     assert {r.strength for r in search_and_sample(pair, _Verdicts(False), prompts, ["a"], directions, 1, settings)} == {0.0}
+
+
+def _snapshot(cache: Path, repo: str, commit: str) -> None:
+    """A hub cache entry of `repo` whose main ref points at `commit`."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    (folder / "snapshots" / commit / "config.json").write_text("{}")
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+
+
+def test_cache_key_follows_load_options_and_the_base_models_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    weights = base / "model.safetensors"
+    weights.write_bytes(b"a" * 64)
+    os.utime(weights, ns=(1_000_000_000, 1_000_000_000))
+    spec = ModelPairSpec(base=str(base))
+    key = pair_fingerprint(spec, LoadOptions())
+    assert pair_fingerprint(spec, LoadOptions()) == key == pair_fingerprint(spec)
+    assert pair_fingerprint(spec, LoadOptions(dtype="bfloat16")) != key  # a bf16 worker
+    assert pair_fingerprint(spec, LoadOptions(device="cuda")) != key
+    assert pair_fingerprint(spec, LoadOptions(device="cuda:1")) == pair_fingerprint(
+        spec, LoadOptions(device="cuda:0"))
+
+    os.utime(weights, ns=(2_000_000_000, 2_000_000_000))  # touched
+    touched = pair_fingerprint(spec)
+    assert touched != key
+    weights.write_bytes(b"b" * 65)  # rewritten
+    assert pair_fingerprint(spec) not in (key, touched)
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    hub = ModelPairSpec(base="org/base", finetuned="org/adapter")
+    _snapshot(cache, "org/base", "a" * 40)
+    _snapshot(cache, "org/adapter", "c" * 40)
+    first = pair_fingerprint(hub, base_location="org/base")
+    _snapshot(cache, "org/base", "b" * 40)  # the base moved to a new commit
+    moved = pair_fingerprint(hub, base_location="org/base")
+    assert moved != first
+    _snapshot(cache, "org/adapter", "d" * 40)  # and so did the adapter
+    assert pair_fingerprint(hub, base_location="org/base") not in (first, moved)

@@ -196,6 +196,11 @@ class ModelPair:
         self._bridges: dict[int, Any] = {}
 
     @property
+    def base_location(self) -> str:
+        """Where the base model was loaded from: a local folder or a hub id."""
+        return self._locations["base"]
+
+    @property
     def shares_base_weights(self) -> bool:
         """True when one set of weights serves both sides (adapter or no finetune)."""
         return self._models["base"] is self._models["finetuned"]

@@ -1,7 +1,8 @@
 """The ADL pipeline with cached artifacts: differences, readouts, steering.
 
 Artifacts are cache entries keyed by content: the model pair (adapter or checkpoint files
-hashed), the corpus and its split, N, layers, positions and the method version. Tensors are
+hashed; the base model's file names, sizes and mtimes, or its hub commit; dtype and device
+type), the corpus and its split, N, layers, positions and the method version. Tensors are
 stored as safetensors, everything else as JSON. `overwrite=True` recomputes.
 
 Two entries per pair and settings:
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from pydantic import BaseModel, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save_file
@@ -45,7 +47,8 @@ from tools.adl.steering import PositionSteering, SteeringSettings, search_and_sa
 from tools.cache import adl_home, ensure_entry, sha256_file
 from tools.corpus import CorpusSpec, load_corpus
 from tools.errors import AdlInputError
-from tools.models import ModelPair, ModelPairSpec
+from tools.models import LoadOptions, ModelPair, ModelPairSpec, resolve_model_location
+from tools.offline_models import OFFLINE_MODELS
 
 log = logging.getLogger(__name__)
 METHOD_VERSION = 3
@@ -139,11 +142,43 @@ def _folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def pair_fingerprint(spec: ModelPairSpec) -> str:
-    """Identity of a model pair: names plus the content of local finetune files."""
+def model_fingerprint(location: str, revision: str | None = None) -> dict[str, Any]:
+    """Cheap identity of a model's files, without reading the weights. A local folder: the
+    relative path, size and mtime of every file (a rewritten or touched weight file changes
+    it). A hub id: the commit of its snapshot in the local hub cache, else the id and revision."""
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        files = []
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            stat = file.stat()
+            files.append([file.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns])
+        return {"files": files}
+    from huggingface_hub import try_to_load_from_cache
+
+    commit = None
+    for filename in ("config.json", "adapter_config.json"):
+        cached = try_to_load_from_cache(location, filename, revision=revision)
+        if isinstance(cached, str):  # .../snapshots/<commit>/<filename>
+            commit = Path(cached).parent.name
+            break
+    return {"hub": location, "revision": revision, "commit": commit}
+
+
+def pair_fingerprint(spec: ModelPairSpec, options: LoadOptions | None = None,
+                     base_location: str | None = None) -> str:
+    """Identity of a model pair as loaded: the spec, the load options (dtype, device type),
+    the base model's files (`model_fingerprint` of `base_location`, by default where
+    `spec.base` resolves to) and the content of a local finetune folder (hashed), or the hub
+    commit of a hub finetune. An offline short name's content is fixed by its name."""
+    options = options or LoadOptions()
     payload: dict[str, Any] = spec.model_dump(mode="json")
+    payload["load"] = {"dtype": options.dtype, "device": torch.device(options.device).type}
+    payload["base_files"] = model_fingerprint(base_location or resolve_model_location(spec.base),
+                                              spec.base_revision)
     if spec.finetuned and Path(spec.finetuned).expanduser().is_dir():
         payload["finetuned_files"] = _folder_fingerprint(Path(spec.finetuned).expanduser())
+    elif spec.finetuned and spec.finetuned not in OFFLINE_MODELS:
+        payload["finetuned_files"] = model_fingerprint(spec.finetuned, spec.finetuned_revision)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -280,7 +315,8 @@ def run_adl(
             f"computed layers {layers}."
         )
     corpus = load_corpus(settings.corpus)
-    parts: list[Any] = [METHOD_VERSION, pair_fingerprint(pair.spec), corpus.fingerprint,
+    parts: list[Any] = [METHOD_VERSION, pair_fingerprint(pair.spec, pair.options, pair.base_location),
+                        corpus.fingerprint,
                         settings.difference_key_payload(), layers]
     if scale_chooser is not None and scale_chooser.name != OfflineScaleChooser.name:
         parts.append({"scale_chooser": scale_chooser.name})
