@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.logging import RichHandler
 
 from evals.adl_signal import (
     SIGNAL_ADL,
@@ -51,6 +50,7 @@ from evals.adl_signal import (
 )
 from evals.cli.agent import results_dir
 from evals.cli.experiments import compare_and_report
+from evals.cli.logs import configure_logging
 from evals.organisms import get_organism, list_organisms
 from evals.organisms.build import at_size, build_organism, load_organism_pair, read_manifest
 from evals.organisms.leak import MAX_LEAK_RATE, measure_denial
@@ -259,10 +259,7 @@ def main() -> None:
     out = results_dir() / "bench-science"
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[
-        RichHandler(console=console, show_path=False),
-        logging.FileHandler(out / f"science-{stamp}.log"),
-    ])
+    configure_logging(console, log_file=out / f"science-{stamp}.log")
     lines = [f"# bench-science {stamp}", "", f"machine: {machine_line()}; organism size: {args.size}", ""]
     log.info(lines[2])
     timings: dict[str, float] = {}

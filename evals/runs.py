@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.loop import Budgets, investigate
-from agent.providers import make_provider, parse_provider_spec
+from agent.providers import make_provider, parse_provider_spec, public_spec
+from agent.secrets import redact
+from agent.url import redact_url
 from evals.grading import HypothesisGrader, make_grader
 from evals.organisms import get_organism
 from evals.organisms.build import OrganismSize
@@ -105,6 +107,14 @@ class EvalConfig(BaseModel):
             parse_provider_spec(spec)
         return providers
 
+    def public_dump(self) -> dict[str, Any]:
+        """The config as stored: provider specs, the grader and worker URLs without credentials."""
+        data = self.model_dump(mode="json")
+        data["providers"] = [public_spec(p) for p in self.providers]
+        data["grader"] = public_spec(self.grader)
+        data["workers"] = {o: redact_url(u) for o, u in self.workers.items()}
+        return data
+
     def validate_organisms(self) -> None:
         for name in self.organisms:
             get_organism(name)
@@ -118,6 +128,8 @@ def load_eval_config(path: Path) -> EvalConfig:
 
 
 class Unit(BaseModel):
+    """One grid cell; `provider` is the real spec (calls use it), `key` the public one."""
+
     organism: str
     agent: str
     budget: int
@@ -126,7 +138,7 @@ class Unit(BaseModel):
 
     @property
     def key(self) -> str:
-        return f"{self.organism}|{self.agent}|{self.budget}|{self.repeat}|{self.provider}"
+        return f"{self.organism}|{self.agent}|{self.budget}|{self.repeat}|{public_spec(self.provider)}"
 
     @property
     def file_stem(self) -> str:
@@ -154,8 +166,8 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
 
     check_experiment_name(config.name)  # also when the config was built without validation
     store = store or open_store()
-    experiment = store.experiment(config.name, config.model_dump(mode="json"))
-    if experiment.config and experiment.config != config.model_dump(mode="json"):
+    experiment = store.experiment(config.name, config.public_dump())
+    if experiment.config and experiment.config != config.public_dump():
         log.warning("experiment %s exists with another config; resuming it with the new grid", config.name)
     grader = make_grader(config.grader, config.grader_repeats)
     units = grid(config)
@@ -168,7 +180,7 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
             try:
                 _grade(store, run.id, run.organism, run.hypothesis, grader)  # type: ignore[arg-type]
             except AdlError as exc:
-                failed.append(f"{run.unit_key}: grading failed: {exc}")
+                failed.append(redact(f"{run.unit_key}: grading failed: {exc}"))
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not show_progress)
     with progress:
@@ -190,7 +202,7 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
                         try:
                             future.result()
                         except Exception as exc:  # noqa: BLE001 - one unit never stops the grid
-                            failed.append(f"{unit.key}: {type(exc).__name__}: {exc}")
+                            failed.append(redact(f"{unit.key}: {type(exc).__name__}: {exc}"))
                             log.error("unit %s failed: %s", unit.key, exc)
                         progress.advance(task)
             finally:
@@ -246,6 +258,7 @@ def _worker_url(config: EvalConfig, organism: str) -> str | None:
     try:
         served = HttpWorkerClient(url, token=os.environ.get(TOKEN_ENV) or None).info().label
     except AdlError as exc:
-        log.warning("ADL_WORKER_URL %s is not usable (%s); %s runs in-process", url, exc, organism)
+        log.warning("ADL_WORKER_URL %s is not usable (%s); %s runs in-process", redact_url(url), exc,
+                    organism)
         return None
     return url if served == organism else None

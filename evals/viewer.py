@@ -29,6 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.secrets import uvicorn_log_config
 from evals.compare import (
     ALL_ORGANISMS,
     SUCCESS_GRADE,
@@ -278,4 +279,5 @@ def serve_viewer(store: Store, host: str = "127.0.0.1", port: int = DEFAULT_PORT
     app = create_viewer_app(store)
     shown = f"[{host}]" if ":" in host else host
     log.info("viewer on http://%s:%d (read-only; Ctrl-C stops it)", shown, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False,
+                log_config=uvicorn_log_config())

@@ -32,7 +32,7 @@ Script: each endpoint has a FIFO queue of `FakeReply`s; a request pops the next 
   HTTP 400 "FakeLLMServer: no reply queued ...", which providers do not retry.
 
 Every request (including failed ones) is recorded in `server.requests` as `RecordedRequest(api,
-path, headers (lower-case names), body)`; `server.openai_requests` / `server.anthropic_requests`
+path, headers (lower-case names), body, query)`; `server.openai_requests` / `server.anthropic_requests`
 filter by API.
 """
 
@@ -86,6 +86,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    query: str = ""
 
 
 class FakeLLMServer:
@@ -263,11 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         api = PATHS.get(path)
         request = RecordedRequest(api=api, path=path,
                                   headers={k.lower(): v for k, v in self.headers.items()},
-                                  body=body)
+                                  body=body, query=query)
         reply = self.fake._next_reply(request)
         if reply.delay_s:
             time.sleep(reply.delay_s)

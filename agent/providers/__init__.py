@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from agent.errors import ProviderConfigError
 from agent.providers.base import ChatTurn, Completion, Provider, ToolCall, Usage
 from agent.retry import RetryPolicy
-from agent.url import public_url
+from agent.url import public_url, redact_url
 
 __all__ = [
     "API_KEY_VARIABLES",
@@ -30,6 +30,7 @@ __all__ = [
     "Usage",
     "make_provider",
     "parse_provider_spec",
+    "public_spec",
 ]
 
 ProviderKind = Literal["openai", "anthropic", "openai-compatible", "heuristic"]
@@ -39,6 +40,7 @@ API_KEY_VARIABLES: dict[str, str] = {
     "openai-compatible": "OPENAI_COMPATIBLE_API_KEY",
 }
 HEURISTIC_MODEL = "offline-baseline-v3"
+_NOT_IN_MODEL = "@?&=#"  # URL syntax: a spec whose "model" has these lacks its :MODEL
 
 
 class ProviderSpec(BaseModel):
@@ -52,24 +54,38 @@ class ProviderSpec(BaseModel):
         return f"{self.kind}:{self.model}"
 
 
+def public_spec(spec: str) -> str:
+    """`spec` as it may be stored, named in files and printed: an openai-compatible base URL
+    without credentials (`user:password@`, secret query values become `***`); the same string
+    when it has none, so stored unit keys stay stable. The calls use the real spec."""
+    kind, _, rest = spec.partition(":")
+    url, sep, model = rest.rpartition(":")
+    if kind.strip() != "openai-compatible" or not sep or any(c in model for c in _NOT_IN_MODEL):
+        return redact_url(spec)  # not URL:MODEL: redact it as text (may mask more)
+    return f"{kind}:{redact_url(url)}:{model}"
+
+
 def parse_provider_spec(spec: str) -> ProviderSpec:
-    """'openai:gpt-5', 'anthropic:claude-sonnet-4-5', 'openai-compatible:URL:MODEL', 'heuristic'."""
+    """'openai:gpt-5', 'anthropic:claude-sonnet-4-5', 'openai-compatible:URL:MODEL', 'heuristic'.
+    Error messages show the spec without credentials."""
     kind, _, rest = spec.strip().partition(":")
+    shown = public_spec(spec)
     if kind == "heuristic":
         return ProviderSpec(kind="heuristic", model=rest or HEURISTIC_MODEL)
     if kind in ("openai", "anthropic"):
         if not rest:
-            raise ProviderConfigError(f"Provider spec {spec!r} names no model: use {kind}:MODEL.")
+            raise ProviderConfigError(f"Provider spec {shown!r} names no model: use {kind}:MODEL.")
         return ProviderSpec(kind=kind, model=rest)  # type: ignore[arg-type]
     if kind == "openai-compatible":
         url, _, model = rest.rpartition(":")
-        if not url.startswith(("http://", "https://")) or not model or model.startswith("//"):
+        if (not url.startswith(("http://", "https://")) or not model or model.startswith("//")
+                or any(c in model for c in _NOT_IN_MODEL)):
             raise ProviderConfigError(
-                f"Provider spec {spec!r}: use openai-compatible:BASE_URL:MODEL, for example "
+                f"Provider spec {shown!r}: use openai-compatible:BASE_URL:MODEL, for example "
                 "openai-compatible:http://localhost:8000/v1:Qwen/Qwen3-8B.")
         return ProviderSpec(kind="openai-compatible", model=model, base_url=url)
     raise ProviderConfigError(
-        f"Unknown provider {kind!r} in {spec!r}; use openai:MODEL, anthropic:MODEL, "
+        f"Unknown provider {kind!r} in {shown!r}; use openai:MODEL, anthropic:MODEL, "
         "openai-compatible:BASE_URL:MODEL or heuristic.")
 
 

@@ -16,7 +16,7 @@ from agent.pricing import cost_usd
 from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
 from agent.retry import RetryPolicy, parse_retry_after, with_retries
 from agent.secrets import redact
-from agent.url import public_url
+from agent.url import public_url, split_query
 from tools.toolbox import ToolSpec
 
 OpenAIKind = Literal["openai", "openai-compatible"]
@@ -72,8 +72,10 @@ class OpenAIProvider:
         self.name = f"openai-compatible:{public_url(base_url or '')}:{model}" \
             if kind == "openai-compatible" else f"openai:{model}"
         self._api_key = api_key
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0,
-                                     timeout=timeout)
+        # The SDK appends paths to the base URL: a query (?key=...) must travel separately.
+        base, query = split_query(base_url) if base_url else (None, {})
+        self._client = openai.OpenAI(api_key=api_key, base_url=base, default_query=query or None,
+                                     max_retries=0, timeout=timeout)
 
     def complete(self, system: str, messages: list[ChatTurn], tools: list[ToolSpec],
                  max_output_tokens: int = 2048) -> Completion:

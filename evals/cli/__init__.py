@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import warnings
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
+from agent.secrets import redact
 from evals.cli import agent, demo, diff, experiments, investigate, models, organisms, worker
+from evals.cli.logs import configure_logging
 from tools.errors import AdlError
 
 app = typer.Typer(
@@ -34,13 +34,7 @@ error_console = Console(stderr=True)
 
 @app.callback()
 def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=error_console, show_path=False)],
-    )
-    for noisy in ("httpx", "urllib3", "transformers", "peft", "huggingface_hub", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(error_console, verbose=verbose)
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as transformers_logging
 
@@ -48,9 +42,10 @@ def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debu
 
 
 def main() -> None:
-    """Console entry point: typed errors become a clear message and exit code 2."""
+    """Console entry point: typed errors become a clear message and exit code 2 (the message
+    redacted)."""
     try:
         app()
     except AdlError as exc:
-        error_console.print(f"[bold red]error:[/] {exc}")
+        error_console.print(f"[bold red]error:[/] {redact(str(exc))}")
         sys.exit(2)

@@ -13,6 +13,7 @@ from rich.console import Console
 from agent.loop import Budgets, investigate
 from agent.providers import make_provider
 from agent.secrets import install_log_redaction
+from agent.url import redact_url
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms.build import OrganismSize
 from evals.workers import PROFILES, organism_worker_config
@@ -43,7 +44,7 @@ def connect(
         client = HttpWorkerClient(worker_url, token=os.environ.get(TOKEN_ENV) or None)
         served = client.info().label
         if served != organism:
-            raise AdlInputError(f"The worker at {worker_url} serves {served!r}, not {organism!r}.")
+            raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {served!r}, not {organism!r}.")
         return client
     return AdlService.start(organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]
 

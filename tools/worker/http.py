@@ -217,7 +217,9 @@ def serve(
     check_bind(host, token)
     service = service_factory()
     app = create_app(service, token)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info",
+    from agent.secrets import uvicorn_log_config  # uvicorn's handlers redact secrets too
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", log_config=uvicorn_log_config(),
                             timeout_graceful_shutdown=30, access_log=False)
     server = uvicorn.Server(config)
     log.info("worker serving %s on http://%s:%d (auth: %s)", service.config.label, host, port,
