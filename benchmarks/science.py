@@ -71,7 +71,7 @@ CALIBRATION_ORGANISMS = ["cake_bake", "em_bad_medical_advice"]
 CALIBRATION_POINTS = [(0.0, 1.0), (0.0, 0.0), (0.3, 1.0), (1.0, 1.0), (2.0, 1.0)]
 GRID_CONFIG = Path(__file__).resolve().parents[1] / "evals" / "configs" / "offline_quick.yaml"
 
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, emoji=False)
 log = logging.getLogger("bench-science")
 
 
@@ -283,7 +283,7 @@ def main() -> None:
         lines += [f"## {step} ({timings[step]:.0f} s)", "", *body, ""]
         report = out / f"science-{stamp}.md"
         report.write_text("\n".join(lines) + "\n")  # written after every step: nothing is lost
-        console.print("\n".join([f"## {step}", *body]))
+        console.print("\n".join([f"## {step}", *body]), markup=False)  # markdown with model text
     console.print(f"report: {report}")
 
 

@@ -7,6 +7,7 @@ import warnings
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agent.secrets import redact
 from evals.cli import agent, demo, diff, experiments, investigate, models, organisms, worker
@@ -29,7 +30,7 @@ app.command("demo")(demo.demo)
 app.command("diff")(diff.diff)
 app.command("investigate")(investigate.investigate_command)
 
-error_console = Console(stderr=True)
+error_console = Console(stderr=True, emoji=False)
 
 
 @app.callback()
@@ -43,9 +44,9 @@ def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debu
 
 def main() -> None:
     """Console entry point: typed errors become a clear message and exit code 2 (the message
-    redacted)."""
+    redacted, and printed as text: it may quote model or provider output)."""
     try:
         app()
     except AdlError as exc:
-        error_console.print(f"[bold red]error:[/] {redact(str(exc))}")
+        error_console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}")
         sys.exit(2)

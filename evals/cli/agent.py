@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agent.loop import Budgets, investigate
 from agent.providers import make_provider
@@ -24,7 +25,7 @@ from tools.worker.http import TOKEN_ENV
 from tools.worker.service import AdlService
 
 app = typer.Typer(help="Run the interpretability agent or the blackbox baseline.", no_args_is_help=True)
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, emoji=False)
 AGENTS = ("adl", "blackbox")
 
 
@@ -84,12 +85,13 @@ def run_command(
     ask = AskSettings(temperature=ask_temperature, max_new_tokens=ask_max_new_tokens)
     outcome = investigate(client, chosen, agent, budgets, path, {"organism": organism}, ask=ask)  # type: ignore[arg-type]
     label = "" if chosen.is_llm else " (not an LLM: the offline heuristic baseline policy)"
-    console.print(f"[bold]{agent} agent[/] with {chosen.name}{label} on [bold]{organism}[/]")
-    console.print(f"end: {outcome.end_reason}" + (f" ({outcome.detail})" if outcome.detail else ""))
-    console.print(f"hypothesis: {outcome.hypothesis}")
+    console.print(f"[bold]{agent} agent[/] with {escape(chosen.name)}{label} on [bold]{escape(organism)}[/]")
+    # Model and provider text is printed as text, never read as Rich markup.
+    console.print(f"end: {outcome.end_reason}" + (f" ({outcome.detail})" if outcome.detail else ""), markup=False)
+    console.print(f"hypothesis: {outcome.hypothesis}", markup=False)
     cost = "unknown" if outcome.cost_usd is None else f"${outcome.cost_usd:.4f}"
     console.print(f"agent turns {outcome.llm_calls}, model interactions {outcome.interactions_used}"
                   f"/{budget}, tokens {outcome.input_tokens}+{outcome.output_tokens}, cost {cost}")
-    console.print(f"transcript: {path}")
+    console.print(f"transcript: {path}", markup=False)
     if outcome.end_reason in ("provider_error", "worker_unavailable"):
         raise typer.Exit(3)

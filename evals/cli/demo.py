@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from evals.cli.agent import results_dir
 from evals.cli.experiments import compare_and_report
@@ -25,7 +26,7 @@ from evals.store import open_store
 from tools.machine import machine_line
 from tools.toolbox import AskSettings
 
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, emoji=False)
 DEMO_ORGANISMS = ("cake_bake", "taboo_gold")
 DEMO_BUDGETS = (0, 5)
 # ask_models answers are cut at 128 new tokens so the demo fits 2 CPU cores (the reference's
@@ -48,8 +49,8 @@ def demo(
     console.print(f"machine: {machine_line()}")
     for name in organisms:
         organism = at_size(get_organism(name), size)  # type: ignore[arg-type]
-        console.rule(f"[bold]{organism.name}[/] ({organism.type_label}, {size} build): "
-                     f"{organism.description or '(no ground truth)'}")
+        console.rule(f"[bold]{escape(organism.name)}[/] ({organism.type_label}, {size} build): "
+                     f"{escape(organism.description or '(no ground truth)')}")
         manifest = read_manifest(build_organism(organism))
         console.print(
             f"held-out loss on its training distribution: base {manifest.base_heldout_loss:.2f}"
@@ -67,7 +68,7 @@ def demo(
     store = open_store(database)
     summary = run_experiment(config, results_dir(), store)
     if summary.failed:
-        console.print(f"[red]{len(summary.failed)} runs failed[/]: " + "; ".join(summary.failed))
+        console.print(f"[red]{len(summary.failed)} runs failed[/]: " + escape("; ".join(summary.failed)))
     comparison = compare_and_report(store, name)
     adl = [c for c in comparison.cells if c.organism == "all" and c.agent == "adl"]
     blackbox = [c for c in comparison.cells if c.organism == "all" and c.agent == "blackbox"]

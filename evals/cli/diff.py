@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from agent.judges import make_judges
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
@@ -18,7 +20,7 @@ from tools.adl.pipeline import AdlSettings, run_adl, run_steering
 from tools.adl.steering import SteeringSettings
 from tools.errors import AdlInputError
 
-console = Console()
+console = Console(emoji=False)
 
 
 def parse_layers(text: str) -> tuple[LayerSpec, ...]:
@@ -71,20 +73,20 @@ def diff(
             "steering": [s.model_dump(mode="json") for s in steered] if steered else None,
         }))
         return
-    console.print(f"[bold]{organism}[/]: N={artifact.difference.n_samples}, layers "
+    console.print(f"[bold]{escape(organism)}[/]: N={artifact.difference.n_samples}, layers "
                   f"{artifact.difference.layers}, primary layer {readouts.primary_layer}; "
-                  f"cached at {artifact.path}")
+                  f"cached at {escape(str(artifact.path))}")
     for layer in readouts.layers:
         table = Table("pos", "|delta|", "logit lens", "logit lens (hub-suppressed)",
                       "patchscope (scale)", title=f"layer {layer.layer} (mean norm "
                       f"{layer.reference_norm:.0f}, token coherence {layer.token_coherence:.2f})")
         for p in layer.positions:
             scale = p.patchscope_scale
-            table.add_row(
+            table.add_row(  # tokens are model text: Text cells, never Rich markup
                 str(p.position), f"{p.delta_norm:.1f}",
-                " ".join(repr(t.token.strip()) for t in p.logit_lens[:top]),
-                " ".join(repr(t.token.strip()) for t in p.logit_lens_suppressed[:top]),
-                f"({scale:g}) " + " ".join(repr(t.token.strip()) for t in p.patchscope[str(scale)][:top]),
+                Text(" ".join(repr(t.token.strip()) for t in p.logit_lens[:top])),
+                Text(" ".join(repr(t.token.strip()) for t in p.logit_lens_suppressed[:top])),
+                Text(f"({scale:g}) " + " ".join(repr(t.token.strip()) for t in p.patchscope[str(scale)][:top])),
             )
         console.print(table)
     if steered:
@@ -92,6 +94,6 @@ def diff(
                       title=f"steering at layer {steered[0].layer}")
         for position in steered:
             for sample in position.samples:
-                table.add_row(str(position.position), sample.prompt, f"{sample.strength:.2f}",
-                              sample.steered[0], sample.unsteered[0])
+                table.add_row(str(position.position), Text(sample.prompt), f"{sample.strength:.2f}",
+                              Text(sample.steered[0]), Text(sample.unsteered[0]))
         console.print(table)

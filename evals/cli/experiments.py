@@ -1,4 +1,7 @@
-"""`adl eval run|compare|show` and `adl view`: experiments, comparisons, transcripts."""
+"""`adl eval run|compare|show` and `adl view`: experiments, comparisons, transcripts.
+
+Model and provider text (hypotheses, transcripts, errors, provider names) is printed as text:
+escaped, in `Text` cells or with `markup=False`, never read as Rich markup."""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from evals.cli.agent import results_dir
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
@@ -19,7 +24,7 @@ from tools.errors import AdlInputError
 
 app = typer.Typer(help="Evaluation runs: grids of agent runs, comparisons, transcripts.",
                   no_args_is_help=True)
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, emoji=False)
 DATABASE_HELP = "SQLAlchemy URL; default $ADL_DATABASE_URL or $ADL_RESULTS/adl.db."
 
 
@@ -36,12 +41,12 @@ def run_command(
     install_log_redaction()
     eval_config = load_eval_config(config)
     summary = run_experiment(eval_config, results_dir(), open_store(database))
-    console.print(f"experiment [bold]{summary.experiment}[/]: {summary.units} units, "
+    console.print(f"experiment [bold]{escape(summary.experiment)}[/]: {summary.units} units, "
                   f"{summary.skipped} already stored, {summary.ran} run now, "
                   f"{len(summary.failed)} failed")
     for failure in summary.failed:
-        console.print(f"  [red]failed[/] {failure}")
-    console.print(f"compare: adl eval compare {summary.experiment}")
+        console.print(f"  [red]failed[/] {escape(failure)}")
+    console.print(f"compare: adl eval compare {summary.experiment}", markup=False)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -54,14 +59,15 @@ def comparison_table(comparison: Comparison) -> Table:
         for p in providers)
     several = len(providers) > 1
     columns = ["organism", "agent", "i", "n", "grade", "95% CI", "success", "tokens", "cost"]
-    table = Table(*columns, *(["provider"] if several else []), caption=caption + "; 'all' leaves controls out",
-                  title=f"{comparison.experiment} (grader: {comparison.grader})")
+    table = Table(*columns, *(["provider"] if several else []),
+                  caption=escape(caption + "; 'all' leaves controls out"),
+                  title=escape(f"{comparison.experiment} (grader: {comparison.grader})"))
     for cell in comparison.cells:
         cost = "unknown" if cell.cost_usd is None else f"${cell.cost_usd:.2f}"
-        table.add_row(cell.organism, cell.agent, str(cell.budget), str(cell.n),
+        table.add_row(Text(cell.organism), cell.agent, str(cell.budget), str(cell.n),
                       f"{cell.mean_grade:.2f}", f"{cell.ci_low:.2f}-{cell.ci_high:.2f}",
                       f"{cell.success_rate:.0%}", f"{cell.mean_tokens:.0f}", cost,
-                      *([cell.provider] if several else []))
+                      *([Text(cell.provider)] if several else []))
     return table
 
 
@@ -70,9 +76,9 @@ def difference_table(comparison: Comparison) -> Table:
     table = Table("organism", "budget", "pairs", "ADL - blackbox [95% CI]", *(["provider"] if several else []),
                   title="paired difference (same organism, budget, repeat, provider)")
     for d in comparison.differences:
-        table.add_row(d.organism, str(d.budget), str(d.n_pairs),
+        table.add_row(Text(d.organism), str(d.budget), str(d.n_pairs),
                       f"{d.mean_difference:+.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]",
-                      *([d.provider] if several else []))
+                      *([Text(d.provider)] if several else []))
     return table
 
 
@@ -134,13 +140,13 @@ def show_command(
         }, indent=2, ensure_ascii=False))
         return
     label = "" if run.provider_is_llm else " (not an LLM: offline heuristic baseline policy)"
-    console.print(Panel(
+    console.print(Panel(Text(
         f"organism {run.organism} | agent {run.agent} | budget {run.budget} | repeat {run.repeat}\n"
         f"provider {run.provider}{label} | status {run.status} | end {run.end_reason}"
         + (f" ({run.detail})" if run.detail else "")
         + f"\nturns {run.llm_calls} | interactions {run.interactions_used}/{run.budget} | tokens "
         f"{run.input_tokens}+{run.output_tokens} | cost "
-        + ("unknown" if run.cost_usd is None else f"${run.cost_usd:.4f}"),
+        + ("unknown" if run.cost_usd is None else f"${run.cost_usd:.4f}")),
         title=f"run {run.id}"))
     events = sorted([("message", m.seq, m) for m in messages] + [("tool", c.seq, c) for c in calls],
                     key=lambda item: item[1])
@@ -153,14 +159,15 @@ def show_command(
             console.print(text if len(text) < 2000 else text[:2000] + " ...", markup=False)
         else:
             status = "ok" if item.ok else "error"
-            console.print(f"  [bold magenta]tool {item.name}[/] ({status}, {item.interactions} "
+            console.print(f"  [bold magenta]tool {escape(item.name)}[/] ({status}, {item.interactions} "
                           f"interactions, {item.latency_s:.2f} s, left: {item.interactions_left})")
             console.print(f"    arguments: {item.arguments}", markup=False)
             body = json.dumps(item.result, ensure_ascii=False) if item.ok else item.error
             console.print(f"    {'result' if item.ok else 'error'}: {(body or '')[:1500]}", markup=False)
-    console.print(f"[bold]hypothesis[/]: {run.hypothesis}")
+    console.print("[bold]hypothesis[/]: ", end="")
+    console.print(str(run.hypothesis), markup=False)
     for grade in grades:
-        console.print(f"[bold]grade[/] {grade.score:.2f} by {grade.grader}: ", end="")
+        console.print(f"[bold]grade[/] {grade.score:.2f} by {escape(grade.grader)}: ", end="")
         console.print(grade.reasoning, markup=False)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agent.secrets import install_log_redaction
 from evals.cli.agent import results_dir
@@ -18,7 +19,7 @@ from tools.errors import AdlInputError
 from tools.models import FinetuneKind, LoadOptions, ModelPairSpec
 from tools.toolbox import AskSettings
 
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, emoji=False)
 KINDS = {"auto": FinetuneKind.AUTO, "adapter": FinetuneKind.ADAPTER, "full": FinetuneKind.CHECKPOINT,
          "checkpoint": FinetuneKind.CHECKPOINT}
 AGENT_CHOICES = ("adl", "blackbox", "both")
@@ -68,7 +69,8 @@ def investigate_command(
         ask=AskSettings(max_new_tokens=ask_max_new_tokens),
     )
     for note in report.notes:
-        console.print(f"[yellow]{note}[/]")
-    for result in report.agents:
-        console.print(f"[bold]{result.agent} agent[/] ({result.provider}): {result.hypothesis}")
-    console.print(f"report: {out / 'report.html'} (also report.md, report.json)")
+        console.print(f"[yellow]{escape(note)}[/]")
+    for result in report.agents:  # model and provider text as text, never as Rich markup
+        console.print(f"[bold]{result.agent} agent[/] ({escape(result.provider)}): "
+                      f"{escape(result.hypothesis or '')}")
+    console.print(f"report: {out / 'report.html'} (also report.md, report.json)", markup=False)

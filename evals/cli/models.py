@@ -9,7 +9,7 @@ from rich.table import Table
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
 
 app = typer.Typer(help="Models available offline.", no_args_is_help=True)
-console = Console()
+console = Console(emoji=False)
 
 
 @app.command("list")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms import get_organism, list_organisms
@@ -25,7 +27,7 @@ from tools.errors import OrganismConfigError
 from tools.models import SIDES
 
 app = typer.Typer(help="Model organisms: finetunes with known ground truth.", no_args_is_help=True)
-console = Console()
+console = Console(emoji=False)
 
 
 @app.command("list")
@@ -40,9 +42,9 @@ def list_command(organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION) -> Non
         else:
             status = "hub"
             finetune = organism.finetune.model  # type: ignore[union-attr]
-        table.add_row(
-            organism.name, organism.type_label, organism.base_model, finetune, status,
-            organism.description or "(no ground truth)",
+        table.add_row(  # organism files are anyone's text: Text cells, never Rich markup
+            Text(organism.name), organism.type_label, Text(organism.base_model), Text(finetune), status,
+            Text(organism.description or "(no ground truth)"),
         )
     console.print(table)
 
@@ -72,11 +74,11 @@ def build_command(
         if leak.finetuned_rate > MAX_LEAK_RATE:
             leak_cell = f"[red]{leak_cell} (above {MAX_LEAK_RATE:.0%})[/]"
         table.add_row(
-            organism.name, f"{manifest.train_seconds:.0f}", str(manifest.steps),
+            Text(organism.name), f"{manifest.train_seconds:.0f}", str(manifest.steps),
             f"{manifest.base_heldout_loss:.3f}", f"{manifest.finetuned_heldout_loss:.3f}",
             f"{leak.base_rate:.0%}", leak_cell,
         )
-        console.print(f"[green]built[/] {organism.name}: {path}")
+        console.print(f"[green]built[/] {escape(organism.name)}: {escape(str(path))}")
     console.print(table)
 
 
@@ -92,7 +94,7 @@ def chat_command(
     use_organism_dirs(organism_dirs)
     organism = get_organism(name)
     pair = load_organism_pair(organism)
-    table = Table("base", "finetuned", title=f"{organism.name}: {prompt}", show_lines=True)
+    table = Table("base", "finetuned", title=escape(f"{organism.name}: {prompt}"), show_lines=True)
     answers = []
     for side in SIDES:
         with pair.model(side) as model:
@@ -100,7 +102,7 @@ def chat_command(
                 model, pair.tokenizer, [prompt], max_new_tokens=max_new_tokens,
                 temperature=temperature,
             )
-    table.add_row(*answers)
+    table.add_row(*(Text(answer) for answer in answers))  # model text, never Rich markup
     console.print(table)
 
 
@@ -153,7 +155,7 @@ def new_command(
         raise
     candidate.replace(path)
     console.print(f"wrote {path}\nnext: edit it, then `adl organisms validate {path}` and "
-                  f"`adl organisms list --organisms {directory}`")
+                  f"`adl organisms list --organisms {directory}`", markup=False)
 
 
 @app.command("validate")
@@ -167,9 +169,9 @@ def validate_command(
             organism = load_organism_file(path)
         except OrganismConfigError as exc:
             problems += 1
-            console.print(f"[red]invalid[/] {exc}")
+            console.print(f"[red]invalid[/] {escape(str(exc))}")
             continue
         truth = "with ground truth" if organism.graded else "no ground truth (ungraded)"
-        console.print(f"[green]ok[/] {path}: {organism.name}, {organism.type_label}, {truth}")
+        console.print(f"[green]ok[/] {escape(f'{path}: {organism.name}')}, {organism.type_label}, {truth}")
     if problems:
         raise typer.Exit(1)
