@@ -19,6 +19,7 @@ import math
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from agent.secrets import uvicorn_log_config
 from evals.compare import (
@@ -39,7 +41,7 @@ from evals.compare import (
 )
 from evals.store import Experiment, Grade, Message, Run, Store, ToolCallRecord
 from tools.errors import AdlError
-from tools.net import is_loopback
+from tools.net import LOOPBACK_HOST_NAMES, allowed_host_names, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +171,13 @@ class _PlotCache:
 # -- the app --------------------------------------------------------------------------------
 
 
-def create_viewer_app(store: Store) -> FastAPI:
-    """The read-only viewer of `store` (GET only)."""
+def create_viewer_app(store: Store, allowed_hosts: Sequence[str] = LOOPBACK_HOST_NAMES) -> FastAPI:
+    """The read-only viewer of `store` (GET only). Requests whose Host header is not in
+    `allowed_hosts` get 400: a DNS-rebinding page cannot read the transcripts."""
     env = _environment()
     plots = _PlotCache()
     app = FastAPI(title="adl view", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
 
     def page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(template).render(**context), status_code=status_code)
@@ -273,10 +277,11 @@ def create_viewer_app(store: Store) -> FastAPI:
 
 
 def serve_viewer(store: Store, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-                 allow_remote: bool = False) -> None:
-    """Serve the viewer until interrupted; a non-loopback `host` needs `allow_remote=True`."""
+                 allow_remote: bool = False, extra_host_names: Sequence[str] = ()) -> None:
+    """Serve the viewer until interrupted; a non-loopback `host` needs `allow_remote=True`.
+    `extra_host_names` are further Host header names to accept (`allowed_host_names`)."""
     check_host(host, allow_remote)
-    app = create_viewer_app(store)
+    app = create_viewer_app(store, allowed_host_names(host, extra_host_names))
     shown = f"[{host}]" if ":" in host else host
     log.info("viewer on http://%s:%d (read-only; Ctrl-C stops it)", shown, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False,

@@ -252,6 +252,17 @@ def test_run_json(served: Viewer) -> None:
     assert data["grades"][0]["score"] == 3.0 and data["grades"][0]["grader"] == "rubric-judge"
 
 
+def test_a_foreign_host_header_is_refused(served: Viewer) -> None:
+    """DNS rebinding (issue 15.3): a page whose name resolves to 127.0.0.1 must not read runs."""
+    run_id = served.run_ids[-1]
+    port = served.url.rsplit(":", 1)[1]
+    with httpx.Client(base_url=served.url) as client:
+        for path in ["/", f"/runs/{run_id}.json", f"/experiments/{EXPERIMENT}"]:
+            rebound = client.get(path, headers={"Host": f"attacker.example:{port}"})
+            assert rebound.status_code == 400 and "cakes" not in rebound.text, path
+        assert client.get(f"/runs/{run_id}.json", headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
 def test_serve_refuses_a_non_loopback_host_unless_allowed(monkeypatch, tmp_path) -> None:
     served_on: list[tuple[str, int]] = []
     monkeypatch.setattr(viewer.uvicorn, "run",

@@ -26,7 +26,7 @@ from tools.worker.queue import ChatJob, ModelQueue, WorkerBusyError, WorkerStopp
 from tools.worker.schema import ChatRequest, ReadoutRequest
 from tools.worker.service import AdlService
 
-TOKEN = "test-token-7f3a"
+TOKEN = "test-token-7f3a-0123456789abcdef-long"
 
 
 @pytest.fixture(scope="module")

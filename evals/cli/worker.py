@@ -42,6 +42,10 @@ def serve_command(
     judge: str | None = typer.Option(None, help="Provider spec of an LLM judge (Patchscope scale, "
                                      "steering coherence); default: offline."),
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
+    allowed_host: list[str] | None = typer.Option(
+        None, "--allowed-host", help="A further Host header name to accept (repeatable; for "
+        "example the name other machines use). Default: loopback names and the bind address; "
+        "any name when bound to 0.0.0.0 without one."),
 ) -> None:
     """Load the pair once, compute or load its ADL, and serve the tools until stopped."""
     use_organism_dirs(organism_dirs)
@@ -63,4 +67,5 @@ def serve_command(
     if judge is not None:
         worker_config.judge = judge
     judges = make_judges(worker_config.judge)
-    serve(lambda: AdlService.start(worker_config, **judges), host=host, port=port, token=token)
+    serve(lambda: AdlService.start(worker_config, **judges), host=host, port=port, token=token,
+          extra_host_names=allowed_host or ())

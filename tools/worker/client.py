@@ -1,5 +1,12 @@
 """Talking to the worker: one `WorkerClient` protocol, served in-process by `AdlService` itself
-and over HTTP by `HttpWorkerClient`. Both raise `ToolInputError` for bad arguments."""
+and over HTTP by `HttpWorkerClient`. Both raise `ToolInputError` for bad arguments.
+
+Every worker route is idempotent (the worker keeps no state between requests; sampling is
+seeded), so the HTTP client sends a request once more when the connection breaks (reset,
+closed keep-alive, refused). Only a worker that fails twice that way is reported unavailable.
+A 503 `busy` answer (the worker's in-flight cap; the request was not started) is sent again
+after its `Retry-After`, for up to `BUSY_ATTEMPTS` attempts.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from tools.errors import ToolInputError, WorkerRequestError, WorkerUnavailableError
 from tools.worker.schema import (
@@ -25,6 +33,36 @@ from tools.worker.schema import (
 )
 
 Response = TypeVar("Response", bound=BaseModel)
+# Connection-level failures after which a request is sent once more. Timeouts are not among
+# them: the worker may still be working on the first attempt.
+CONNECTION_BROKEN = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+CONNECTION_ATTEMPTS = 2
+CONNECTION_RETRY_WAIT_S = 0.2
+BUSY_ATTEMPTS = 60
+MAX_BUSY_WAIT_S = 10.0
+
+
+class _Busy(Exception):
+    """A 503 `busy` answer, to be sent again after `retry_after` seconds."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__("busy")
+        self.response = response
+        try:
+            self.retry_after = min(MAX_BUSY_WAIT_S, max(0.0, float(response.headers.get("retry-after", "1"))))
+        except ValueError:
+            self.retry_after = 1.0
+
+
+def _stop(state: RetryCallState) -> bool:
+    failure = state.outcome.exception() if state.outcome is not None else None
+    limit = BUSY_ATTEMPTS if isinstance(failure, _Busy) else CONNECTION_ATTEMPTS
+    return state.attempt_number >= limit
+
+
+def _wait(state: RetryCallState) -> float:
+    failure = state.outcome.exception() if state.outcome is not None else None
+    return failure.retry_after if isinstance(failure, _Busy) else CONNECTION_RETRY_WAIT_S
 
 
 class WorkerClient(Protocol):
@@ -41,10 +79,11 @@ class WorkerClient(Protocol):
 class HttpWorkerClient:
     """A worker process reached over HTTP (bearer token optional)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers,
+        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
                                   timeout=httpx.Timeout(timeout, connect=10.0))
 
     def close(self) -> None:
@@ -52,10 +91,20 @@ class HttpWorkerClient:
 
     def _send(self, method: str, path: str, response_model: type[Response],
               body: BaseModel | None = None) -> Response:
+        payload = body.model_dump(mode="json") if body is not None else None
+
+        def attempt() -> httpx.Response:
+            response = self._http.request(method, path, json=payload)
+            if response.status_code == 503 and _error_type(response) == "busy":
+                raise _Busy(response)
+            return response
+
+        retrying = Retrying(stop=_stop, wait=_wait, reraise=True,
+                            retry=retry_if_exception_type((*CONNECTION_BROKEN, _Busy)))
         try:
-            response = self._http.request(
-                method, path, json=body.model_dump(mode="json") if body is not None else None
-            )
+            response = retrying(attempt)
+        except _Busy as busy:
+            response = busy.response
         except httpx.TransportError as exc:
             raise WorkerUnavailableError(
                 f"The worker at {self.url} cannot be reached ({type(exc).__name__}: {exc}). "
@@ -92,6 +141,13 @@ class HttpWorkerClient:
 
 class _Health(BaseModel):
     status: str
+
+
+def _error_type(response: httpx.Response) -> str | None:
+    try:
+        return ErrorResponse.model_validate(response.json()).error.type
+    except (ValueError, ValidationError):
+        return None
 
 
 def _worker_error(response: httpx.Response) -> Exception:

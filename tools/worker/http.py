@@ -1,28 +1,42 @@
 """The worker over HTTP: a FastAPI app around `AdlService`, bearer-token auth, and `serve`.
 
-Bound to loopback by default. Bound anywhere else it refuses to start without a token, and
-with one every route except `/health` answers 401 unless the request carries
-`Authorization: Bearer <token>`. Every error is an `ErrorResponse` naming the problem.
+Bound to loopback by default. Bound anywhere else it refuses to start without a token (at
+least 32 characters), and with one every route except `/health` answers 401 unless the request
+carries `Authorization: Bearer <token>`; auth is checked before the body is read. The Host
+header must name the bound address (loopback names by default: a DNS-rebinding page gets
+400). At most `max_in_flight` requests are served at once, the rest get 503 with
+`Retry-After`; `/health` runs on the event loop and never waits on the model. A client that
+hangs up has its queued model work dropped. Every error, an internal one included, is an
+`ErrorResponse` naming the problem, and the connection stays open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tools.errors import AdlError, AdlInputError
-from tools.net import is_loopback
-from tools.worker.queue import WorkerBusyError, WorkerStoppingError
+from tools.net import LOOPBACK_HOST_NAMES, allowed_host_names, is_loopback
+from tools.worker.queue import (
+    REQUEST_CANCELLED,
+    RequestCancelledError,
+    WorkerBusyError,
+    WorkerStoppingError,
+)
 from tools.worker.schema import (
     ChatRequest,
     ChatResponse,
@@ -41,6 +55,12 @@ from tools.worker.service import AdlService
 log = logging.getLogger(__name__)
 TOKEN_ENV = "ADL_WORKER_TOKEN"
 DEFAULT_PORT = 8765
+MIN_TOKEN_CHARS = 32
+OPEN_PATHS = frozenset({"/health"})  # no token, no in-flight slot
+DISCONNECT_POLL_S = 0.25
+RETRY_AFTER_S = 1
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class WorkerAuthError(AdlError):
@@ -48,11 +68,16 @@ class WorkerAuthError(AdlError):
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse a non-loopback bind without a bearer token."""
+    """Refuse a non-loopback bind without a bearer token, and any token that is too short."""
     if not is_loopback(host) and not token:
         raise WorkerAuthError(
             f"Refusing to serve on {host} without a token: the worker would be open to the "
             f"network. Set {TOKEN_ENV}, or bind to 127.0.0.1."
+        )
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise WorkerAuthError(
+            f"{TOKEN_ENV} has {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
+            "(for example: openssl rand -hex 32)."
         )
 
 
@@ -109,12 +134,117 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
+class BearerAuth:
+    """Answers 401 to any request but `/health` without the bearer token, before the body is
+    read or validated (constant-time comparison)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+            response = _error(401, "unauthorized", "Missing or wrong bearer token.",
+                              headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class InFlightLimit:
+    """Serves at most `max_in_flight` requests at once (every path but `/health`); the rest get
+    503 with `Retry-After` at once instead of waiting on the thread pool."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # one event loop: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            response = _error(503, "busy", f"The worker is serving {self.in_flight} requests, its "
+                              f"limit; retry in {RETRY_AFTER_S} s.",
+                              headers={"Retry-After": str(RETRY_AFTER_S)})
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+class InternalErrorGuard:
+    """Turns an unexpected exception into a 500 `ErrorResponse` and keeps the connection open.
+
+    (Starlette's own last-resort handler re-raises after answering, and uvicorn then closes the
+    connection: the client's next call on it fails as if the worker were gone.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:  # every internal error becomes a 500 reply
+            log.exception("request %s failed", scope.get("path"))
+            if started:  # nothing else can be sent on this response
+                return
+            response = _error(500, "internal", f"Internal error ({type(exc).__name__}): {exc}")
+            await response(scope, receive, send)
+
+
 def _field_path(location: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in location if part != "body")
 
 
-def create_app(service: AdlService, token: str | None = None) -> FastAPI:
-    """The FastAPI app serving `service`; with `token`, routes other than /health need it."""
+async def _served(request: Request, cancel_pending: Callable[[], None],
+                  function: Callable[[T], R], argument: T) -> R:
+    """Run `function(argument)` on the thread pool; if the client hangs up first, its queued
+    model jobs are dropped (they are never run) and the request ends as cancelled."""
+    cancelled = threading.Event()
+    context_token = REQUEST_CANCELLED.set(cancelled)
+    try:  # the task copies the context: jobs it queues carry `cancelled`
+        work = asyncio.ensure_future(run_in_threadpool(function, argument))
+    finally:
+        REQUEST_CANCELLED.reset(context_token)
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return work.result()
+        if await request.is_disconnected():
+            cancelled.set()
+            cancel_pending()
+            log.info("client of %s disconnected: its queued model work was dropped",
+                     request.url.path)
+            with contextlib.suppress(Exception):
+                await work  # a job already running finishes; the thread is then free
+            raise RequestCancelledError("The client disconnected.")
+
+
+def create_app(service: AdlService, token: str | None = None,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOST_NAMES) -> FastAPI:
+    """The FastAPI app serving `service`; with `token`, routes other than /health need it.
+    `allowed_hosts` are the accepted Host header names (`allowed_host_names`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -125,20 +255,13 @@ def create_app(service: AdlService, token: str | None = None) -> FastAPI:
     # The API description is served only without a token (loopback): it needs no auth itself.
     docs: dict[str, Any] = {} if token is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="adl-agent worker", lifespan=lifespan, **docs)
+    # Outermost last: Host check, auth, body size, in-flight cap, internal-error guard.
+    app.add_middleware(InternalErrorGuard)
+    app.add_middleware(InFlightLimit, max_in_flight=service.limits.max_in_flight)
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_request_bytes)
-
-    async def authorize(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise _Unauthorized()
-
-    @app.exception_handler(_Unauthorized)
-    async def _unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        return _error(401, "unauthorized", "Missing or wrong bearer token.",
-                      headers={"WWW-Authenticate": "Bearer"})
+    if token is not None:
+        app.add_middleware(BearerAuth, token=token)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -152,57 +275,54 @@ def create_app(service: AdlService, token: str | None = None) -> FastAPI:
 
     @app.exception_handler(WorkerBusyError)
     async def _busy(request: Request, exc: WorkerBusyError) -> JSONResponse:
-        return _error(503, "busy", str(exc), headers={"Retry-After": "1"})
+        return _error(503, "busy", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(WorkerStoppingError)
     async def _stopping(request: Request, exc: WorkerStoppingError) -> JSONResponse:
         return _error(503, "stopping", str(exc))
+
+    @app.exception_handler(RequestCancelledError)
+    async def _cancelled(request: Request, exc: RequestCancelledError) -> JSONResponse:
+        return _error(499, "cancelled", str(exc))  # nobody reads it: the client is gone
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, kind, f"{request.method} {request.url.path}: {exc.detail}")
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request %s failed", request.url.path)
-        return _error(500, "internal", f"{type(exc).__name__}: {exc}")
-
-    auth = [Depends(authorize)]
+    def serve_call(request: Request, function: Callable[[T], R], argument: T) -> Any:
+        return _served(request, service.queue.drop_cancelled, function, argument)
 
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
+        # On the event loop: answers while every thread waits on the model.
         return {"status": "stopping" if service.stopping else "ok"}
 
-    @app.get("/info", dependencies=auth)
-    def info() -> WorkerInfo:
-        return service.info()
+    @app.get("/info")
+    async def info(request: Request) -> WorkerInfo:
+        return await serve_call(request, lambda _: service.info(), None)
 
-    @app.post("/chat", dependencies=auth)
-    def chat(request: ChatRequest) -> ChatResponse:
-        return service.chat(request)
+    @app.post("/chat")
+    async def chat(body: ChatRequest, request: Request) -> ChatResponse:
+        return await serve_call(request, service.chat, body)
 
-    @app.post("/readouts", dependencies=auth)
-    def readouts(request: ReadoutRequest) -> ReadoutResponse:
-        return service.readouts(request)
+    @app.post("/readouts")
+    async def readouts(body: ReadoutRequest, request: Request) -> ReadoutResponse:
+        return await serve_call(request, service.readouts, body)
 
-    @app.post("/steered-samples", dependencies=auth)
-    def steered_samples(request: SteeredSamplesRequest) -> SteeredSamplesResponse:
-        return service.steered_samples(request)
+    @app.post("/steered-samples")
+    async def steered_samples(body: SteeredSamplesRequest, request: Request) -> SteeredSamplesResponse:
+        return await serve_call(request, service.steered_samples, body)
 
-    @app.post("/generate-steered", dependencies=auth)
-    def generate_steered(request: GenerateSteeredRequest) -> SteeredSamplesResponse:
-        return service.generate_steered(request)
+    @app.post("/generate-steered")
+    async def generate_steered(body: GenerateSteeredRequest, request: Request) -> SteeredSamplesResponse:
+        return await serve_call(request, service.generate_steered, body)
 
-    @app.get("/overview", dependencies=auth)
-    def overview() -> Overview:
-        return service.overview()
+    @app.get("/overview")
+    async def overview(request: Request) -> Overview:
+        return await serve_call(request, lambda _: service.overview(), None)
 
     return app
-
-
-class _Unauthorized(Exception):
-    pass
 
 
 def serve(
@@ -211,12 +331,14 @@ def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     token: str | None = None,
+    extra_host_names: Sequence[str] = (),
 ) -> None:
     """Check the bind, build the service (models, ADL), then serve until SIGINT/SIGTERM.
-    Shutdown lets running requests finish (up to 30 s) and rejects queued work after that."""
+    Shutdown lets running requests finish (up to 30 s) and rejects queued work after that.
+    `extra_host_names` are further Host header names to accept (`allowed_host_names`)."""
     check_bind(host, token)
     service = service_factory()
-    app = create_app(service, token)
+    app = create_app(service, token, allowed_host_names(host, extra_host_names))
     from agent.secrets import uvicorn_log_config  # uvicorn's handlers redact secrets too
 
     config = uvicorn.Config(app, host=host, port=port, log_level="info", log_config=uvicorn_log_config(),

@@ -1,10 +1,15 @@
 """The single model queue: one thread runs every forward pass, so concurrent requests never
 run concurrent passes. Greedy chat jobs with the same settings waiting in the queue are merged
-into one batched `generate` call."""
+into one batched `generate` call.
+
+A caller may set `REQUEST_CANCELLED` (a `threading.Event`) in its context: jobs it submits are
+then skipped, not run, once the event is set (the HTTP layer sets it when the client hangs up).
+"""
 
 from __future__ import annotations
 
 import collections
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +28,14 @@ class WorkerStoppingError(AdlError):
     """The worker is shutting down and takes no new work."""
 
 
+class RequestCancelledError(AdlError):
+    """The request that queued this job was cancelled (its client disconnected)."""
+
+
+REQUEST_CANCELLED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "adl_request_cancelled", default=None)
+
+
 @dataclass
 class ChatJob:
     """Replies to `prompts` from one side; merged with compatible jobs when greedy."""
@@ -33,6 +46,7 @@ class ChatJob:
     temperature: float
     seed: int
     future: Future[list[str]] = field(default_factory=Future)
+    cancelled: threading.Event | None = field(default_factory=REQUEST_CANCELLED.get)
 
     @property
     def merge_key(self) -> tuple[Any, ...] | None:
@@ -46,6 +60,7 @@ class CallJob:
 
     function: Callable[[], Any]
     future: Future[Any] = field(default_factory=Future)
+    cancelled: threading.Event | None = field(default_factory=REQUEST_CANCELLED.get)
 
 
 Job = ChatJob | CallJob
@@ -64,6 +79,7 @@ class ModelQueue:
         self._accepting = True
         self._stopped = False
         self.jobs_done = 0
+        self.jobs_cancelled = 0
         self.batches_run = 0
         self._thread = threading.Thread(target=self._serve, name="adl-model-queue", daemon=True)
         self._thread.start()
@@ -74,6 +90,8 @@ class ModelQueue:
 
     def submit(self, job: Job) -> Future[Any]:
         """Queue a job; raises WorkerBusyError when full and WorkerStoppingError when closing."""
+        if job.cancelled is not None and job.cancelled.is_set():
+            raise RequestCancelledError("The request was cancelled before this job was queued.")
         with self._condition:
             if not self._accepting:
                 raise WorkerStoppingError("The worker is shutting down and takes no new work.")
@@ -119,6 +137,9 @@ class ModelQueue:
                 self._condition.wait()
             if self._stopped and not self._jobs:
                 return None
+            self._drop_cancelled_locked()
+            if not self._jobs:
+                return []
             first = self._jobs.popleft()
             batch: list[Job] = [first]
             if isinstance(first, ChatJob) and first.merge_key is not None:
@@ -132,8 +153,22 @@ class ModelQueue:
             self._busy = True
             return batch
 
+    def drop_cancelled(self) -> None:
+        """Reject now every queued job whose request was cancelled (they would be skipped)."""
+        with self._condition:
+            self._drop_cancelled_locked()
+
+    def _drop_cancelled_locked(self) -> None:
+        for job in [j for j in self._jobs if j.cancelled is not None and j.cancelled.is_set()]:
+            self._jobs.remove(job)
+            self.jobs_cancelled += 1
+            job.future.set_exception(RequestCancelledError("The request was cancelled (its "
+                                                           "client disconnected) before this job ran."))
+
     def _serve(self) -> None:
         while (batch := self._take()) is not None:
+            if not batch:
+                continue
             try:
                 self._run_batch(batch)
             finally:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from tools.adl.pipeline import AdlSettings
 from tools.adl.readouts import TokenScore
@@ -14,6 +14,21 @@ from tools.models import LoadOptions, ModelPairSpec, Side
 
 ReadoutMethod = Literal["logit_lens", "logit_lens_suppressed", "patchscope"]
 MAX_READOUT_K = 100
+# Hard bounds of the wire format: every field is bounded so that no request costs far more
+# than its size. The operator's `WorkerLimits` are checked against these in the service and
+# are usually smaller.
+MAX_SEED = 2**32 - 1
+MAX_LAYER = 4096
+MAX_POSITION = 4096
+MAX_LIST_ITEMS = 256
+MAX_TEXT_CHARS = 100_000
+MAX_NAME_CHARS = 64
+MAX_NEW_TOKENS_BOUND = 65_536
+MAX_SAMPLES_BOUND = 64
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Sampling seed (0 .. 2**32 - 1).")]
+DatasetName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
+Prompt = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+Position = Annotated[int, Field(ge=0, le=MAX_POSITION)]
 READOUT_METHODS: tuple[ReadoutMethod, ...] = ("logit_lens", "logit_lens_suppressed", "patchscope")
 
 
@@ -34,6 +49,8 @@ class WorkerLimits(BaseModel):
     max_samples: int = Field(8, ge=1, description="Samples per prompt for live steering.")
     max_request_bytes: int = Field(1_000_000, ge=1024)
     max_pending_jobs: int = Field(256, ge=1, description="Queued model jobs before 503.")
+    max_in_flight: int = Field(32, ge=1, description="Requests served at once (every route but "
+                               "/health); more get 503 with Retry-After.")
     max_batch_prompts: int = Field(64, ge=1, description="Prompts merged into one generate call.")
 
 
@@ -65,11 +82,12 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: list[str] = Field(min_length=1)
-    sides: list[Side] = Field(default_factory=lambda: ["base", "finetuned"], min_length=1)
-    max_new_tokens: int = Field(96, ge=1)
+    prompts: list[Prompt] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    sides: list[Side] = Field(default_factory=lambda: ["base", "finetuned"], min_length=1,
+                              max_length=2)
+    max_new_tokens: int = Field(96, ge=1, le=MAX_NEW_TOKENS_BOUND)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("prompts")
     @classmethod
@@ -90,9 +108,12 @@ class ChatResponse(BaseModel):
 class ReadoutRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str
-    layer: int | None = Field(None, description="Block index; default: the primary layer.")
-    positions: list[int] | None = Field(None, description="Default: every computed position.")
+    dataset: DatasetName
+    layer: int | None = Field(None, ge=0, le=MAX_LAYER,
+                              description="Block index; default: the primary layer.")
+    positions: list[Position] | None = Field(
+        None, max_length=MAX_LIST_ITEMS,
+        description="Default: every computed position. Duplicates are answered once.")
     method: ReadoutMethod = "logit_lens_suppressed"
     k: int = Field(20, ge=1, le=MAX_READOUT_K)
 
@@ -115,10 +136,11 @@ class ReadoutResponse(BaseModel):
 class SteeredSamplesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str
-    position: int
-    prompts: list[str] | None = Field(None, description="Default: every cached steering prompt.")
-    n: int = Field(1, ge=1)
+    dataset: DatasetName
+    position: Position
+    prompts: list[Prompt] | None = Field(None, max_length=MAX_LIST_ITEMS,
+                                         description="Default: every cached steering prompt.")
+    n: int = Field(1, ge=1, le=MAX_SAMPLES_BOUND)
 
 
 class SteeredPrompt(BaseModel):
@@ -140,12 +162,13 @@ class SteeredSamplesResponse(BaseModel):
 class GenerateSteeredRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str
-    position: int
-    prompts: list[str] = Field(min_length=1)
-    n: int = Field(1, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1, description="Default: the steering setting.")
-    seed: int = 0
+    dataset: DatasetName
+    position: Position
+    prompts: list[Prompt] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    n: int = Field(1, ge=1, le=MAX_SAMPLES_BOUND)
+    max_new_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_BOUND,
+                                       description="Default: the steering setting.")
+    seed: Seed = 0
 
     @field_validator("prompts")
     @classmethod

@@ -191,6 +191,9 @@ class AdlService:
             return list(range(n_positions))
         if not positions:
             raise ToolInputError("The list of positions is empty.", [field])
+        # Duplicates are answered once: a request cannot multiply the reply by repeating itself,
+        # so a reply holds at most the computed positions.
+        positions = list(dict.fromkeys(positions))
         for position in positions:
             if not 0 <= position < n_positions:
                 raise ToolInputError(
