@@ -1,9 +1,10 @@
 """Evaluation grids: organisms x agents x budgets x repeats x providers, stored and graded.
 
 `run_experiment(config)` is resumable: finished units are skipped, interrupted ones (left
-`running` by a kill) are run again; each unit is stored exactly once. Every attempt writes its
-own transcript file (`transcripts/<experiment>/<unit>.attempt<N>.jsonl`), so nothing written by
-an interrupted attempt is lost.
+`running` by a kill) are run again; each unit is stored exactly once. Several runners may work
+on one experiment at once: a unit another live runner holds is left to it (see `evals.store`).
+Every attempt writes its own transcript file (`transcripts/<experiment>/<unit>.attempt<N>.jsonl`),
+so nothing written by an interrupted attempt is lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,7 +26,7 @@ from agent.url import redact_url
 from evals.grading import HypothesisGrader, make_grader
 from evals.organisms import get_organism
 from evals.organisms.build import OrganismSize
-from evals.store import Grade, Store, open_store
+from evals.store import Grade, RunTakenOverError, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
 from tools.errors import AdlError, AdlInputError
@@ -146,9 +147,17 @@ class Unit(BaseModel):
 
 
 def grid(config: EvalConfig) -> list[Unit]:
-    return [Unit(organism=o, agent=a, budget=b, repeat=r, provider=p)
-            for o in config.organisms for p in config.providers for b in config.budgets
-            for r in range(config.repeats) for a in config.agents]
+    """Every unit of the grid once, in order: a value listed twice (`budgets: [5, 5]`) adds no
+    unit (two units with one key would both claim one run)."""
+    units: dict[str, Unit] = {}
+    for o in config.organisms:
+        for p in config.providers:
+            for b in config.budgets:
+                for r in range(config.repeats):
+                    for a in config.agents:
+                        unit = Unit(organism=o, agent=a, budget=b, repeat=r, provider=p)
+                        units.setdefault(unit.key, unit)
+    return list(units.values())
 
 
 class ExperimentSummary(BaseModel):
@@ -157,6 +166,8 @@ class ExperimentSummary(BaseModel):
     skipped: int
     ran: int
     failed: list[str]
+    elsewhere: int = Field(0, description="Units left to another live runner (or taken over by "
+                           "one while this runner ran them).")
 
 
 def run_experiment(config: EvalConfig, results: Path, store: Store | None = None,
@@ -175,8 +186,10 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
     finished = {run.unit_key for run in finished_runs}
     todo = [u for u in units if u.key not in finished]
     failed: list[str] = []
+    elsewhere = 0
     for run in finished_runs:  # an agent run whose grading failed is graded, not run again
-        if not store.grades(run.id):  # type: ignore[arg-type]
+        # A run its live runner is still grading is left to it.
+        if not store.grades(run.id) and not store.is_live(run):  # type: ignore[arg-type]
             try:
                 _grade(store, run.id, run.organism, run.hypothesis, grader)  # type: ignore[arg-type]
             except AdlError as exc:
@@ -200,7 +213,8 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
                     for future in concurrent.futures.as_completed(futures):
                         unit = futures[future]
                         try:
-                            future.result()
+                            if future.result() == "elsewhere":
+                                elsewhere += 1
                         except Exception as exc:  # noqa: BLE001 - one unit never stops the grid
                             failed.append(redact(f"{unit.key}: {type(exc).__name__}: {exc}"))
                             log.error("unit %s failed: %s", unit.key, exc)
@@ -210,19 +224,34 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
                 if callable(close):
                     close()
     return ExperimentSummary(experiment=config.name, units=len(units), skipped=len(units) - len(todo),
-                             ran=len(todo) - len(failed), failed=failed)
+                             ran=len(todo) - len(failed) - elsewhere, failed=failed,
+                             elsewhere=elsewhere)
 
 
 def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader: HypothesisGrader,
-              config: EvalConfig, results: Path) -> None:
+              config: EvalConfig, results: Path) -> Literal["ran", "elsewhere"]:
+    """Claim, run, store and grade one unit; "elsewhere": another runner finished it or holds
+    it (or took it over meanwhile: this runner's result is dropped)."""
     provider = make_provider(unit.provider)
     run = store.start_unit(experiment_id, unit.key, organism=unit.organism, agent=unit.agent,
                            budget=unit.budget, repeat=unit.repeat, provider=provider.name,
                            provider_is_llm=provider.is_llm)
     if run is None:
-        return
-    path = results / "transcripts" / config.name / f"{unit.file_stem}.attempt{run.attempt}.jsonl"
-    store.set_transcript(run.id, path)  # type: ignore[arg-type]
+        return "elsewhere"
+    try:
+        _run_claimed(store, run.id, run.attempt, unit, provider, client, grader, config, results)  # type: ignore[arg-type]
+    except RunTakenOverError as exc:
+        log.warning("unit %s: %s", unit.key, exc)
+        return "elsewhere"
+    finally:
+        store.release(run.id)  # type: ignore[arg-type]
+    return "ran"
+
+
+def _run_claimed(store: Store, run_id: int, attempt: int, unit: Unit, provider: Any, client: Any,
+                 grader: HypothesisGrader, config: EvalConfig, results: Path) -> None:
+    path = results / "transcripts" / config.name / f"{unit.file_stem}.attempt{attempt}.jsonl"
+    store.set_transcript(run_id, path)
     budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls,
                       generated_tokens=config.generated_tokens, wall_time_s=config.wall_time_s)
     # Both agents of a cell share the seed; repeats draw fresh samples.
@@ -230,8 +259,8 @@ def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader:
     outcome = investigate(client, provider, unit.agent, budgets, path,  # type: ignore[arg-type]
                           {"organism": unit.organism, "experiment": config.name, "unit": unit.key},
                           ask=ask)
-    store.finish_unit(run.id, outcome.model_dump(), None)  # type: ignore[arg-type]
-    _grade(store, run.id, unit.organism, outcome.hypothesis, grader)  # type: ignore[arg-type]
+    store.finish_unit(run_id, outcome.model_dump(), None)
+    _grade(store, run_id, unit.organism, outcome.hypothesis, grader)
 
 
 def _grade(store: Store, run_id: int, organism: str, hypothesis: str | None,

@@ -7,28 +7,82 @@ setting `ADL_DATABASE_URL` or passing `url`. The schema is versioned with Alembi
 A run is one unit of an experiment's grid (organism x agent x budget x repeat x provider),
 stored exactly once: `(experiment_id, unit_key)` is unique. A unit that was interrupted stays
 `running`; resuming deletes its rows and runs it again (its partial transcript file is kept).
+
+Several runners may work on one experiment. Each claimed run records its owner (host, pid and
+a random `attempt_id`) and a heartbeat, renewed every `HEARTBEAT_S` seconds while the runner
+holds it. A `running` run is left alone while its owner is live; it is taken over only when
+stale: its heartbeat is older than `STALE_AFTER_S` seconds, or its owner is a dead process on
+this host (or this process, which no longer holds it). Run ids are never reused (AUTOINCREMENT
+on SQLite), and `finish_unit` stores a result only for the attempt that still owns the run:
+a runner whose run was taken over gets `RunTakenOverError`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import logging
 import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint, delete, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from agent.transcript import read_transcript
+from tools.errors import AdlError
 
-SCHEMA_VERSION = "0001"
+SCHEMA_VERSION = "0002"
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0
+_RELEASED = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # the heartbeat of a run its runner let go
+_CLAIM_TRIES = 5
+
+log = logging.getLogger(__name__)
+# Attempts this process is working on, over all its stores (a run owned by this pid whose
+# attempt is not here was left behind by an earlier grid in this process).
+_live_attempts: set[str] = set()
+_live_lock = threading.Lock()
+
+
+class RunTakenOverError(AdlError):
+    """Another runner took this run over (it looked stale): this runner's result is not stored."""
+
+
+class _ClaimRace(Exception):
+    """Another runner changed the unit's row while this one was claiming it."""
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    """SQLite hands datetimes back without a zone; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when process `pid` of this host exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 class Experiment(SQLModel, table=True):
@@ -39,7 +93,8 @@ class Experiment(SQLModel, table=True):
 
 
 class Run(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("experiment_id", "unit_key", name="uq_run_unit"),)
+    __table_args__ = (UniqueConstraint("experiment_id", "unit_key", name="uq_run_unit"),
+                      {"sqlite_autoincrement": True})
 
     id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
@@ -52,6 +107,10 @@ class Run(SQLModel, table=True):
     provider_is_llm: bool = True
     status: str = Field(default="running", description="running, finished")
     attempt: int = 1
+    attempt_id: str | None = Field(default=None, description="Random id of this attempt.")
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    heartbeat_at: dt.datetime | None = None
     end_reason: str | None = None
     detail: str | None = None
     hypothesis: str | None = None
@@ -127,8 +186,14 @@ def default_database_url() -> str:
 class Store:
     """Typed access to the results database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, stale_after_s: float = STALE_AFTER_S,
+                 heartbeat_s: float = HEARTBEAT_S) -> None:
         self.engine = engine
+        self.stale_after_s = stale_after_s
+        self.heartbeat_s = heartbeat_s
+        self._claims: dict[int, str] = {}  # run id -> attempt id this store holds
+        self._lock = threading.Lock()
+        self._beat: threading.Thread | None = None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -144,7 +209,11 @@ class Store:
             if found is None:
                 found = Experiment(name=name, config=config or {})
                 session.add(found)
-                session.commit()
+                try:
+                    session.commit()
+                except IntegrityError:  # another runner created it at the same moment
+                    session.rollback()
+                    return session.exec(select(Experiment).where(Experiment.name == name)).one()
                 session.refresh(found)
             return found
 
@@ -167,9 +236,45 @@ class Store:
         with self.session() as session:
             return session.get(Run, run_id)
 
+    def is_live(self, run: Run) -> bool:
+        """True while `run`'s owner may still be working on it (see the module docstring)."""
+        if run.attempt_id is None:  # written before runs had owners
+            return False
+        if run.owner_host == socket.gethostname() and run.owner_pid is not None:
+            if run.owner_pid == os.getpid():
+                with _live_lock:
+                    return run.attempt_id in _live_attempts
+            if not _pid_alive(run.owner_pid):
+                return False
+        beat = _aware(run.heartbeat_at or run.started_at)
+        return (_now() - beat).total_seconds() < self.stale_after_s
+
     def start_unit(self, experiment_id: int, unit_key: str, **fields: Any) -> Run | None:
-        """Claim a unit: None when it is already finished; an interrupted attempt is cleared
-        and the unit starts again with the next attempt number."""
+        """Claim a unit for this runner: None when it is finished or another live runner has
+        it; a stale attempt is cleared and the unit starts again with the next attempt
+        number (and a new run id). The claim is held (heartbeat) until `release`."""
+        for tries_left in reversed(range(_CLAIM_TRIES)):
+            try:
+                run = self._claim(experiment_id, unit_key, fields)
+                break
+            except (_ClaimRace, IntegrityError, OperationalError) as exc:  # another runner was quicker
+                if tries_left == 0:
+                    raise
+                log.debug("claiming %s again after %s", unit_key, type(exc).__name__)
+                time.sleep(0.05 + 0.1 * (uuid.uuid4().int % 10) / 10)
+        if run is None:
+            return None
+        with self._lock:
+            self._claims[run.id] = run.attempt_id  # type: ignore[index,assignment]
+            with _live_lock:
+                _live_attempts.add(run.attempt_id)  # type: ignore[arg-type]
+            if self._beat is None:
+                self._beat = threading.Thread(target=self._heartbeat_loop, name="adl-run-heartbeat",
+                                              daemon=True)
+                self._beat.start()
+        return run
+
+    def _claim(self, experiment_id: int, unit_key: str, fields: dict[str, Any]) -> Run | None:
         with self.session() as session:
             existing = session.exec(select(Run).where(Run.experiment_id == experiment_id,
                                                       Run.unit_key == unit_key)).first()
@@ -177,31 +282,105 @@ class Store:
             if existing is not None:
                 if existing.status == "finished":
                     return None
+                if self.is_live(existing):
+                    log.info("unit %s is being run by %s (pid %s, attempt %d); left to it",
+                             unit_key, existing.owner_host, existing.owner_pid, existing.attempt)
+                    return None
+                log.warning("unit %s: taking over stale attempt %d (owner %s, pid %s, heartbeat %s)",
+                            unit_key, existing.attempt, existing.owner_host, existing.owner_pid,
+                            existing.heartbeat_at)
                 attempt = existing.attempt + 1
                 self._delete_children(session, existing.id)  # type: ignore[arg-type]
-                session.delete(existing)
-                session.flush()
-            run = Run(experiment_id=experiment_id, unit_key=unit_key, attempt=attempt, **fields)
+                beat = existing.heartbeat_at
+                unchanged = [Run.id == existing.id, Run.status == "running",
+                             Run.heartbeat_at.is_(None) if beat is None else Run.heartbeat_at == beat]  # type: ignore[union-attr]
+                gone = session.exec(delete(Run).where(*unchanged))  # type: ignore[arg-type]
+                if gone.rowcount != 1:  # its owner beat, finished, or another runner took it over
+                    session.rollback()
+                    raise _ClaimRace(unit_key)
+            run = Run(experiment_id=experiment_id, unit_key=unit_key, attempt=attempt,
+                      attempt_id=uuid.uuid4().hex, owner_host=socket.gethostname(),
+                      owner_pid=os.getpid(), heartbeat_at=_now(), **fields)
             session.add(run)
             session.commit()
             session.refresh(run)
             return run
 
-    def set_transcript(self, run_id: int, path: Path) -> None:
+    def heartbeat(self) -> None:
+        """Renew the heartbeat of every run this store holds; drop those taken over."""
+        with self._lock:
+            claims = dict(self._claims)
+        for run_id, attempt_id in claims.items():
+            if not self._touch(run_id, attempt_id):
+                log.warning("run %d was taken over by another runner; its result will not be stored",
+                            run_id)
+                self.release(run_id)
+
+    def _touch(self, run_id: int, attempt_id: str, **values: Any) -> bool:
+        """Set `values` and a fresh heartbeat on the run if `attempt_id` still owns it."""
         with self.session() as session:
-            run = session.get(Run, run_id)
-            if run is not None:
-                run.transcript_path = str(path)
-                session.add(run)
+            result = session.exec(update(Run).where(Run.id == run_id, Run.attempt_id == attempt_id)  # type: ignore[arg-type]
+                                  .values(heartbeat_at=_now(), **values))
+            session.commit()
+            return result.rowcount == 1
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            time.sleep(self.heartbeat_s)
+            with self._lock:
+                if not self._claims:
+                    self._beat = None
+                    return
+            try:
+                self.heartbeat()
+            except Exception as exc:  # noqa: BLE001 - database busy or gone: the next beat tries again
+                log.warning("run heartbeat failed: %s", exc)
+
+    def release(self, run_id: int) -> None:
+        """This runner stops working on `run_id` (finished and graded, or given up): its
+        heartbeat stops, and a run left unfinished may be taken over at once."""
+        with self._lock:
+            attempt_id = self._claims.pop(run_id, None)
+        if attempt_id is None:
+            return
+        with _live_lock:
+            _live_attempts.discard(attempt_id)
+        try:
+            with self.session() as session:
+                session.exec(update(Run).where(Run.id == run_id, Run.attempt_id == attempt_id)  # type: ignore[arg-type]
+                             .values(heartbeat_at=_RELEASED))
                 session.commit()
+        except OperationalError as exc:  # the run then goes stale by its heartbeat's age
+            log.warning("could not release run %d: %s", run_id, exc)
+
+    def _owned(self, run_id: int) -> str:
+        with self._lock:
+            attempt_id = self._claims.get(run_id)
+        if attempt_id is None:
+            raise RunTakenOverError(f"Run {run_id} is not held by this runner (taken over by "
+                                    "another, or never claimed here); its result is not stored.")
+        return attempt_id
+
+    def set_transcript(self, run_id: int, path: Path) -> None:
+        if not self._touch(run_id, self._owned(run_id), transcript_path=str(path)):
+            raise RunTakenOverError(f"Run {run_id} was taken over by another runner.")
 
     def finish_unit(self, run_id: int, outcome: dict[str, Any], grade: Grade | None) -> Run:
         """Store the outcome, the transcript's messages, tool calls and usage, and the grade,
-        in one transaction, and mark the run finished."""
+        in one transaction, and mark the run finished; only while this runner's attempt owns
+        the run (else `RunTakenOverError`, and nothing is written)."""
+        attempt_id = self._owned(run_id)
         with self.session() as session:
+            # Writing first takes the row (SQLite: the database) until commit, so no other
+            # runner can take the run over between this check and the commit.
+            owned = session.exec(update(Run).where(Run.id == run_id, Run.attempt_id == attempt_id,  # type: ignore[arg-type]
+                                                   Run.status == "running")
+                                 .values(heartbeat_at=_now()))
             run = session.get(Run, run_id)
-            if run is None:
-                raise KeyError(run_id)
+            if owned.rowcount != 1 or run is None:
+                session.rollback()
+                raise RunTakenOverError(f"Run {run_id} was taken over by another runner; this "
+                                        "runner's result is not stored.")
             for key in ("end_reason", "detail", "hypothesis", "llm_calls", "interactions_used",
                         "input_tokens", "output_tokens", "cost_usd", "wall_time_s"):
                 setattr(run, key, outcome.get(key, getattr(run, key)))
@@ -279,5 +458,13 @@ def open_store(url: str | None = None) -> Store:
 
     url = url or default_database_url()
     engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
-    upgrade(engine)
+    database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if database and database != ":memory:":
+        # Two runners opening a new SQLite file at once would both create the tables.
+        lock = Path(database).with_name(f".{Path(database).name}.migrate.lock")
+        with lock.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            upgrade(engine)
+    else:
+        upgrade(engine)
     return Store(engine)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,13 @@ import yaml
 from agent.transcript import read_transcript
 from evals.cli.experiments import compare_and_report
 from evals.compare import bootstrap_interval, compare_experiment
-from evals.runs import ExperimentNameError, check_experiment_name, load_eval_config
+from evals.runs import (
+    EvalConfig,
+    ExperimentNameError,
+    check_experiment_name,
+    grid,
+    load_eval_config,
+)
 from evals.store import open_store
 from tests.worker_fixtures import worker_process
 from tools.errors import AdlError, AdlInputError
@@ -174,3 +181,37 @@ def test_safe_experiment_names_are_accepted(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"name": "grid-1.v2_A", "organisms": ["cake_bake"]}))
     assert load_eval_config(good).name == check_experiment_name("grid-1.v2_A") == "grid-1.v2_A"
+
+
+def test_grid_lists_every_unit_once_in_order() -> None:
+    config = EvalConfig(name="dupes", organisms=["cake_bake", "cake_bake"], agents=["adl", "blackbox", "adl"],
+                        budgets=[5, 0, 5], repeats=1, providers=["heuristic"])
+    assert [(u.budget, u.agent) for u in grid(config)] == [(5, "adl"), (5, "blackbox"), (0, "adl"),
+                                                           (0, "blackbox")]
+
+
+def test_two_runners_on_one_experiment_store_every_unit_once(worker_url: str, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    config = _write_config(tmp_path, worker_url, name="twice")
+    spec = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**spec, "budgets": [0, 2, 2], "repeats": 1}))  # a duplicate budget
+    runners = [_eval_run(config, results) for _ in range(2)]
+    outputs = [runner.communicate(timeout=300)[0] for runner in runners]
+    for runner, output in zip(runners, outputs, strict=True):
+        assert runner.returncode == 0, output
+    ran = [int(re.search(r"(\d+) run now", output).group(1)) for output in outputs]  # type: ignore[union-attr]
+    assert sum(ran) == 4, outputs  # the runners split the grid (when their runs overlapped)
+
+    store = open_store(f"sqlite:///{results / 'adl.db'}")
+    experiment = store.find_experiment("twice")
+    assert experiment is not None
+    runs = store.runs(experiment.id)  # type: ignore[arg-type]
+    assert len(runs) == 4 and len({r.unit_key for r in runs}) == 4
+    assert all(r.status == "finished" and r.attempt == 1 for r in runs)  # nothing taken over
+    for run in runs:
+        events = read_transcript(Path(run.transcript_path or ""))
+        assert events[-1].kind == "run_ended"
+        assert len(store.messages(run.id)) == sum(e.kind == "message" for e in events)  # type: ignore[arg-type]
+        assert len(store.tool_calls(run.id)) == sum(e.kind == "tool_call" for e in events)  # type: ignore[arg-type]
+        assert len(store.grades(run.id)) == 1  # type: ignore[arg-type]
+    assert len(list((results / "transcripts" / "twice").glob("*.jsonl"))) == 4

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +58,7 @@ def test_upgrade_empty_database_matches_the_models(tmp_path):
 def test_open_store_is_at_schema_version_and_upgrading_again_is_a_no_op(tmp_path):
     url = _url(tmp_path)
     first = open_store(url)
-    assert current_revision(first.engine) == "0001" == store.SCHEMA_VERSION
+    assert current_revision(first.engine) == "0002" == store.SCHEMA_VERSION
     with Session(first.engine) as session:
         session.add(Experiment(name="kept", config={"a": 1}, created_at=dt.datetime.now(dt.UTC)))
         session.commit()
@@ -106,10 +109,15 @@ def test_store_round_trip(tmp_path):
 
     first = db.start_unit(experiment.id, "u1", **UNIT)
     assert first is not None and first.attempt == 1 and first.status == "running"
-    # Interrupted (still running): claiming it again replaces the row with the next attempt.
+    assert db.start_unit(experiment.id, "u1", **UNIT) is None  # held by this runner
+    # Interrupted (let go while still running): claiming it again replaces the row with the
+    # next attempt, under a new id.
+    db.release(first.id)
     second = db.start_unit(experiment.id, "u1", **UNIT)
-    assert second is not None and second.attempt == 2
+    assert second is not None and second.attempt == 2 and second.id > first.id
     assert [run.id for run in db.runs(experiment.id)] == [second.id]
+    with pytest.raises(store.RunTakenOverError):
+        db.finish_unit(first.id, {}, None)
 
     transcript = tmp_path / "transcripts" / "u1.jsonl"
     _write_transcript(transcript)
@@ -144,3 +152,125 @@ def test_store_round_trip(tmp_path):
     with Session(db.engine) as session, pytest.raises(IntegrityError):
         session.add(Run(experiment_id=experiment.id, unit_key="u1", **UNIT))
         session.commit()
+
+
+_CLAIMER = """
+import sys
+from evals.store import open_store, RunTakenOverError
+db = open_store(sys.argv[1])
+experiment = db.experiment("exp")
+run = db.start_unit(experiment.id, "u1", organism="cake_baker", agent="adl", budget=5, repeat=0,
+                    provider="fake")
+print(run.id, flush=True)
+sys.stdin.readline()  # the test says when to finish
+try:
+    db.finish_unit(run.id, {"hypothesis": "mine"}, None)
+    print("finished", flush=True)
+except RunTakenOverError as exc:
+    print("refused:", exc, flush=True)
+"""
+
+
+def _claimer(url: str) -> tuple[subprocess.Popen[str], int]:
+    """Another process that claims unit u1 of experiment exp and waits to finish it."""
+    process = subprocess.Popen([sys.executable, "-c", _CLAIMER, url], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    return process, int(process.stdout.readline())
+
+
+def _set_heartbeat(db: store.Store, run_id: int, moment: dt.datetime) -> None:
+    with db.session() as session:
+        session.exec(sa.update(Run).where(Run.id == run_id).values(heartbeat_at=moment))  # type: ignore[arg-type]
+        session.commit()
+
+
+def test_a_live_runners_unit_is_left_alone_and_a_dead_ones_taken_over(tmp_path):
+    url = _url(tmp_path)
+    db = open_store(url)
+    experiment = db.experiment("exp")
+    other, run_id = _claimer(url)
+    try:
+        assert db.start_unit(experiment.id, "u1", **UNIT) is None  # its owner is alive
+        (run,) = db.runs(experiment.id)
+        assert (run.id, run.owner_pid, run.status) == (run_id, other.pid, "running")
+        assert run.attempt_id and run.owner_host and run.heartbeat_at is not None
+    finally:
+        other.kill()
+        other.wait()
+    taken = db.start_unit(experiment.id, "u1", **UNIT)  # its owner died: taken over at once
+    assert taken is not None and taken.attempt == 2 and taken.id > run_id
+    assert [r.id for r in db.runs(experiment.id)] == [taken.id]
+
+
+def test_a_stale_run_is_taken_over_and_its_runner_cannot_store_its_result(tmp_path):
+    url = _url(tmp_path)
+    db = open_store(url)
+    experiment = db.experiment("exp")
+    other, run_id = _claimer(url)
+    try:
+        _set_heartbeat(db, run_id, dt.datetime.now(dt.UTC) - dt.timedelta(seconds=store.STALE_AFTER_S + 1))
+        taken = db.start_unit(experiment.id, "u1", **UNIT)  # alive, but its heartbeat is stale
+        assert taken is not None and taken.attempt == 2 and taken.id > run_id
+        assert other.communicate("finish\n", timeout=60)[0].startswith("refused: Run")
+    finally:
+        other.kill()
+    transcript = tmp_path / "u1.jsonl"
+    _write_transcript(transcript)
+    db.set_transcript(taken.id, transcript)
+    finished = db.finish_unit(taken.id, {"hypothesis": "ours"}, None)
+    assert (finished.hypothesis, finished.attempt, len(db.messages(taken.id))) == ("ours", 2, 2)
+    (run,) = db.runs(experiment.id)
+    assert run.id == taken.id and run.status == "finished"
+
+
+def test_runs_on_another_host_are_judged_by_their_heartbeat(tmp_path):
+    db = open_store(_url(tmp_path))
+    experiment = db.experiment("exp")
+    run = db.start_unit(experiment.id, "u1", **UNIT)
+    assert run is not None
+    with db.session() as session:  # pretend another machine runs it
+        session.exec(sa.update(Run).where(Run.id == run.id).values(owner_host="elsewhere", owner_pid=1))  # type: ignore[arg-type]
+        session.commit()
+    assert db.start_unit(experiment.id, "u1", **UNIT) is None
+    _set_heartbeat(db, run.id, dt.datetime.now(dt.UTC) - dt.timedelta(seconds=store.STALE_AFTER_S + 1))
+    taken = db.start_unit(experiment.id, "u1", **UNIT)
+    assert taken is not None and taken.id > run.id
+    with pytest.raises(store.RunTakenOverError):
+        db.finish_unit(run.id, {}, None)
+
+
+def test_the_heartbeat_is_renewed_while_a_run_is_held(tmp_path):
+    db = store.Store(open_store(_url(tmp_path)).engine, heartbeat_s=0.05)
+    experiment = db.experiment("exp")
+    run = db.start_unit(experiment.id, "u1", **UNIT)
+    assert run is not None and run.heartbeat_at is not None
+    first = run.heartbeat_at
+    deadline = time.monotonic() + 10
+    while db.run(run.id).heartbeat_at == first:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    db.release(run.id)
+    released = db.run(run.id)
+    assert released is not None and not db.is_live(released)
+
+
+def test_upgrade_keeps_runs_and_ids_are_never_reused(tmp_path):
+    engine = create_engine(_url(tmp_path))
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(sa.text("insert into experiment (id, name, config, created_at) "
+                             "values (1, 'exp', '{}', '2026-01-01 00:00:00')"))
+        conn.execute(sa.text(
+            "insert into run (experiment_id, unit_key, organism, agent, budget, repeat, provider, "
+            "provider_is_llm, status, attempt, llm_calls, interactions_used, input_tokens, "
+            "output_tokens, started_at) values (1, 'u1', 'cake_baker', 'adl', 5, 0, 'fake', 1, "
+            "'running', 1, 0, 0, 0, 0, '2026-01-01 00:00:00')"))
+    db = open_store(_url(tmp_path))
+    assert current_revision(db.engine) == store.SCHEMA_VERSION and _schema_diff(db.engine) == []
+    with db.engine.connect() as conn:
+        assert "AUTOINCREMENT" in conn.execute(sa.text("select sql from sqlite_master where name = 'run'")).scalar()
+    (old,) = db.runs(1)
+    assert old.attempt_id is None and not db.is_live(old)  # written before owners: stale
+    taken = db.start_unit(1, "u1", **UNIT)  # deletes the highest id ...
+    assert taken is not None and taken.attempt == 2 and taken.id > old.id  # ... and does not reuse it

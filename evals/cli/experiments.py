@@ -44,6 +44,8 @@ def run_command(
     console.print(f"experiment [bold]{escape(summary.experiment)}[/]: {summary.units} units, "
                   f"{summary.skipped} already stored, {summary.ran} run now, "
                   f"{len(summary.failed)} failed")
+    if summary.elsewhere:
+        console.print(f"{summary.elsewhere} units were left to another runner of this experiment")
     for failure in summary.failed:
         console.print(f"  [red]failed[/] {escape(failure)}")
     console.print(f"compare: adl eval compare {summary.experiment}", markup=False)
