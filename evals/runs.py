@@ -10,6 +10,7 @@ so nothing written by an interrupted attempt is lost.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import os
 import re
@@ -143,7 +144,12 @@ class Unit(BaseModel):
 
     @property
     def file_stem(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key)
+        """The key as a file name; a key that had to be changed gets a short hash of itself, so
+        two keys never share a transcript file (`a:b` and `a/b`)."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key)
+        if stem == self.key:
+            return stem
+        return f"{stem}-{hashlib.sha256(self.key.encode()).hexdigest()[:8]}"
 
 
 def grid(config: EvalConfig) -> list[Unit]:

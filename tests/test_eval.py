@@ -22,6 +22,7 @@ from evals.compare import bootstrap_interval, compare_experiment
 from evals.runs import (
     EvalConfig,
     ExperimentNameError,
+    Unit,
     check_experiment_name,
     grid,
     load_eval_config,
@@ -188,6 +189,13 @@ def test_grid_lists_every_unit_once_in_order() -> None:
                         budgets=[5, 0, 5], repeats=1, providers=["heuristic"])
     assert [(u.budget, u.agent) for u in grid(config)] == [(5, "adl"), (5, "blackbox"), (0, "adl"),
                                                            (0, "blackbox")]
+
+
+def test_unit_keys_that_differ_only_in_odd_characters_get_different_files() -> None:
+    units = [Unit(organism="cake_bake", agent="adl", budget=5, repeat=0, provider=p)
+             for p in ("openai:gpt-5", "openai/gpt-5", "openai_gpt-5")]
+    stems = [u.file_stem for u in units]
+    assert len(set(stems)) == 3 and all("/" not in s and ":" not in s for s in stems)
 
 
 def test_two_runners_on_one_experiment_store_every_unit_once(worker_url: str, tmp_path: Path) -> None:
