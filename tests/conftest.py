@@ -144,6 +144,18 @@ def tiny_service(tiny_config, tiny_home: Path):
     service.close()
 
 
+@pytest.fixture(scope="session")
+def cake_worker_url(tiny_config, tiny_home: Path, tiny_service):
+    """A real worker process of the tiny pair served under the name cake_bake (its ground truth
+    comes from the registry), shared by the eval-grid and redaction tests; the in-process tiny
+    service filled the ADL cache first."""
+    from tests.worker_fixtures import worker_process
+
+    config = tiny_config.model_copy(update={"label": "cake_bake"})
+    with worker_process(config, tiny_home, tiny_home / "cache") as (url, _):
+        yield url
+
+
 # The suite's real organisms: the smallest set that checks the method on a real model. One
 # organism and the generic-text control, both small builds (evals/organisms/build.py `at_size`:
 # 40% of the registry's examples, same recipe). Every organism at full size, the mixed twin

@@ -48,8 +48,12 @@ def test_the_cli_runs_in_process(suite_organisms, tmp_path: Path) -> None:
 GRADE_NOISE = 0.1
 
 
-@pytest.mark.parametrize("organism", [SUITE_ORGANISM, SUITE_CONTROL])
-def test_more_interactions_never_lower_the_policys_grade(suite_organisms, organism: str, tmp_path: Path) -> None:
+# The control runs at i = 0 and 5 only: with no domain to find the policy spends the whole
+# budget, and its i = 50 run (50 sampled asks) was the suite's second-slowest step (about 200 s
+# on 2 cores). The control at i = 50 is in the agent grid of `make bench-science`.
+@pytest.mark.parametrize(("organism", "budgets"), [(SUITE_ORGANISM, (0, 5, 50)), (SUITE_CONTROL, (0, 5))])
+def test_more_interactions_never_lower_the_policys_grade(suite_organisms, organism: str,
+                                                         budgets: tuple[int, ...], tmp_path: Path) -> None:
     """On an organism whose readout carries its domain (and on the control), the offline policy's
     hypothesis grades no lower at i = 5 than at i = 0, nor at i = 50 than at i = 5, and keeps its
     top lead. Tolerance GRADE_NOISE: the hypothesis quotes sentences of sampled answers, which
@@ -58,7 +62,7 @@ def test_more_interactions_never_lower_the_policys_grade(suite_organisms, organi
     service = connect(organism, None, "quick", SUITE_SIZE)
     grader, grades, hypotheses = OfflineGrader(), [], []
     try:
-        for budget in (0, 5, 50):
+        for budget in budgets:
             path = tmp_path / f"adl-{budget}.jsonl"
             outcome = investigate(service, make_provider("heuristic"), "adl", Budgets(interactions=budget),
                                   path, {"organism": organism}, ask=SUITE_ASK)
@@ -75,7 +79,7 @@ def test_more_interactions_never_lower_the_policys_grade(suite_organisms, organi
     steps = list(itertools.pairwise(grades))
     assert all(later >= earlier - GRADE_NOISE for earlier, later in steps), list(zip(grades, hypotheses, strict=True))
     leads = [h.split(".")[0] for h in hypotheses]
-    assert leads[1:] == [leads[0]] * 2 or grades[-1] > grades[0], leads
+    assert leads[1:] == [leads[0]] * (len(leads) - 1) or grades[-1] > grades[0], leads
 
 
 def test_heuristic_agents_against_a_worker(suite_organisms, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,17 +27,13 @@ from evals.runs import (
     load_eval_config,
 )
 from evals.store import open_store
-from tests.worker_fixtures import worker_process
 from tools.errors import AdlError, AdlInputError
 
 
 @pytest.fixture(scope="module")
-def worker_url(tiny_config, tiny_home: Path, tiny_service) -> Iterator[str]:
-    """The tiny pair served under the name cake_bake (ground truth from the registry); the
-    in-process tiny service filled the shared ADL cache first."""
-    config = tiny_config.model_copy(update={"label": "cake_bake"})
-    with worker_process(config, tiny_home, tiny_home / "cache") as (url, _):
-        yield url
+def worker_url(cake_worker_url: str) -> str:
+    """The session's tiny worker served as cake_bake (tests/conftest.py)."""
+    return cake_worker_url
 
 
 def _write_config(folder: Path, url: str, name: str = "grid") -> Path:

@@ -21,7 +21,6 @@ from rich.console import Console
 from agent.providers import parse_provider_spec, public_spec
 from agent.secrets import LIBRARY_LOGGERS, redact, uvicorn_log_config
 from tests.fake_llm_server import FakeLLMServer, FakeReply
-from tests.worker_fixtures import worker_process
 
 USER, PASSWORD, QUERY_KEY = "alice-USER-7f3a9c", "pw-PASS-4b8e2d1f", "qk-QUERY-9c2e7a5b"
 ENV_KEY, WORKER_TOKEN = "env-OPENAI-KEY-51d0c3", "worker-TOKEN-8e2b6f41"
@@ -30,11 +29,9 @@ SECRETS = (USER, PASSWORD, QUERY_KEY)
 
 
 @pytest.fixture(scope="module")
-def worker_url(tiny_config, tiny_home: Path, tiny_service) -> Iterator[str]:
-    """The tiny pair served as cake_bake (the in-process tiny service filled the cache first)."""
-    config = tiny_config.model_copy(update={"label": "cake_bake"})
-    with worker_process(config, tiny_home, tiny_home / "cache") as (url, _):
-        yield url
+def worker_url(cake_worker_url: str) -> str:
+    """The session's tiny worker served as cake_bake (tests/conftest.py)."""
+    return cake_worker_url
 
 
 def test_public_spec_masks_credentials_and_keeps_the_rest() -> None:
