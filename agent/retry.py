@@ -8,10 +8,8 @@ retried.
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, Field
@@ -29,30 +27,6 @@ class RetryPolicy(BaseModel):
     initial_wait_s: float = Field(1.0, ge=0)
     max_wait_s: float = Field(60.0, ge=0)
     jitter_s: float = Field(1.0, ge=0)
-
-
-def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _is_retryable(exc: BaseException) -> bool:

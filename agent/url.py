@@ -8,7 +8,7 @@ import urllib.parse
 MASK = "***"
 # Query parameter names whose values are credentials (api_key, access_token, X-Amz-Signature, ...).
 _SECRET_NAME = r"[^\s=&#?]*(?:key|token|secret|passw|pwd|auth(?!or)|sig|credential|session)[^\s=&#?]*"
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#@\"'<>]+@")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#\"'<>]+@")  # up to the last @
 _SECRET_QUERY_VALUE = re.compile(rf"(?i)([?&]{_SECRET_NAME}=)[^\s&#\"'<>]+")
 
 

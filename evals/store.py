@@ -459,12 +459,28 @@ def open_store(url: str | None = None) -> Store:
     url = url or default_database_url()
     engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
     database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
-    if database and database != ":memory:":
-        # Two runners opening a new SQLite file at once would both create the tables.
+    if database and database != ":memory:" and not _at_head(engine):
+        # Two runners opening a new SQLite file at once would both create the tables. Only a
+        # migration takes the lock: a read-only results folder opens without writing a file.
         lock = Path(database).with_name(f".{Path(database).name}.migrate.lock")
-        with lock.open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle = lock.open("w")
+        except OSError:
             upgrade(engine)
+        else:
+            with handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                upgrade(engine)
     else:
         upgrade(engine)
     return Store(engine)
+
+
+def _at_head(engine: Engine) -> bool:
+    """True when the database's schema is already the newest (no migration due)."""
+    from evals.migrations import current_revision
+
+    try:
+        return current_revision(engine) == SCHEMA_VERSION
+    except OSError:
+        return False

@@ -159,3 +159,5 @@ def test_redact_masks_key_shaped_strings_and_url_credentials() -> None:
     text = f"Bearer {WORKER_TOKEN}x; {KEY_SHAPED}; https://{USER}:{PASSWORD}@h/v1?key={QUERY_KEY}&v=1"
     cleaned = redact(text)
     assert cleaned == "Bearer [REDACTED]; [REDACTED]; https://***@h/v1?key=***&v=1"
+    # A password with an @ in it is masked whole (userinfo ends at the last @ before the path).
+    assert redact(f"https://{USER}:p@{PASSWORD}@h/v1") == "https://***@h/v1"

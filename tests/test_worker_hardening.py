@@ -106,6 +106,16 @@ def test_duplicate_positions_cannot_amplify_a_reply(tiny_service: AdlService) ->
         assert len(hostile.content) < 10_000 and len(repeated.content) < 100_000
 
 
+def test_repeated_steering_prompts_cannot_amplify_a_reply(tiny_service: AdlService) -> None:
+    with serving(own_service(tiny_service, max_request_bytes=1_000_000)) as url:
+        repeated = httpx.post(f"{url}/steered-samples", json={"dataset": "dataset_1", "position": 1,
+                                                               "prompts": ["hello"] * 3, "n": 2})
+        assert repeated.status_code == 200 and len(repeated.json()["samples"]) == 1
+        many = httpx.post(f"{url}/steered-samples", json={"dataset": "dataset_1", "position": 1,
+                                                           "prompts": [f"p{i}" for i in range(200)]})
+        assert many.status_code == 400 and "Too many prompts" in many.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(("path", "body", "field"), [
     ("/chat", {"prompts": ["hi"], "seed": 2**70}, "seed"),
     ("/chat", {"prompts": ["hi"], "seed": -1}, "seed"),
@@ -175,6 +185,21 @@ def test_the_client_resends_once_after_a_broken_connection() -> None:
     with pytest.raises(WorkerUnavailableError):
         HttpWorkerClient("http://worker", transport=httpx.MockTransport(slow)).health()
     assert len(attempts) == 1  # a timeout is not resent: the worker may still be at it
+
+
+def test_waiting_out_busy_answers_keeps_the_resend_after_a_broken_connection() -> None:
+    script = iter(["busy", "busy", "reset", "ok"])
+
+    def mixed(request: httpx.Request) -> httpx.Response:
+        step = next(script)
+        if step == "reset":
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        if step == "busy":
+            return httpx.Response(503, headers={"Retry-After": "0"},
+                                  json={"error": {"type": "busy", "message": "full"}})
+        return httpx.Response(200, json={"status": "ok"})
+
+    assert HttpWorkerClient("http://worker", transport=httpx.MockTransport(mixed)).health() == {"status": "ok"}
 
 
 def test_the_client_waits_out_a_busy_worker() -> None:
@@ -261,8 +286,18 @@ def test_allowed_host_names_follow_the_bind_address() -> None:
     assert allowed_host_names("127.0.0.1") == ["localhost", "127.0.0.1", "[::1]"]
     assert "[::1]" in allowed_host_names("::1")
     assert allowed_host_names("10.0.0.5") == ["localhost", "127.0.0.1", "[::1]", "10.0.0.5"]
-    assert allowed_host_names("0.0.0.0") == ["*"]  # every interface, no name given: any
-    assert allowed_host_names("0.0.0.0", ["worker"]) == ["localhost", "127.0.0.1", "[::1]", "worker"]
+    everywhere = allowed_host_names("0.0.0.0", ["worker"])
+    assert everywhere[:4] == ["localhost", "127.0.0.1", "[::1]", "worker"]
+    assert socket.gethostname().lower() in everywhere  # the machine's own name and addresses
+    for bind in ("0.0.0.0", "::", "10.0.0.5", "127.0.0.1"):
+        assert "*" not in allowed_host_names(bind) and "attacker.example" not in allowed_host_names(bind)
+
+
+def test_ipv6_loopback_host_names_are_accepted(tiny_service: AdlService) -> None:
+    with serving(own_service(tiny_service)) as url:
+        port = url.rsplit(":", 1)[1]
+        assert httpx.get(f"{url}/info", headers={"Host": f"[::1]:{port}"}).status_code == 200
+        assert httpx.get(f"{url}/info", headers={"Host": f"[::2]:{port}"}).status_code == 400
 
 
 def test_auth_is_checked_before_the_body_and_tokens_are_long() -> None:

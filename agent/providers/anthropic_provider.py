@@ -14,8 +14,9 @@ import anthropic
 from agent.errors import ProviderError
 from agent.pricing import cost_usd
 from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
-from agent.retry import RetryPolicy, parse_retry_after, with_retries
+from agent.retry import RetryPolicy, with_retries
 from agent.secrets import redact
+from tools.net import parse_retry_after
 from tools.toolbox import ToolSpec
 
 DEFAULT_TIMEOUT_S = 600.0

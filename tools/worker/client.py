@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from tools.errors import ToolInputError, WorkerRequestError, WorkerUnavailableError
+from tools.net import parse_retry_after
 from tools.worker.schema import (
     ChatRequest,
     ChatResponse,
@@ -48,16 +49,25 @@ class _Busy(Exception):
     def __init__(self, response: httpx.Response) -> None:
         super().__init__("busy")
         self.response = response
-        try:
-            self.retry_after = min(MAX_BUSY_WAIT_S, max(0.0, float(response.headers.get("retry-after", "1"))))
-        except ValueError:
-            self.retry_after = 1.0
+        wait = parse_retry_after(response.headers)
+        self.retry_after = min(MAX_BUSY_WAIT_S, 1.0 if wait is None else wait)
 
 
-def _stop(state: RetryCallState) -> bool:
-    failure = state.outcome.exception() if state.outcome is not None else None
-    limit = BUSY_ATTEMPTS if isinstance(failure, _Busy) else CONNECTION_ATTEMPTS
-    return state.attempt_number >= limit
+class _Attempts:
+    """Counts each kind of failure on its own: waiting out `busy` answers does not use up the
+    resend after a broken connection, nor the other way round."""
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.broken = 0
+
+    def stop(self, state: RetryCallState) -> bool:
+        failure = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(failure, _Busy):
+            self.busy += 1
+            return self.busy >= BUSY_ATTEMPTS
+        self.broken += 1
+        return self.broken >= CONNECTION_ATTEMPTS
 
 
 def _wait(state: RetryCallState) -> float:
@@ -99,7 +109,7 @@ class HttpWorkerClient:
                 raise _Busy(response)
             return response
 
-        retrying = Retrying(stop=_stop, wait=_wait, reraise=True,
+        retrying = Retrying(stop=_Attempts().stop, wait=_wait, reraise=True,
                             retry=retry_if_exception_type((*CONNECTION_BROKEN, _Busy)))
         try:
             response = retrying(attempt)

@@ -209,7 +209,9 @@ class InternalErrorGuard:
             log.exception("request %s failed", scope.get("path"))
             if started:  # nothing else can be sent on this response
                 return
-            response = _error(500, "internal", f"Internal error ({type(exc).__name__}): {exc}")
+            from agent.secrets import redact  # the one redaction rule (issue 17 moves it)
+
+            response = _error(500, "internal", redact(f"Internal error ({type(exc).__name__}): {exc}"))
             await response(scope, receive, send)
 
 

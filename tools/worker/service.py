@@ -238,9 +238,10 @@ class AdlService:
         """Cached steered and unsteered samples at the searched strengths."""
         entry = self._position_steering(request.dataset, request.position)
         cached = {sample.prompt: sample for sample in entry.samples}
-        prompts = request.prompts if request.prompts is not None else list(cached)
+        prompts = list(dict.fromkeys(request.prompts)) if request.prompts is not None else list(cached)
         if not prompts:
             raise ToolInputError("The list of prompts is empty.", ["prompts"])
+        self._check_prompts(prompts)
         unknown = [p for p in prompts if p not in cached]
         if unknown:
             raise ToolInputError(
