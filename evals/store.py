@@ -396,12 +396,21 @@ class Store:
             session.refresh(run)
             return run
 
-    def add_grade(self, run_id: int, grade: Grade) -> None:
-        """Store a grade of a finished run (grading is its own step, so it can be redone)."""
+    def add_grade(self, run_id: int, grade: Grade) -> bool:
+        """Store a grade of a finished run (grading is its own step, so it can be redone). A run
+        already graded by the same grader keeps its grade (two runners that both graded a run
+        store one row); returns whether the grade was stored."""
         with self.session() as session:
+            existing = session.exec(select(Grade).where(Grade.run_id == run_id,
+                                                        Grade.grader == grade.grader)).first()
+            if existing is not None:
+                log.info("run %d already has a grade by %s; the new one is not stored", run_id,
+                         grade.grader)
+                return False
             grade.run_id = run_id
             session.add(grade)
             session.commit()
+            return True
 
     # -- details ------------------------------------------------------------------------------
 

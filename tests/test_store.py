@@ -145,6 +145,10 @@ def test_store_round_trip(tmp_path):
     (grade,) = db.grades(second.id)
     assert (grade.run_id, grade.grader, grade.score, grade.details) == (
         second.id, "judge", 4.5, {"scores": [4, 5]})
+    # A second grade by the same grader (two runners grading one run) is not stored twice.
+    assert not db.add_grade(second.id, Grade(run_id=0, grader="judge", score=1.0))
+    assert db.add_grade(second.id, Grade(run_id=0, grader="other", score=2.0))
+    assert sorted((g.grader, g.score) for g in db.grades(second.id)) == [("judge", 4.5), ("other", 2.0)]
 
     # A finished unit is skipped; the store keeps one row per unit.
     assert db.start_unit(experiment.id, "u1", **UNIT) is None
