@@ -18,3 +18,16 @@ class ProviderError(AdlError):
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+
+
+class ContextLengthError(ProviderError):
+    """The server refused the request because the prompt does not fit the model's context
+    window. Never retried as is: the conversation has to shrink first. `limit` (the window)
+    and `requested` (the tokens the request would need) are read from the server's message
+    when it gives them."""
+
+    def __init__(self, message: str, *, status: int | None = None, limit: int | None = None,
+                 requested: int | None = None) -> None:
+        super().__init__(message, retryable=False, status=status)
+        self.limit = limit
+        self.requested = requested

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agent.loop import Budgets, investigate
-from agent.providers import make_provider, parse_provider_spec, public_spec
+from agent.providers import ProviderOptions, make_provider, parse_provider_spec, public_spec
 from agent.secrets import redact
 from agent.url import redact_url
 from evals.grading import HypothesisGrader, make_grader
@@ -67,6 +67,10 @@ class EvalConfig(BaseModel):
     budgets: list[int] = Field(default_factory=lambda: [0, 5, 50], min_length=1)
     repeats: int = Field(1, ge=1)
     providers: list[str] = Field(default_factory=lambda: ["heuristic"], min_length=1)
+    provider_options: ProviderOptions = Field(
+        default_factory=ProviderOptions, description="How every provider of the grid is called: "
+        "output limit per agent call and its parameter, context window, Anthropic system prompt "
+        "style (see agent.providers.ProviderOptions).")
     grader: str = Field("offline", description="offline, or a provider spec for the LLM grader.")
     grader_repeats: int = Field(3, ge=1)
     profile: AnalysisProfile = "paper"
@@ -238,7 +242,7 @@ def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader:
               config: EvalConfig, results: Path) -> Literal["ran", "elsewhere"]:
     """Claim, run, store and grade one unit; "elsewhere": another runner finished it or holds
     it (or took it over meanwhile: this runner's result is dropped)."""
-    provider = make_provider(unit.provider)
+    provider = make_provider(unit.provider, options=config.provider_options)
     run = store.start_unit(experiment_id, unit.key, organism=unit.organism, agent=unit.agent,
                            budget=unit.budget, repeat=unit.repeat, provider=provider.name,
                            provider_is_llm=provider.is_llm)

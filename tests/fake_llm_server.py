@@ -26,7 +26,8 @@ Script: each endpoint has a FIFO queue of `FakeReply`s; a request pops the next 
   string (what a non-conforming compatible server might do).
 - `queue_openai_error(status, ...)` / `queue_anthropic_error(status, ...)`: an error with that
   status, optional extra `headers` (e.g. `{"Retry-After": "1"}`) and an error body in the
-  endpoint's format (`message`, `error_type`, `code`).
+  endpoint's format (`message`, `error_type`, `code`, and `error_fields` added to the error
+  object, e.g. llama.cpp's `{"n_ctx": 4096, "n_prompt_tokens": 4476}`).
 - When a queue is empty, `server.responders[api]` (api "openai" or "anthropic"), if set, is
   called with the `RecordedRequest` and must return a `FakeReply`; otherwise the server answers
   HTTP 400 "FakeLLMServer: no reply queued ...", which providers do not retry.
@@ -74,7 +75,8 @@ class FakeReply:
     headers: dict[str, str] = field(default_factory=dict)
     message: str | None = None
     error_type: str | None = None
-    code: str | None = None
+    code: str | int | None = None
+    error_fields: dict[str, Any] = field(default_factory=dict)
     delay_s: float = 0.0
 
 
@@ -201,13 +203,14 @@ class FakeLLMServer:
                 return {"type": "error", "request_id": f"req_fake_{number}",
                         "error": {"type": reply.error_type or ANTHROPIC_ERROR_TYPES.get(
                                       reply.status, "api_error"),
-                                  "message": reply.message or "fake error"}}
+                                  "message": reply.message or "fake error",
+                                  **reply.error_fields}}
             return _anthropic_message(reply, model, number)
         if reply.status >= 400:
             return {"error": {"message": reply.message or "fake error",
                               "type": reply.error_type or OPENAI_ERROR_TYPES.get(
                                   reply.status, "server_error"),
-                              "param": None, "code": reply.code}}
+                              "param": None, "code": reply.code, **reply.error_fields}}
         return _openai_completion(reply, model, number)
 
 

@@ -81,7 +81,7 @@ def test_agent_run_prints_model_text_literally(monkeypatch: pytest.MonkeyPatch, 
                          interactions_used=0, input_tokens=1, output_tokens=1, cost_usd=None,
                          tool_calls=0, tool_errors=0, wall_time_s=0.1)
     monkeypatch.setenv("ADL_RESULTS", str(tmp_path))
-    monkeypatch.setattr(agent, "make_provider", lambda spec: SimpleNamespace(name=PROVIDER, is_llm=True))
+    monkeypatch.setattr(agent, "make_provider", lambda spec, **kw: SimpleNamespace(name=PROVIDER, is_llm=True))
     monkeypatch.setattr(agent, "connect", lambda *args: object())
     monkeypatch.setattr(agent, "investigate", lambda *args, **kwargs: outcome)
     from evals.cli import app

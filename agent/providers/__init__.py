@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from agent.errors import ProviderConfigError
-from agent.providers.base import ChatTurn, Completion, Provider, ToolCall, Usage
+from agent.providers.base import ChatTurn, Completion, Provider, ProviderOptions, ToolCall, Usage
 from agent.retry import RetryPolicy
 from agent.url import public_url, redact_url
 
@@ -25,6 +25,7 @@ __all__ = [
     "ChatTurn",
     "Completion",
     "Provider",
+    "ProviderOptions",
     "ProviderSpec",
     "ToolCall",
     "Usage",
@@ -98,22 +99,27 @@ def api_key(kind: str, *, required: bool = True) -> str | None:
     return value or None
 
 
-def make_provider(spec: str | ProviderSpec, retry: RetryPolicy | None = None) -> Provider:
-    """Build a provider from its spec, importing only that backend."""
+def make_provider(spec: str | ProviderSpec, retry: RetryPolicy | None = None,
+                  options: ProviderOptions | None = None) -> Provider:
+    """Build a provider from its spec, importing only that backend; `options` (output limit
+    and its parameter, context window, system prompt style) default to `ProviderOptions()`."""
     parsed = spec if isinstance(spec, ProviderSpec) else parse_provider_spec(spec)
     if parsed.kind == "heuristic":
         from agent.providers.heuristic import HeuristicProvider
 
-        return HeuristicProvider(parsed.model)
+        return HeuristicProvider(parsed.model, options=options)
     if parsed.kind == "anthropic":
         from agent.providers.anthropic_provider import AnthropicProvider
 
         return AnthropicProvider(parsed.model, api_key=api_key("anthropic"),  # type: ignore[arg-type]
-                                 base_url=os.environ.get("ANTHROPIC_BASE_URL"), retry=retry)
+                                 base_url=os.environ.get("ANTHROPIC_BASE_URL"), retry=retry,
+                                 options=options)
     from agent.providers.openai_provider import OpenAIProvider
 
     if parsed.kind == "openai":
         return OpenAIProvider(parsed.model, api_key=api_key("openai"),  # type: ignore[arg-type]
-                              base_url=os.environ.get("OPENAI_BASE_URL"), retry=retry)
+                              base_url=os.environ.get("OPENAI_BASE_URL"), retry=retry,
+                              options=options)
     return OpenAIProvider(parsed.model, api_key=api_key("openai-compatible", required=False) or "none",
-                          base_url=parsed.base_url, retry=retry, kind="openai-compatible")
+                          base_url=parsed.base_url, retry=retry, kind="openai-compatible",
+                          options=options)

@@ -7,16 +7,17 @@ SDK errors become `ProviderError`s marked retryable or not; messages never carry
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import anthropic
 
 from agent.errors import ProviderError
-from agent.pricing import cost_usd
-from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
+from agent.pricing import cost_usd, known_context_window
+from agent.providers.base import ChatTurn, Completion, ProviderOptions, ToolCall, Usage
+from agent.providers.status import status_error
 from agent.retry import RetryPolicy, with_retries
 from agent.secrets import redact
-from tools.net import parse_retry_after
 from tools.toolbox import ToolSpec
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -73,14 +74,23 @@ def to_anthropic_messages(messages: list[ChatTurn]) -> list[dict[str, Any]]:
     return out
 
 
-def to_anthropic_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
-    """Tool specs as Messages API tools; the last one carries the cache breakpoint."""
+def to_anthropic_tools(tools: list[ToolSpec], cache: bool = True) -> list[dict[str, Any]]:
+    """Tool specs as Messages API tools; with `cache`, the last one carries the cache
+    breakpoint."""
     out: list[dict[str, Any]] = [
         {"name": t.name, "description": t.description, "input_schema": t.parameters}
         for t in tools]
-    if out:
+    if out and cache:
         out[-1]["cache_control"] = dict(EPHEMERAL)
     return out
+
+
+def to_anthropic_system(system: str, style: str) -> str | list[dict[str, Any]]:
+    """The system prompt as content blocks with a cache breakpoint ("blocks"), or as the plain
+    string ("text") that proxies and servers without prompt caching accept."""
+    if style == "text":
+        return system
+    return [{"type": "text", "text": system, "cache_control": dict(EPHEMERAL)}]
 
 
 class AnthropicProvider:
@@ -90,8 +100,10 @@ class AnthropicProvider:
     kind = "anthropic"
 
     def __init__(self, model: str, *, api_key: str, base_url: str | None = None,
-                 retry: RetryPolicy | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                 retry: RetryPolicy | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+                 options: ProviderOptions | None = None) -> None:
         self.model = model
+        self.options = options or ProviderOptions()
         self.name = f"anthropic:{model}"
         self.base_url = base_url
         self.retry = retry
@@ -100,19 +112,26 @@ class AnthropicProvider:
         self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0,
                                            timeout=timeout)
 
+    @property
+    def context_window(self) -> int | None:
+        """The options' context window, else the model table's, else None (unknown)."""
+        return self.options.context_window or known_context_window(self.kind, self.model)
+
     def complete(self, system: str, messages: list[ChatTurn], tools: list[ToolSpec],
-                 max_output_tokens: int = 2048) -> Completion:
-        """One completion under the shared retry policy; raises ProviderError when it fails."""
+                 max_output_tokens: int | None = None) -> Completion:
+        """One completion under the shared retry policy; raises ProviderError when it fails
+        (`ContextLengthError` when the prompt does not fit). `max_output_tokens` None: the
+        options' limit."""
+        style = self.options.system_prompt
         request: dict[str, Any] = {
             "model": self.model,
             "messages": to_anthropic_messages(messages),
-            "max_tokens": max_output_tokens,
+            "max_tokens": max_output_tokens or self.options.max_output_tokens,
         }
         if system:
-            request["system"] = [{"type": "text", "text": system,
-                                  "cache_control": dict(EPHEMERAL)}]
+            request["system"] = to_anthropic_system(system, style)
         if tools:
-            request["tools"] = to_anthropic_tools(tools)
+            request["tools"] = to_anthropic_tools(tools, cache=style == "blocks")
         response, attempts = with_retries(lambda: self._call(request), self.retry)
         return self._completion(response, attempts)
 
@@ -157,11 +176,16 @@ class AnthropicProvider:
                 what = "authentication failed" if status == 401 else "permission denied"
                 return ProviderError(
                     f"{self.name}: {what} (HTTP {status}): check ANTHROPIC_API_KEY", status=status)
-            detail = redact(str(exc.api_message or exc.message), self._api_key)
+            message = str(exc.api_message or exc.message)
             retryable = status >= 500 or (status in RETRYABLE_4XX
                                           and exc.error_code not in NOT_RETRYABLE_429_CODES)
-            retry_after = parse_retry_after(exc.response.headers) if retryable else None
-            return ProviderError(f"{self.name}: HTTP {status}: {detail}", retryable=retryable,
-                                 status=status, retry_after=retry_after)
+            body = exc.body if isinstance(exc.body, Mapping) else {}
+            error = body.get("error")
+            fields = error if isinstance(error, Mapping) else body
+            return status_error(self.name, status, redact(message, self._api_key),
+                                texts=[message, getattr(exc, "type", None), exc.error_code,
+                                       fields.get("code")],
+                                fields=fields, retryable=retryable,
+                                headers=exc.response.headers)
         return ProviderError(f"{self.name}: {type(exc).__name__}: "
                              f"{redact(str(exc), self._api_key)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tools.toolbox import ToolSpec
 
@@ -59,14 +59,43 @@ class Completion(BaseModel):
     raw: dict[str, Any] | None = Field(None, exclude=True)
 
 
+class ProviderOptions(BaseModel):
+    """How to talk to one provider's endpoint; the same for every kind unless a field says not.
+
+    The defaults suit OpenAI and Anthropic themselves; local and proxied servers (llama.cpp,
+    vLLM, LiteLLM, OpenRouter) may need `output_limit_parameter`, `context_window` or
+    `system_prompt="text"`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    output_limit_parameter: Literal["max_completion_tokens", "max_tokens"] | None = Field(
+        None, description="The request field of the output limit (OpenAI kinds). None: "
+        "max_completion_tokens for openai, max_tokens for openai-compatible (what llama.cpp, "
+        "vLLM, LiteLLM and OpenRouter read). Anthropic always sends max_tokens.")
+    max_output_tokens: int = Field(4096, ge=1, description="The output limit of each agent call.")
+    context_window: int | None = Field(None, ge=1, description="The model's context window in "
+                                       "tokens; None: the model table's, else unknown.")
+    system_prompt: Literal["blocks", "text"] = Field(
+        "blocks", description="Anthropic only: blocks sends the system prompt as content blocks "
+        "with cache_control (prompt caching); text sends a plain string and no cache "
+        "breakpoints (for proxies such as LiteLLM and servers that need it).")
+
+
 class Provider(Protocol):
     """A chat model with native tool calling."""
 
     name: str  # the spec string, e.g. "openai:gpt-5"
     model: str
     is_llm: bool  # False for the heuristic baseline policy
+    options: ProviderOptions
+
+    @property
+    def context_window(self) -> int | None:
+        """The context window in tokens: the options', else the model table's, else None."""
+        ...
 
     def complete(self, system: str, messages: list[ChatTurn], tools: list[ToolSpec],
-                 max_output_tokens: int = 2048) -> Completion:
-        """One completion (retried by the shared policy); raises ProviderError when it fails."""
+                 max_output_tokens: int | None = None) -> Completion:
+        """One completion (retried by the shared policy); raises ProviderError when it fails.
+        `max_output_tokens` None: `options.max_output_tokens`."""
         ...

@@ -35,7 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
+from agent.pricing import known_context_window
+from agent.providers.base import ChatTurn, Completion, ProviderOptions, ToolCall, Usage
 from prompts import load_prompt_set
 from tools.toolbox import ToolSpec
 
@@ -131,12 +132,19 @@ class HeuristicProvider:
 
     is_llm = False
 
-    def __init__(self, model: str = "offline-baseline-v3") -> None:
+    def __init__(self, model: str = "offline-baseline-v3",
+                 options: ProviderOptions | None = None) -> None:
         self.model = model
         self.name = f"heuristic:{model}"
+        self.options = options or ProviderOptions()
+
+    @property
+    def context_window(self) -> int | None:
+        """The options' context window, else the model table's (none: its prompts are short)."""
+        return self.options.context_window or known_context_window("heuristic", self.model)
 
     def complete(self, system: str, messages: list[ChatTurn], tools: list[ToolSpec],
-                 max_output_tokens: int = 2048) -> Completion:
+                 max_output_tokens: int | None = None) -> Completion:
         names = {tool.name for tool in tools}
         state = _State(messages)
         step = len([m for m in messages if m.role == "assistant"])

@@ -12,18 +12,22 @@ from typing import Any, Literal
 import openai
 
 from agent.errors import ProviderError
-from agent.pricing import cost_usd
-from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
+from agent.pricing import cost_usd, known_context_window
+from agent.providers.base import ChatTurn, Completion, ProviderOptions, ToolCall, Usage
+from agent.providers.status import status_error
 from agent.retry import RetryPolicy, with_retries
 from agent.secrets import redact
 from agent.url import public_url, split_query
-from tools.net import parse_retry_after
 from tools.toolbox import ToolSpec
 
 OpenAIKind = Literal["openai", "openai-compatible"]
 DEFAULT_TIMEOUT_S = 600.0
 RETRYABLE_4XX = {408, 429}  # request timeout, rate limit
 NOT_RETRYABLE_429_CODES = {"insufficient_quota"}  # billing, not load: waiting will not help
+# OpenAI reads max_completion_tokens (max_tokens is deprecated and refused by reasoning models);
+# compatible servers (llama.cpp, vLLM, LiteLLM, OpenRouter) read max_tokens.
+OUTPUT_LIMIT_PARAMETERS: dict[str, str] = {"openai": "max_completion_tokens",
+                                           "openai-compatible": "max_tokens"}
 
 
 def to_chat_messages(system: str, messages: list[ChatTurn]) -> list[dict[str, Any]]:
@@ -65,9 +69,10 @@ class OpenAIProvider:
 
     def __init__(self, model: str, *, api_key: str, base_url: str | None = None,
                  retry: RetryPolicy | None = None, kind: OpenAIKind = "openai",
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, options: ProviderOptions | None = None) -> None:
         self.model = model
         self.kind: OpenAIKind = kind
+        self.options = options or ProviderOptions()
         self.base_url = base_url
         self.retry = retry
         self.name = f"openai-compatible:{public_url(base_url or '')}:{model}" \
@@ -78,13 +83,25 @@ class OpenAIProvider:
         self._client = openai.OpenAI(api_key=api_key, base_url=base, default_query=query or None,
                                      max_retries=0, timeout=timeout)
 
+    @property
+    def context_window(self) -> int | None:
+        """The options' context window, else the model table's, else None (unknown)."""
+        return self.options.context_window or known_context_window(self.kind, self.model)
+
+    @property
+    def output_limit_parameter(self) -> str:
+        """The request field that carries the output limit (see `ProviderOptions`)."""
+        return self.options.output_limit_parameter or OUTPUT_LIMIT_PARAMETERS[self.kind]
+
     def complete(self, system: str, messages: list[ChatTurn], tools: list[ToolSpec],
-                 max_output_tokens: int = 2048) -> Completion:
-        """One completion under the shared retry policy; raises ProviderError when it fails."""
+                 max_output_tokens: int | None = None) -> Completion:
+        """One completion under the shared retry policy; raises ProviderError when it fails
+        (`ContextLengthError` when the prompt does not fit). `max_output_tokens` None: the
+        options' limit."""
         request: dict[str, Any] = {
             "model": self.model,
             "messages": to_chat_messages(system, messages),
-            "max_completion_tokens": max_output_tokens,
+            self.output_limit_parameter: max_output_tokens or self.options.max_output_tokens,
         }
         if tools:
             request["tools"] = to_chat_tools(tools)
@@ -140,12 +157,12 @@ class OpenAIProvider:
                 return ProviderError(f"{self.name}: {what} (HTTP {status}): check {variable}",
                                      status=status)
             body = exc.body if isinstance(exc.body, Mapping) else {}
-            detail = redact(str(body.get("message") or exc.message), self._api_key)
+            message = str(body.get("message") or exc.message)
             code = body.get("code") or body.get("type")
             retryable = status >= 500 or (status in RETRYABLE_4XX
                                           and code not in NOT_RETRYABLE_429_CODES)
-            retry_after = parse_retry_after(exc.response.headers) if retryable else None
-            return ProviderError(f"{self.name}: HTTP {status}: {detail}", retryable=retryable,
-                                 status=status, retry_after=retry_after)
+            return status_error(self.name, status, redact(message, self._api_key),
+                                texts=[message, body.get("type"), body.get("code")],
+                                fields=body, retryable=retryable, headers=exc.response.headers)
         return ProviderError(f"{self.name}: {type(exc).__name__}: "
                              f"{redact(str(exc), self._api_key)}")

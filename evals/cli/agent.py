@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.loop import Budgets, investigate
-from agent.providers import make_provider
+from agent.providers import ProviderOptions, make_provider
 from agent.secrets import install_log_redaction
 from agent.url import redact_url
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
@@ -69,6 +69,17 @@ def run_command(
                                           "ask_models (0: greedy); the reference's default."),
     ask_max_new_tokens: int = typer.Option(1024, min=1, max=1024, help="New tokens per ask_models "
                                            "answer; the reference's default."),
+    max_output_tokens: int = typer.Option(4096, min=1, help="Output limit of each agent call "
+                                          "(tokens)."),
+    context_window: int | None = typer.Option(None, min=1, help="The model's context window "
+                                              "(tokens); default: the model table's, else "
+                                              "unknown."),
+    output_limit_parameter: str | None = typer.Option(
+        None, help="Request field of the output limit: max_completion_tokens or max_tokens; "
+        "default: max_completion_tokens for openai, max_tokens for openai-compatible."),
+    plain_system: bool = typer.Option(False, "--plain-system", help="Anthropic: send the system "
+                                      "prompt as a plain string without cache blocks (for "
+                                      "proxies such as LiteLLM)."),
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Investigate one organism and print the hypothesis and where the transcript is."""
@@ -76,7 +87,13 @@ def run_command(
     install_log_redaction()
     if agent not in AGENTS:
         raise AdlInputError(f"Unknown agent {agent!r}; choose adl or blackbox.")
-    chosen = make_provider(provider)
+    if output_limit_parameter not in (None, "max_completion_tokens", "max_tokens"):
+        raise AdlInputError(f"Unknown --output-limit-parameter {output_limit_parameter!r}; "
+                            "choose max_completion_tokens or max_tokens.")
+    options = ProviderOptions(max_output_tokens=max_output_tokens, context_window=context_window,
+                              output_limit_parameter=output_limit_parameter,  # type: ignore[arg-type]
+                              system_prompt="text" if plain_system else "blocks")
+    chosen = make_provider(provider, options=options)
     client = connect(organism, worker_url, profile, size)  # type: ignore[arg-type]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = results_dir() / "transcripts" / f"{stamp}-{organism}-{agent}-{uuid.uuid4().hex[:6]}.jsonl"
