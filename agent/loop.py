@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.errors import ProviderError
+from agent.context import ContextFullError, ContextKeeper
+from agent.errors import ContextLengthError, ProviderError
 from agent.providers.base import ChatTurn, Completion, Provider
 from agent.transcript import TranscriptWriter
 from prompts import load_text
@@ -28,7 +29,7 @@ from tools.toolbox import AgentKind, AskSettings, Hypothesis, Toolbox, ToolSpec
 from tools.worker.client import WorkerClient
 
 EndReason = Literal["submitted", "final_answer", "no_final_answer", "provider_error",
-                    "worker_unavailable"]
+                    "worker_unavailable", "context_exceeded"]
 FINAL_LINE = re.compile(r"^\s*FINAL HYPOTHESIS:\s*(.+)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 MAX_NUDGES = 2
 OVERVIEW_HEADING = "Overview of the activation difference"
@@ -58,6 +59,8 @@ class RunOutcome(BaseModel):
     tool_calls: int
     tool_errors: int
     wall_time_s: float
+    compactions: int = Field(0, description="Times older tool results were elided to fit the "
+                             "context window.")
     board: list[Hypothesis] = Field(default_factory=list, description="The hypothesis board at the end.")
 
 
@@ -91,12 +94,18 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
     transcript.write("message", role="system", content=system)
     transcript.write("notice", tools=[t.model_dump() for t in tools], budgets=budgets.model_dump())
 
+    keeper = ContextKeeper(provider.context_window, provider.options.max_output_tokens)
+
     def finish(reason: EndReason, hypothesis: str | None, detail: str | None = None) -> RunOutcome:
+        if keeper.compactions:
+            plural = "s" if keeper.compactions > 1 else ""
+            detail = "; ".join(filter(None, [detail, f"compacted {keeper.compactions} time{plural}"]))
         outcome = RunOutcome(
             hypothesis=hypothesis, end_reason=reason, detail=detail, llm_calls=tally.llm_calls,
             interactions_used=toolbox.interactions_used, input_tokens=tally.input_tokens,
             output_tokens=tally.output_tokens, cost_usd=tally.cost, tool_calls=tally.tool_calls,
             tool_errors=tally.tool_errors, wall_time_s=round(time.monotonic() - started, 3),
+            compactions=keeper.compactions,
         )
         transcript.write("run_ended", **outcome.model_dump())
         return outcome
@@ -111,10 +120,40 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
     kickoff += f"\n\n{heading} (JSON):\n" + json.dumps(first_look, ensure_ascii=False)
     messages = [ChatTurn(role="user", content=kickoff)]
     transcript.write("message", role="user", content=kickoff)
+    budget = keeper.budget()
+    if budget is not None and (first := keeper.estimate(system, messages, tools)) > budget:
+        return finish("context_exceeded", None,
+                      f"context window {keeper.window:,} exceeded by the overview alone: about "
+                      f"{first:,} prompt tokens (system prompt, tools and the first message) plus "
+                      f"{keeper.max_output_tokens:,} for the answer; no request was sent")
+
+    def compact(turn_tools: list[ToolSpec], reason: str, force: bool = False) -> bool:
+        compaction = keeper.compact(system, messages, turn_tools, reason, force=force)
+        if compaction is not None:
+            transcript.write("compaction", **compaction.model_dump())
+        return compaction is not None
 
     def call(turn_tools: list[ToolSpec]) -> Completion:
+        """One provider call; compacts first when the request would not fit, and once more
+        (then retries once) when the server refuses the prompt as too long."""
+        if not keeper.fits(system, messages, turn_tools):
+            compact(turn_tools, "the next request would not fit the context window")
+            if not keeper.fits(system, messages, turn_tools):
+                raise ContextFullError(
+                    f"the conversation no longer fits the context window of {keeper.window:,} "
+                    "tokens, even with older tool results elided")
         call_started = time.monotonic()
-        completion = provider.complete(system, messages, turn_tools)
+        characters = keeper.characters(system, messages, turn_tools)
+        limit = provider.options.max_output_tokens
+        try:
+            completion = provider.complete(system, messages, turn_tools, max_output_tokens=limit)
+        except ContextLengthError as exc:
+            keeper.learn_overflow(keeper.estimate(system, messages, turn_tools), exc.requested)
+            if not compact(turn_tools, f"the server refused the prompt as too long: {exc}", force=True):
+                raise
+            characters = keeper.characters(system, messages, turn_tools)
+            completion = provider.complete(system, messages, turn_tools, max_output_tokens=limit)
+        keeper.calibrate(characters, completion.usage.input_tokens)
         tally.add(completion)
         transcript.write(
             "llm_call", model=completion.model, provider=provider.name, usage=completion.usage.model_dump(),
@@ -166,7 +205,11 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
     nudges = 0
     try:
         while (reason := exhausted()) is None:
-            completion = call(tools)
+            try:
+                completion = call(tools)
+            except (ContextLengthError, ContextFullError) as exc:
+                reason = f"context window full: {exc}"
+                break
             if completion.tool_calls:
                 nudges = 0
                 if (outcome := run_tools(completion)) is not None:
@@ -176,7 +219,8 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
                 return finish("final_answer", match.group(1).strip())
             nudges += 1
             if nudges > MAX_NUDGES:
-                reason = "no tool call or final answer in several turns"
+                reason = f"the model made no tool call in {nudges} turns"
+                transcript.write("notice", no_tool_calls=nudges, message=reason)
                 break
             nudge = load_text("continue_nudge.md").strip()
             messages.append(ChatTurn(role="user", content=nudge))
@@ -186,7 +230,11 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
         messages.append(ChatTurn(role="user", content=request))
         transcript.write("message", role="user", content=request)
         submit = [t for t in tools if t.name == "submit_hypothesis"]
-        completion = call(submit)
+        try:
+            completion = call(submit)
+        except (ContextLengthError, ContextFullError) as exc:
+            return finish("context_exceeded", None, f"{reason}; the final-answer request did not "
+                          f"fit either: {exc}")
         for tool_call in completion.tool_calls:
             if tool_call.name == "submit_hypothesis":
                 result = toolbox.call(tool_call.name, tool_call.arguments)
@@ -195,10 +243,10 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
                                  error=result.error, interactions=0, latency_s=0.0,
                                  interactions_left=toolbox.interactions_left)
                 if result.ok:
-                    return finish("final_answer", toolbox.submitted, f"budget: {reason}")
+                    return finish("final_answer", toolbox.submitted, f"asked for the final answer: {reason}")
         if match := FINAL_LINE.search(completion.text):
-            return finish("final_answer", match.group(1).strip(), f"budget: {reason}")
-        return finish("no_final_answer", None, f"budget: {reason}; no final answer was given")
+            return finish("final_answer", match.group(1).strip(), f"asked for the final answer: {reason}")
+        return finish("no_final_answer", None, f"asked for the final answer ({reason}); none was given")
     except ProviderError as exc:
         return finish("provider_error", None, str(exc))
 

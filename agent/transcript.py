@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from agent.secrets import redact
 from tools.errors import CacheWriteError
 
-EventKind = Literal["run_started", "message", "llm_call", "tool_call", "notice", "run_ended"]
+EventKind = Literal["run_started", "message", "llm_call", "tool_call", "notice", "compaction", "run_ended"]
 
 
 class TranscriptEvent(BaseModel):

@@ -1,0 +1,132 @@
+"""The agent loop on servers with small context windows and on models that never call tools
+(issue 16), through the real OpenAI SDK against the fake wire server and the tiny worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.loop import OVERVIEW_HEADING, Budgets, investigate
+from agent.providers import ProviderOptions, make_provider
+from agent.transcript import read_transcript
+from tests.fake_llm_server import FakeLLMServer, FakeReply, RecordedRequest
+from tests.worker_fixtures import TINY_ASK
+from tools.worker.service import AdlService
+
+CHARS_PER_TOKEN = 4  # the fake server's tokenizer
+
+
+def prompt_tokens(request: RecordedRequest) -> int:
+    """The fake server's count of a Chat Completions request's prompt tokens."""
+    body = request.body
+    size = sum(len(m.get("content") or "") + len(json.dumps(m.get("tool_calls") or []))
+               for m in body["messages"])
+    return (size + len(json.dumps(body.get("tools") or []))) // CHARS_PER_TOKEN
+
+
+def windowed(window: int, script: Callable[[RecordedRequest, int], FakeReply]) -> Callable[[RecordedRequest], FakeReply]:
+    """A responder with a context window: prompts over `window` tokens get the 400 that
+    llama.cpp and vLLM send; the others get `script(request, prompt_tokens)`."""
+    def respond(request: RecordedRequest) -> FakeReply:
+        tokens = prompt_tokens(request)
+        limit = request.body.get("max_tokens") or request.body.get("max_completion_tokens") or 0
+        if tokens + limit > window:
+            return FakeReply(status=400, code="context_length_exceeded", error_type="invalid_request_error",
+                             message=f"This model's maximum context length is {window} tokens. However, "
+                                     f"you requested {tokens + limit} tokens ({tokens} in the messages, "
+                                     f"{limit} in the completion).")
+        return script(request, tokens)
+    return respond
+
+
+def readouts_then_submit(calls_before_submit: int) -> Callable[[RecordedRequest, int], FakeReply]:
+    """An agent that reads large readouts `calls_before_submit` times, then submits."""
+    def script(request: RecordedRequest, tokens: int) -> FakeReply:
+        turn = sum(1 for m in request.body["messages"] if m["role"] == "assistant")
+        if turn < calls_before_submit:
+            return FakeReply(input_tokens=tokens, tool_calls=[
+                (f"r{turn}", "get_token_readouts", '{"k": 30, "method": "logit_lens"}')])
+        return FakeReply(input_tokens=tokens, tool_calls=[
+            ("s", "submit_hypothesis", '{"description": "birds and the sky"}')])
+    return script
+
+
+def compatible(server: FakeLLMServer, **options: object):
+    return make_provider(f"openai-compatible:{server.openai_url}:local-model",
+                         options=ProviderOptions(**options))  # type: ignore[arg-type]
+
+
+def test_a_small_context_window_compacts_and_the_run_still_submits(tiny_service: AdlService,
+                                                                   tmp_path: Path) -> None:
+    with FakeLLMServer() as server:
+        first = len(json.dumps(tiny_service.overview().model_dump())) // CHARS_PER_TOKEN
+        window = first + 2500  # the overview fits, eight large readouts do not
+        server.responders["openai"] = windowed(window, readouts_then_submit(8))
+        provider = compatible(server, context_window=window, max_output_tokens=256)
+        path = tmp_path / "small.jsonl"
+        outcome = investigate(tiny_service, provider, "adl", Budgets(interactions=5), path, ask=TINY_ASK)
+        refused = [r for r in server.openai_requests if prompt_tokens(r) + 256 > window]
+    assert outcome.end_reason == "submitted" and outcome.hypothesis == "birds and the sky", outcome.detail
+    assert outcome.compactions >= 1 and "compacted" in (outcome.detail or "")
+    assert not refused  # compaction kept every request inside the window
+    events = read_transcript(path)
+    compactions = [e for e in events if e.kind == "compaction"]
+    assert len(compactions) == outcome.compactions
+    assert all(e.data["tokens_after"] < e.data["tokens_before"] for e in compactions)
+    last = server.openai_requests[-1].body["messages"]
+    assert OVERVIEW_HEADING in last[1]["content"]  # the overview is kept
+    assert any("[result elided" in (m.get("content") or "") for m in last if m["role"] == "tool")
+
+
+def test_a_context_length_error_compacts_once_and_retries(tiny_service: AdlService, tmp_path: Path) -> None:
+    with FakeLLMServer() as server:
+        script = readouts_then_submit(4)
+        server.responders["openai"] = lambda request: script(request, prompt_tokens(request))
+        # Requests 1-3 are answered; the 4th gets the server's context error once, then the
+        # responder answers the compacted retry.
+        server.queue("openai", FakeReply(tool_calls=[("r0", "get_token_readouts", '{"k": 30}')]))
+        server.queue("openai", FakeReply(tool_calls=[("r1", "get_token_readouts", '{"k": 30}')]))
+        server.queue("openai", FakeReply(tool_calls=[("r2", "get_token_readouts", '{"k": 30}')]))
+        server.queue("openai", FakeReply(status=400, code="context_length_exceeded",
+                                         message="This model's maximum context length is 4096 tokens. "
+                                                 "However, your messages resulted in 5000 tokens."))
+        provider = compatible(server)  # no context window known: only the server's error tells
+        path = tmp_path / "refused.jsonl"
+        outcome = investigate(tiny_service, provider, "adl", Budgets(interactions=5), path, ask=TINY_ASK)
+        requests = server.openai_requests
+    assert outcome.end_reason == "submitted", outcome.detail
+    assert len(requests) == 6 and outcome.compactions == 1
+    (compaction,) = [e for e in read_transcript(path) if e.kind == "compaction"]
+    assert "refused" in compaction.data["reason"] and compaction.data["elided"] >= 1
+    retried = requests[4].body["messages"]
+    assert any("[result elided" in (m.get("content") or "") for m in retried if m["role"] == "tool")
+
+
+def test_an_overview_larger_than_the_window_stops_before_any_request(tiny_service: AdlService,
+                                                                     tmp_path: Path) -> None:
+    with FakeLLMServer() as server:
+        provider = compatible(server, context_window=600, max_output_tokens=256)
+        outcome = investigate(tiny_service, provider, "adl", Budgets(), tmp_path / "big.jsonl", ask=TINY_ASK)
+        assert server.requests == []
+    assert outcome.end_reason == "context_exceeded" and outcome.llm_calls == 0
+    assert "context window 600 exceeded by the overview alone" in (outcome.detail or "")
+
+
+def test_a_model_that_never_calls_tools_is_asked_for_its_answer_in_plain_words(
+        tiny_service: AdlService, tmp_path: Path) -> None:
+    def chatty(request: RecordedRequest) -> FakeReply:
+        last = request.body["messages"][-1]["content"] or ""
+        if last.startswith("Stop investigating now"):
+            return FakeReply(text="I think so.\nFINAL HYPOTHESIS: the sky")
+        return FakeReply(text="Let me think about the overview some more.")
+
+    with FakeLLMServer() as server:
+        server.responders["openai"] = chatty
+        path = tmp_path / "chatty.jsonl"
+        outcome = investigate(tiny_service, compatible(server), "adl", Budgets(), path, ask=TINY_ASK)
+        assert len(server.openai_requests) == 4  # a turn, two nudges, the final-answer request
+    assert outcome.end_reason == "final_answer" and outcome.hypothesis == "the sky"
+    assert outcome.detail == "asked for the final answer: the model made no tool call in 3 turns"
+    notices = [e for e in read_transcript(path) if e.kind == "notice" and "no_tool_calls" in e.data]
+    assert notices and notices[0].data["message"] == "the model made no tool call in 3 turns"
