@@ -11,8 +11,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel
 
-from agent.secrets import redact
 from tools.errors import CacheWriteError
+from tools.secrets import redact
 
 EventKind = Literal["run_started", "message", "llm_call", "tool_call", "notice", "compaction", "run_ended"]
 

@@ -22,8 +22,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agent.loop import Budgets, investigate
 from agent.providers import ProviderOptions, make_provider, parse_provider_spec, public_spec
-from agent.secrets import redact
-from agent.url import redact_url
 from evals.grading import HypothesisGrader, make_grader
 from evals.organisms import get_organism
 from evals.organisms.build import OrganismSize
@@ -31,7 +29,9 @@ from evals.store import Grade, RunTakenOverError, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
 from tools.errors import AdlError, AdlInputError
+from tools.secrets import redact
 from tools.toolbox import AskSettings
+from tools.url import redact_url
 from tools.worker.client import HttpWorkerClient
 from tools.worker.http import TOKEN_ENV
 

@@ -31,7 +31,6 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from agent.secrets import uvicorn_log_config
 from evals.compare import (
     ALL_ORGANISMS,
     SUCCESS_GRADE,
@@ -42,6 +41,7 @@ from evals.compare import (
 from evals.store import Experiment, Grade, Message, Run, Store, ToolCallRecord
 from tools.errors import AdlError
 from tools.net import LOOPBACK_HOST_NAMES, allowed_host_names, is_loopback
+from tools.secrets import uvicorn_log_config
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import yaml
 from rich.console import Console
 
 from agent.providers import parse_provider_spec, public_spec
-from agent.secrets import LIBRARY_LOGGERS, redact, uvicorn_log_config
 from tests.fake_llm_server import FakeLLMServer, FakeReply
+from tools.secrets import LIBRARY_LOGGERS, redact, uvicorn_log_config
 
 USER, PASSWORD, QUERY_KEY = "alice-USER-7f3a9c", "pw-PASS-4b8e2d1f", "qk-QUERY-9c2e7a5b"
 ENV_KEY, WORKER_TOKEN = "env-OPENAI-KEY-51d0c3", "worker-TOKEN-8e2b6f41"

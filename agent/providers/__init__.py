@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from agent.errors import ProviderConfigError
 from agent.providers.base import ChatTurn, Completion, Provider, ProviderOptions, ToolCall, Usage
 from agent.retry import RetryPolicy
-from agent.url import public_url, redact_url
+from tools.url import public_url, redact_url
 
 __all__ = [
     "API_KEY_VARIABLES",

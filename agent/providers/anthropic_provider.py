@@ -17,7 +17,7 @@ from agent.pricing import cost_usd, known_context_window
 from agent.providers.base import ChatTurn, Completion, ProviderOptions, ToolCall, Usage
 from agent.providers.status import status_error
 from agent.retry import RetryPolicy, with_retries
-from agent.secrets import redact
+from tools.secrets import redact
 from tools.toolbox import ToolSpec
 
 DEFAULT_TIMEOUT_S = 600.0

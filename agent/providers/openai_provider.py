@@ -16,9 +16,9 @@ from agent.pricing import cost_usd, known_context_window
 from agent.providers.base import ChatTurn, Completion, ProviderOptions, ToolCall, Usage
 from agent.providers.status import status_error
 from agent.retry import RetryPolicy, with_retries
-from agent.secrets import redact
-from agent.url import public_url, split_query
+from tools.secrets import redact
 from tools.toolbox import ToolSpec
+from tools.url import public_url, split_query
 
 OpenAIKind = Literal["openai", "openai-compatible"]
 DEFAULT_TIMEOUT_S = 600.0

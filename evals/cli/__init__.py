@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from agent.secrets import redact
 from evals.cli import agent, demo, diff, experiments, investigate, models, organisms, worker
 from evals.cli.logs import configure_logging
 from tools.errors import AdlError
+from tools.secrets import redact
 
 app = typer.Typer(
     name="adl",

@@ -13,13 +13,13 @@ from rich.markup import escape
 
 from agent.loop import Budgets, investigate
 from agent.providers import ProviderOptions, make_provider
-from agent.secrets import install_log_redaction
-from agent.url import redact_url
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms.build import OrganismSize
 from evals.workers import PROFILES, organism_worker_config
 from tools.errors import AdlInputError
+from tools.secrets import install_log_redaction
 from tools.toolbox import AskSettings
+from tools.url import redact_url
 from tools.worker.client import HttpWorkerClient, WorkerClient
 from tools.worker.http import TOKEN_ENV
 from tools.worker.service import AdlService

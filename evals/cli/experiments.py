@@ -35,7 +35,7 @@ def run_command(
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Run (or resume) an experiment grid: finished units are skipped, interrupted ones redone."""
-    from agent.secrets import install_log_redaction
+    from tools.secrets import install_log_redaction
 
     use_organism_dirs(organism_dirs)
     install_log_redaction()

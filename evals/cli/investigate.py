@@ -10,13 +10,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from agent.secrets import install_log_redaction
 from evals.cli.agent import results_dir
 from evals.cli.diff import parse_layers
 from evals.investigation import run_investigation
 from evals.workers import PROFILES
 from tools.errors import AdlInputError
 from tools.models import FinetuneKind, LoadOptions, ModelPairSpec
+from tools.secrets import install_log_redaction
 from tools.toolbox import AskSettings
 
 console = Console(soft_wrap=True, emoji=False)

@@ -1,5 +1,5 @@
 """Logging of the command line (and the benchmarks): Rich on a console, optionally a file, every
-handler redacting secrets (`agent.secrets.RedactingFormatter`)."""
+handler redacting secrets (`tools.secrets.RedactingFormatter`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from agent.secrets import install_log_redaction
+from tools.secrets import install_log_redaction
 
 NOISY_LOGGERS = ("httpx", "urllib3", "transformers", "peft", "huggingface_hub", "alembic")
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import typer
 
 from agent.judges import make_judges
-from agent.secrets import install_log_redaction
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.workers import PROFILES, organism_worker_config
 from tools.config import load_yaml_model
 from tools.errors import AdlInputError
 from tools.models import LoadOptions
+from tools.secrets import install_log_redaction
 from tools.worker.http import DEFAULT_PORT, TOKEN_ENV, check_bind, serve
 from tools.worker.schema import WorkerConfig
 from tools.worker.service import AdlService

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tools.errors import AdlError, AdlInputError
 from tools.net import LOOPBACK_HOST_NAMES, allowed_host_names, is_loopback
+from tools.secrets import redact, uvicorn_log_config
 from tools.worker.queue import (
     REQUEST_CANCELLED,
     RequestCancelledError,
@@ -209,8 +210,6 @@ class InternalErrorGuard:
             log.exception("request %s failed", scope.get("path"))
             if started:  # nothing else can be sent on this response
                 return
-            from agent.secrets import redact  # the one redaction rule (issue 17 moves it)
-
             response = _error(500, "internal", redact(f"Internal error ({type(exc).__name__}): {exc}"))
             await response(scope, receive, send)
 
@@ -341,8 +340,6 @@ def serve(
     check_bind(host, token)
     service = service_factory()
     app = create_app(service, token, allowed_host_names(host, extra_host_names))
-    from agent.secrets import uvicorn_log_config  # uvicorn's handlers redact secrets too
-
     config = uvicorn.Config(app, host=host, port=port, log_level="info", log_config=uvicorn_log_config(),
                             timeout_graceful_shutdown=30, access_log=False)
     server = uvicorn.Server(config)

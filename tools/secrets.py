@@ -15,7 +15,7 @@ import os
 import re
 from typing import Any
 
-from agent.url import redact_url
+from tools.url import redact_url
 
 SECRET_VARIABLES = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_COMPATIBLE_API_KEY",
                     "ADL_WORKER_TOKEN", "HF_TOKEN")
