@@ -61,6 +61,7 @@ bench-science: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tools evals tests benchmarks
+	$(BIN)/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.worker_fixtures import free_port
+from tools.net import free_port
 from tools.worker.client import HttpWorkerClient, wait_for_worker
 from tools.worker.schema import ChatRequest
 

@@ -183,7 +183,7 @@ class ExperimentSummary(BaseModel):
 def run_experiment(config: EvalConfig, results: Path, store: Store | None = None,
                    show_progress: bool = True) -> ExperimentSummary:
     """Run (or resume) the grid of `config`; transcripts under `results/transcripts/`."""
-    from evals.cli.agent import connect
+    from evals.workers import connect
 
     check_experiment_name(config.name)  # also when the config was built without validation
     store = store or open_store()

@@ -1,14 +1,22 @@
-"""Worker configurations for organisms: which pair, which ADL and steering settings."""
+"""Worker configurations for organisms (which pair, which ADL and steering settings), and
+`connect`: the worker an agent run talks to."""
 
 from __future__ import annotations
+
+import os
 
 from evals.organisms import get_organism
 from evals.organisms.build import OrganismSize, at_size, organism_pair_spec
 from tools.adl.profiles import PROFILES, AnalysisProfile, profile_settings
+from tools.errors import AdlInputError
 from tools.models import LoadOptions
+from tools.url import redact_url
+from tools.worker.client import HttpWorkerClient, WorkerClient
+from tools.worker.http import TOKEN_ENV
 from tools.worker.schema import WorkerConfig
+from tools.worker.service import AdlService
 
-__all__ = ["PROFILES", "AnalysisProfile", "organism_worker_config"]
+__all__ = ["PROFILES", "AnalysisProfile", "connect", "organism_worker_config"]
 
 
 def organism_worker_config(
@@ -33,3 +41,19 @@ def organism_worker_config(
         label=organism.name, pair=organism_pair_spec(organism), load=load or LoadOptions(),
         adl=adl, steering=steering, steering_positions=positions,
     )
+
+
+def connect(
+    organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full"
+) -> WorkerClient:
+    """A worker for `organism`: the one at `worker_url`, or an in-process service of the
+    organism built at `size`."""
+    if profile not in PROFILES:
+        raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    if worker_url:
+        client = HttpWorkerClient(worker_url, token=os.environ.get(TOKEN_ENV) or None)
+        served = client.info().label
+        if served != organism:
+            raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {served!r}, not {organism!r}.")
+        return client
+    return AdlService.start(organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]

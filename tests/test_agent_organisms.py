@@ -16,9 +16,9 @@ import pytest
 from agent.loop import Budgets, investigate
 from agent.providers import make_provider
 from agent.transcript import read_transcript
-from evals.cli.agent import connect
 from evals.grading import OfflineGrader
 from evals.organisms import get_organism
+from evals.workers import connect
 from tests.conftest import SUITE_CONTROL, SUITE_ORGANISM, SUITE_SIZE
 from tests.worker_fixtures import free_port
 from tools.toolbox import AskSettings

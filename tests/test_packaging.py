@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -32,3 +33,13 @@ def test_data_files_are_package_data() -> None:
         if not covered:
             missing.append(name)
     assert not missing, f"not declared in [tool.setuptools.package-data]: {missing}"
+
+
+def test_dependency_directions_hold() -> None:
+    """The import-linter contracts of pyproject.toml (tools -> agent -> evals; evals outside
+    the CLI never imports it; production code never imports the tests)."""
+    linter = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(linter)], cwd=ROOT, check=False, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout

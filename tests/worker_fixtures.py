@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from tools.adl.steering import SteeringSettings
 from tools.corpus import CorpusSpec
 from tools.errors import WorkerUnavailableError
 from tools.models import ModelPairSpec
+from tools.net import free_port
 from tools.toolbox import AskSettings
 from tools.worker.client import wait_for_worker
 from tools.worker.schema import WorkerConfig, WorkerLimits
@@ -53,12 +53,6 @@ def tiny_worker_config(model_dir: Path, adapter_dir: Path, folder: Path) -> Work
         limits=WorkerLimits(max_prompts=4, max_new_tokens=128, max_samples=3,
                             max_request_bytes=20_000),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

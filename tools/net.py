@@ -22,6 +22,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (for starting a local worker or server)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def _as_host_header(host: str) -> str:
     """How `host` appears in a Host header (IPv6 addresses in brackets), lower case."""
     host = host.strip().lower()

@@ -14,15 +14,10 @@ from rich.markup import escape
 from agent.loop import Budgets, investigate
 from agent.providers import ProviderOptions, make_provider
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
-from evals.organisms.build import OrganismSize
-from evals.workers import PROFILES, organism_worker_config
+from evals.workers import connect
 from tools.errors import AdlInputError
 from tools.secrets import install_log_redaction
 from tools.toolbox import AskSettings
-from tools.url import redact_url
-from tools.worker.client import HttpWorkerClient, WorkerClient
-from tools.worker.http import TOKEN_ENV
-from tools.worker.service import AdlService
 
 app = typer.Typer(help="Run the interpretability agent or the blackbox baseline.", no_args_is_help=True)
 console = Console(soft_wrap=True, emoji=False)
@@ -32,22 +27,6 @@ AGENTS = ("adl", "blackbox")
 def results_dir() -> Path:
     """Where runs are written: $ADL_RESULTS, or ./adl-results."""
     return Path(os.environ.get("ADL_RESULTS") or "adl-results").expanduser().resolve()
-
-
-def connect(
-    organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full"
-) -> WorkerClient:
-    """A worker for `organism`: the one at `worker_url`, or an in-process service of the
-    organism built at `size`."""
-    if profile not in PROFILES:
-        raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
-    if worker_url:
-        client = HttpWorkerClient(worker_url, token=os.environ.get(TOKEN_ENV) or None)
-        served = client.info().label
-        if served != organism:
-            raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {served!r}, not {organism!r}.")
-        return client
-    return AdlService.start(organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]
 
 
 @app.command("run")
