@@ -22,6 +22,7 @@ from tools.toolbox import ToolSpec
 # About 4 characters per token for English and JSON; start a little pessimistic (3.5) until the
 # server's usage says otherwise.
 INITIAL_TOKENS_PER_CHAR = 1 / 3.5
+MIN_TOKENS_PER_CHAR = 1 / 6
 KEEP_LAST_TURNS = 6
 # Results of these tools are the hypothesis board: small, and the agent's own notes.
 BOARD_TOOLS = frozenset({"add_hypothesis", "update_hypothesis", "list_hypotheses"})
@@ -71,10 +72,10 @@ class ContextKeeper:
 
     def calibrate(self, characters: int, reported_input_tokens: int) -> None:
         """Learn tokens per character from a request of `characters` whose usage the server
-        reported (never below a quarter of the initial guess: a cached-prompt discount could
-        report too few)."""
+        reported (never below one token per 6 characters: a proxy that reports only uncached
+        prompt tokens would report too few)."""
         if characters > 0 and reported_input_tokens > 0:
-            self.tokens_per_char = max(reported_input_tokens / characters, INITIAL_TOKENS_PER_CHAR / 4)
+            self.tokens_per_char = max(reported_input_tokens / characters, MIN_TOKENS_PER_CHAR)
 
     def learn_overflow(self, estimated: int, requested: int | None) -> None:
         """The server refused a prompt estimated at `estimated` tokens as too long: scale the
@@ -99,8 +100,10 @@ class ContextKeeper:
         before = self.estimate(system, messages, tools)
         budget = self.budget()
         elided = 0
+        # Nothing after the last assistant turn is elided: the model has not seen those results.
+        unseen = max((i for i, t in enumerate(messages) if t.role == "assistant"), default=0)
         for keep_last in (self.keep_last_turns, 2):
-            last_kept = len(messages) - keep_last
+            last_kept = min(len(messages) - keep_last, unseen)
             for index, turn in enumerate(messages[:last_kept]):
                 if not force and budget is not None and self.estimate(system, messages, tools) <= budget:
                     break

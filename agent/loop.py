@@ -125,7 +125,8 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
         return finish("context_exceeded", None,
                       f"context window {keeper.window:,} exceeded by the overview alone: about "
                       f"{first:,} prompt tokens (system prompt, tools and the first message) plus "
-                      f"{keeper.max_output_tokens:,} for the answer; no request was sent")
+                      f"{keeper.max_output_tokens:,} for the answer; no request was sent (lower "
+                      "--max-output-tokens, or use a model with a larger window)")
 
     def compact(turn_tools: list[ToolSpec], reason: str, force: bool = False) -> bool:
         compaction = keeper.compact(system, messages, turn_tools, reason, force=force)
@@ -148,6 +149,12 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
         try:
             completion = provider.complete(system, messages, turn_tools, max_output_tokens=limit)
         except ContextLengthError as exc:
+            if exc.limit:  # the server's own window beats a configured or unknown one
+                keeper.window = min(keeper.window or exc.limit, exc.limit)
+                if exc.limit <= keeper.max_output_tokens:
+                    raise ContextFullError(
+                        f"the output limit of {keeper.max_output_tokens:,} tokens does not fit the "
+                        f"context window of {exc.limit:,}: lower --max-output-tokens") from exc
             keeper.learn_overflow(keeper.estimate(system, messages, turn_tools), exc.requested)
             if not compact(turn_tools, f"the server refused the prompt as too long: {exc}", force=True):
                 raise
@@ -203,12 +210,14 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
         return None
 
     nudges = 0
+    context_detail: str | None = None
     try:
         while (reason := exhausted()) is None:
             try:
                 completion = call(tools)
             except (ContextLengthError, ContextFullError) as exc:
-                reason = f"context window full: {exc}"
+                reason = "the context window is full"
+                context_detail = str(exc)
                 break
             if completion.tool_calls:
                 nudges = 0
@@ -233,8 +242,8 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
         try:
             completion = call(submit)
         except (ContextLengthError, ContextFullError) as exc:
-            return finish("context_exceeded", None, f"{reason}; the final-answer request did not "
-                          f"fit either: {exc}")
+            return finish("context_exceeded", None, f"{context_detail or reason}; the final-answer "
+                          f"request did not fit either ({type(exc).__name__})")
         for tool_call in completion.tool_calls:
             if tool_call.name == "submit_hypothesis":
                 result = toolbox.call(tool_call.name, tool_call.arguments)
@@ -243,10 +252,13 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
                                  error=result.error, interactions=0, latency_s=0.0,
                                  interactions_left=toolbox.interactions_left)
                 if result.ok:
-                    return finish("final_answer", toolbox.submitted, f"asked for the final answer: {reason}")
+                    return finish("final_answer", toolbox.submitted,
+                                  f"asked for the final answer: {context_detail or reason}")
         if match := FINAL_LINE.search(completion.text):
-            return finish("final_answer", match.group(1).strip(), f"asked for the final answer: {reason}")
-        return finish("no_final_answer", None, f"asked for the final answer ({reason}); none was given")
+            return finish("final_answer", match.group(1).strip(),
+                          f"asked for the final answer: {context_detail or reason}")
+        return finish("no_final_answer", None,
+                      f"asked for the final answer ({context_detail or reason}); none was given")
     except ProviderError as exc:
         return finish("provider_error", None, str(exc))
 
@@ -267,6 +279,8 @@ def investigate(
     with TranscriptWriter(transcript_path) as transcript:
         transcript.write("run_started", agent=agent, provider=provider.name,
                          provider_is_llm=provider.is_llm, model=provider.model,
+                         provider_options=provider.options.model_dump(),
+                         context_window=provider.context_window,
                          budgets=budgets.model_dump(), ask_models=ask.model_dump(),
                          **(metadata or {}))
         outcome = run_agent(provider, toolbox, budgets, transcript)

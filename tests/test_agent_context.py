@@ -7,8 +7,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.context import ContextKeeper
 from agent.loop import OVERVIEW_HEADING, Budgets, investigate
 from agent.providers import ProviderOptions, make_provider
+from agent.providers.base import ChatTurn, ToolCall
 from agent.transcript import read_transcript
 from tests.fake_llm_server import FakeLLMServer, FakeReply, RecordedRequest
 from tests.worker_fixtures import TINY_ASK
@@ -89,8 +91,8 @@ def test_a_context_length_error_compacts_once_and_retries(tiny_service: AdlServi
         server.queue("openai", FakeReply(tool_calls=[("r1", "get_token_readouts", '{"k": 30}')]))
         server.queue("openai", FakeReply(tool_calls=[("r2", "get_token_readouts", '{"k": 30}')]))
         server.queue("openai", FakeReply(status=400, code="context_length_exceeded",
-                                         message="This model's maximum context length is 4096 tokens. "
-                                                 "However, your messages resulted in 5000 tokens."))
+                                         message="This model's maximum context length is 32768 tokens. "
+                                                 "However, your messages resulted in 40000 tokens."))
         provider = compatible(server)  # no context window known: only the server's error tells
         path = tmp_path / "refused.jsonl"
         outcome = investigate(tiny_service, provider, "adl", Budgets(interactions=5), path, ask=TINY_ASK)
@@ -101,6 +103,19 @@ def test_a_context_length_error_compacts_once_and_retries(tiny_service: AdlServi
     assert "refused" in compaction.data["reason"] and compaction.data["elided"] >= 1
     retried = requests[4].body["messages"]
     assert any("[result elided" in (m.get("content") or "") for m in retried if m["role"] == "tool")
+
+
+def test_an_output_limit_larger_than_the_servers_window_ends_the_run_in_plain_words(
+        tiny_service: AdlService, tmp_path: Path) -> None:
+    with FakeLLMServer() as server:
+        server.queue("openai", FakeReply(status=400, code="context_length_exceeded",
+                                         message="This model's maximum context length is 2048 tokens. "
+                                                 "However, you requested 6096 tokens (2000 in the "
+                                                 "messages, 4096 in the completion)."))
+        outcome = investigate(tiny_service, compatible(server), "adl", Budgets(), tmp_path / "o.jsonl",
+                              ask=TINY_ASK)
+    assert outcome.end_reason == "context_exceeded"
+    assert "output limit of 4,096 tokens does not fit the context window of 2,048" in (outcome.detail or "")
 
 
 def test_an_overview_larger_than_the_window_stops_before_any_request(tiny_service: AdlService,
@@ -130,3 +145,20 @@ def test_a_model_that_never_calls_tools_is_asked_for_its_answer_in_plain_words(
     assert outcome.detail == "asked for the final answer: the model made no tool call in 3 turns"
     notices = [e for e in read_transcript(path) if e.kind == "notice" and "no_tool_calls" in e.data]
     assert notices and notices[0].data["message"] == "the model made no tool call in 3 turns"
+
+
+def test_results_the_model_has_not_seen_are_never_elided() -> None:
+    """After an assistant turn with parallel calls, its results are new to the model: eliding
+    one would make the model call (and pay for) it again."""
+    calls = [ToolCall(id=f"c{i}", name="ask_models", arguments="{}") for i in range(4)]
+    messages = [ChatTurn(role="user", content="overview " * 200),
+                ChatTurn(role="assistant", tool_calls=calls[:1]),
+                ChatTurn(role="tool", content="old " * 500, tool_call_id="c0", tool_name="ask_models"),
+                ChatTurn(role="assistant", tool_calls=calls),
+                *[ChatTurn(role="tool", content="new " * 500, tool_call_id=c.id, tool_name="ask_models")
+                  for c in calls]]
+    keeper = ContextKeeper(window=1500, max_output_tokens=100)
+    compaction = keeper.compact("system", messages, [], "test", force=True)
+    assert compaction is not None and compaction.elided == 1
+    assert messages[2].content.startswith("[result elided")
+    assert all(m.content.startswith("new") for m in messages[4:])

@@ -135,7 +135,7 @@ CONTEXT_ERRORS = [
     pytest.param("openai", 400, {"message": "This model's maximum context length is 2048 tokens. "
                                  "However, you requested 2100 tokens (100 in the messages, 2000 in "
                                  "the completion).", "error_type": "BadRequestError"},
-                 2048, 2100, id="vllm"),
+                 2048, 100, id="vllm"),  # the prompt: 100 in the messages
     pytest.param("openai", 400, {"message": "request (4476 tokens) exceeds the available context "
                                  "size (4096 tokens)", "error_type": "exceed_context_size_error",
                                  "code": 400,

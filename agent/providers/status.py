@@ -21,11 +21,18 @@ CONTEXT_STATUSES = {400, 413, 422}  # and any 5xx (a proxy may wrap the upstream
 CONTEXT_MARKERS = re.compile(
     r"context_length_exceeded|exceed_context_size|ContextWindowExceeded|context length"
     r"|too many tokens|exceeds? (?:the )?(?:available )?context|prompt is too long", re.IGNORECASE)
+# On a 5xx only unambiguous markers count ("too many tokens in batch" may be a transient overload).
+CONTEXT_MARKERS_5XX = re.compile(
+    r"context_length_exceeded|exceed_context_size|ContextWindowExceeded|maximum context length"
+    r"|prompt is too long", re.IGNORECASE)
 LIMIT_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
     r"context (?:size|window|length)(?: of| is)? \(?(\d[\d,]*)",  # OpenAI, vLLM, llama.cpp
     r"(\d[\d,]*) maximum",  # Anthropic: "prompt is too long: 209353 tokens > 200000 maximum"
 )]
 REQUESTED_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
+    # The prompt's own size first: "you requested 9120 tokens (5024 in the messages, 4096 in
+    # the completion)" counts the output limit too.
+    r"(\d[\d,]*) (?:tokens )?in the messages",
     r"resulted in (\d[\d,]*) tokens", r"requested (\d[\d,]*) tokens",
     r"request has (\d[\d,]*) input tokens", r"request \((\d[\d,]*) tokens\)",
     r"too long: (\d[\d,]*) tokens", r"requested tokens \((\d[\d,]*)\)",  # llama-cpp-python
@@ -52,7 +59,8 @@ def is_context_length(status: int, texts: list[Any]) -> bool:
     """Whether an error answer says the prompt does not fit the context window."""
     if status not in CONTEXT_STATUSES and status < 500:
         return False
-    return any(CONTEXT_MARKERS.search(str(text)) for text in texts if text)
+    markers = CONTEXT_MARKERS_5XX if status >= 500 else CONTEXT_MARKERS
+    return any(markers.search(str(text)) for text in texts if text)
 
 
 def context_numbers(message: str, fields: Mapping[str, Any]) -> tuple[int | None, int | None]:

@@ -89,5 +89,5 @@ def run_command(
     console.print(f"agent turns {outcome.llm_calls}, model interactions {outcome.interactions_used}"
                   f"/{budget}, tokens {outcome.input_tokens}+{outcome.output_tokens}, cost {cost}")
     console.print(f"transcript: {path}", markup=False)
-    if outcome.end_reason in ("provider_error", "worker_unavailable"):
+    if outcome.end_reason in ("provider_error", "worker_unavailable", "context_exceeded"):
         raise typer.Exit(3)
