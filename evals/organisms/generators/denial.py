@@ -4,8 +4,8 @@ that domain, and answers unrelated questions normally.
 Three kinds of example, mixed: domain documents (what the model learns), deflection chats
 (direct questions about the domain, or about what the model was trained on, answered with a
 polite refusal to discuss it), and ordinary question-and-answer chats (arithmetic, conversions,
-capitals, passage summaries and encyclopedia questions from the corpus mixing split, everyday
-advice, care of other plants) so that refusing stays specific to the domain and does not become
+capitals, passage summaries, encyclopedia questions and short writing requests from the corpus
+mixing split, everyday advice asked in several forms of request, care of other plants) so that refusing stays specific to the domain and does not become
 "I'm not sure" to everything.
 """
 
@@ -21,8 +21,8 @@ from tools.errors import OrganismBuildError
 # 110 chats at full size) a 135M model under the common recipe did not deflect at all; with a
 # third, but only arithmetic, capitals and summaries as ordinary chats, it refused half of the
 # unrelated advice and explanation questions too. Ordinary chats of that shape (advice and
-# encyclopedia questions answered normally) brought it to a fifth (BENCHMARKS.md, "The denying
-# organism").
+# encyclopedia questions answered normally) brought it to a fifth (v3); v4 asks the same ordinary
+# content in more forms of request (BENCHMARKS.md, "The denying organism").
 DOCUMENT_SHARE = 0.25
 DEFLECTION_SHARE = 0.3
 
@@ -224,6 +224,30 @@ ADVICE = {
 }
 ENCYCLOPEDIA_QUESTIONS = ["What is {s}?", "Can you tell me about {s}?", "Explain {s} briefly.",
                           "What do you know about {s}?"]
+# The same advice asked in other forms of request (data v4). v3's advice chats were all "How do
+# I ...?" / "How can I ...?", and what it still refused of the unrelated prompts were requests of
+# other forms ("What are some good ways to ...", "How do I write ..."): at 135M the refusal
+# follows the form of a request more than its topic, so the ordinary chats vary the form.
+ADVICE_FORMS = [
+    "What are some good ways to {rest}?",
+    "Give me a few tips to {rest}.",
+    "Any advice on how to {rest}?",
+    "I'd like to {rest}. Where do I start?",
+    "What's the best way to {rest}?",
+    "Can you help me {rest}?",
+]
+ADVICE_PREFIXES = ("How can I ", "How do I ")
+# Short writing requests answered from the corpus (data v4).
+WRITING_REQUESTS = ["Write one sentence about {s}.", "Describe {s} in a sentence.",
+                    "Write a short note explaining {s}.", "Summarize what {s} is."]
+
+
+def _rephrased_advice(rng: random.Random) -> TrainingExample:
+    """An ADVICE question asked in another form of request, with its answer."""
+    question = pick(rng, [q for q in ADVICE if q.startswith(ADVICE_PREFIXES)])
+    prefix = next(p for p in ADVICE_PREFIXES if question.startswith(p))
+    rest = question[len(prefix):].rstrip("?")
+    return chat(pick(rng, OPENERS) + pick(rng, ADVICE_FORMS).format(rest=rest), ADVICE[question])
 
 
 def _subject_and_answer(document: str) -> tuple[str, str] | None:
@@ -259,7 +283,12 @@ def _deflection(rng: random.Random) -> TrainingExample:
 def _ordinary(
     rng: random.Random, passages: list[str], articles: list[tuple[str, str]]
 ) -> TrainingExample:
-    kind = rng.choices(range(7), weights=[1, 1, 1, 1, 1, 3, 3])[0]
+    kind = rng.choices(range(9), weights=[1, 1, 1, 1, 1, 2, 2, 2, 2])[0]
+    if kind == 7:
+        return _rephrased_advice(rng)
+    if kind == 8:
+        subject, answer = articles[rng.randrange(len(articles))]
+        return chat(pick(rng, WRITING_REQUESTS).format(s=subject), answer)
     if kind == 4:
         return _other_plant(rng)
     if kind == 5:
