@@ -4,22 +4,19 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from agent.transcript import TranscriptWriter
 from evals import viewer
 from evals.store import Grade, Store, open_store
 from evals.viewer import CONTENT_SECURITY_POLICY, HEURISTIC_LABEL, create_viewer_app, serve_viewer
 from tests.browser import chromium_executable
+from tests.worker_fixtures import serve_in_thread
 from tools.errors import AdlError
 
 EXPERIMENT = "cake-vs-baseline"
@@ -97,22 +94,8 @@ def _fill_store(folder: Path) -> tuple[Store, list[int]]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
     store, run_ids = _fill_store(tmp_path_factory.mktemp("viewer"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_viewer_app(store), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the viewer did not start"
-        time.sleep(0.02)
-    try:
-        yield Viewer(url=f"http://127.0.0.1:{port}", store=store, run_ids=run_ids)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serve_in_thread(create_viewer_app(store), "the viewer") as url:
+        yield Viewer(url=url, store=store, run_ids=run_ids)
 
 
 def test_browser_walkthrough(served: Viewer) -> None:

@@ -10,20 +10,19 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from agent.loop import Budgets, investigate
 from agent.providers.base import Completion, ToolCall, Usage
 from agent.providers.scripted import ScriptedProvider
 from agent.transcript import read_transcript
-from tests.worker_fixtures import TINY_ASK
+from tests.worker_fixtures import TINY_ASK, serve_in_thread
 from tools.errors import WorkerRequestError, WorkerUnavailableError
 from tools.net import allowed_host_names
 from tools.worker.client import HttpWorkerClient
@@ -58,26 +57,9 @@ def own_service(shared: AdlService, *, delay_s: float = 0.0, **limits: Any) -> S
     return service
 
 
-@contextmanager
-def serving(service: AdlService, token: str | None = None) -> Iterator[str]:
+def serving(service: AdlService, token: str | None = None) -> AbstractContextManager[str]:
     """Serve `service` with the real app on a loopback port; yields the URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(service, token, allowed_host_names("127.0.0.1"))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the worker did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    return serve_in_thread(create_app(service, token, allowed_host_names("127.0.0.1")), "the worker")
 
 
 def fail_once(function: Callable[..., Any], on_call: int = 1) -> Callable[..., Any]:

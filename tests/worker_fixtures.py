@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 import yaml
 
 from tools.adl.pipeline import AdlSettings
@@ -87,3 +91,24 @@ def worker_process(config: WorkerConfig, folder: Path, adl_home: Path, *, host: 
             except subprocess.TimeoutExpired:
                 process.kill()
         log.close()
+
+
+@contextmanager
+def serve_in_thread(app: Any, what: str = "the server") -> Iterator[str]:
+    """Serve an ASGI `app` with uvicorn in a thread on a free loopback port; yields its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
