@@ -12,23 +12,20 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.errors import ModelLoadError, UnknownModelError
+from tools.model_spec import SIDES, FinetuneKind, LoadOptions, ModelPairSpec, Side
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
 from tools.pair_checks import check_pair, hub_cache_dir
 
 log = logging.getLogger(__name__)
 
-Side = Literal["base", "finetuned"]
-SIDES: tuple[Side, Side] = ("base", "finetuned")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -37,38 +34,9 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class FinetuneKind(StrEnum):
-    """How the finetuned model is stored."""
-
-    AUTO = "auto"  # detect: a folder/repo with adapter_config.json is an adapter
-    ADAPTER = "adapter"  # a peft (LoRA) adapter on the base model
-    CHECKPOINT = "checkpoint"  # a full finetuned model
-    NONE = "none"  # no finetune: the base model diffed with itself (a control)
-
-
-class LoadOptions(BaseModel):
-    """dtype and device for loading."""
-
-    model_config = ConfigDict(frozen=True)
-
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "cpu"
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
-
-
-class ModelPairSpec(BaseModel):
-    """What to load: a base model and its finetune."""
-
-    model_config = ConfigDict(frozen=True)
-
-    base: str
-    finetuned: str | None = None
-    finetune_kind: FinetuneKind = FinetuneKind.AUTO
-    base_revision: str | None = None
-    finetuned_revision: str | None = None
+def torch_dtype(options: LoadOptions) -> torch.dtype:
+    """The torch dtype of `options.dtype`."""
+    return _DTYPES[options.dtype]
 
 
 def known_model_names() -> list[str]:
@@ -166,7 +134,7 @@ def load_causal_lm(location: str, options: LoadOptions, revision: str | None = N
     """Load a causal LM in eval mode on the requested device and dtype."""
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=options.torch_dtype, revision=revision
+            location, dtype=torch_dtype(options), revision=revision
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {location!r}: {exc}") from exc
@@ -280,7 +248,7 @@ class ModelPair:
                 hf_model=model,
                 tokenizer=self.tokenizer,
                 device=self.options.device,
-                dtype=self.options.torch_dtype,
+                dtype=torch_dtype(self.options),
             )
         return self._bridges[key]
 
