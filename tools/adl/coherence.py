@@ -21,6 +21,18 @@ from tools.models import ModelPair
 
 
 class CoherenceGrader(Protocol):
+    """Judges steered samples. Its type, `name` and `settings` identify it in the steering cache
+    key (tools.adl.pipeline.steering_key): two graders that may judge differently must differ in
+    one of them."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> BaseModel | None:
+        """Everything besides the type that decides its verdicts (None: nothing)."""
+        ...
+
     def grade(self, prompts: Sequence[str], samples: Sequence[str]) -> list[bool]:
         """One verdict per sample (True: coherent)."""
         ...
@@ -47,6 +59,8 @@ def repeated_trigram_share(text: str) -> float:
 
 class OfflineCoherenceGrader:
     """Base-model perplexity plus repetition and length checks (no API needed)."""
+
+    name = "offline"
 
     def __init__(self, pair: ModelPair, settings: OfflineCoherenceSettings | None = None) -> None:
         self.pair = pair
