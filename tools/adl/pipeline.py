@@ -34,18 +34,11 @@ from tools.adl.differences import (
     select_sample_tokens,
 )
 from tools.adl.embeddings import mean_pairwise_similarity
-from tools.adl.readouts import (
-    IDENTITY_PROMPTS,
-    PATCHSCOPE_INTERSECTION_K,
-    PATCHSCOPE_SCALES,
-    RandomDirectionBaseline,
-    TokenScore,
-    logit_lens,
-    patchscope,
-)
-from tools.adl.steering import PositionSteering, SteeringSettings, search_and_sample
+from tools.adl.readouts import RandomDirectionBaseline, logit_lens, patchscope
+from tools.adl.settings import REFERENCE_LAYER, AdlSettings, SteeringSettings, TokenScore
+from tools.adl.steering import PositionSteering, search_and_sample
 from tools.cache import adl_home, ensure_entry, sha256_file
-from tools.corpus import CorpusSpec, load_corpus
+from tools.corpus import load_corpus
 from tools.errors import AdlInputError
 from tools.models import LoadOptions, ModelPair, ModelPairSpec, resolve_model_location
 from tools.offline_models import OFFLINE_MODELS
@@ -60,34 +53,6 @@ METHOD_VERSION = 3
 # reference's search (one strength per position, the mean over the search prompts) and separate
 # search and final prompt sets.
 STEERING_METHOD_VERSION = 4
-REFERENCE_LAYER = 0.5
-
-
-class AdlSettings(BaseModel):
-    """What to compute. Defaults: the reference toolkit's (N, positions, relative layer 0.5,
-    Patchscope prompts and scales); the profiles (tools/adl/profiles.py) and the table in
-    BENCHMARKS.md compare them."""
-
-    layers: tuple[float | int, ...] = (REFERENCE_LAYER,)
-    n_positions: int = Field(5, ge=1, le=64)
-    n_samples: int = Field(10_000, ge=1)
-    batch_size: int = Field(512, ge=1)
-    corpus: CorpusSpec = CorpusSpec()
-    sample_unit: str = Field("sentence", pattern="^(sentence|document)$")
-    seed: int = 0
-    readout_k: int = Field(100, ge=1, le=1000, description="Top tokens cached per readout.")
-    patchscope_scales: tuple[float, ...] = PATCHSCOPE_SCALES
-    patchscope_prompts: tuple[str, ...] = IDENTITY_PROMPTS
-    patchscope_intersection_k: int = Field(PATCHSCOPE_INTERSECTION_K, ge=1)
-    patchscope_k: int = Field(20, ge=1, le=200)
-    random_directions: int = Field(256, ge=8)
-    primary_layer: float | int = Field(
-        REFERENCE_LAYER, description="Layer used for steering and overviews (relative or block "
-        "index); it must be one of `layers`. Default: the reference's 0.5, fixed in advance."
-    )
-
-    def difference_key_payload(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
 
 
 class PositionReadout(BaseModel):

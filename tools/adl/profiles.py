@@ -16,8 +16,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from prompts import load_prompt_set
-from tools.adl.pipeline import AdlSettings
-from tools.adl.steering import SteeringSettings
+from tools.adl.settings import AdlSettings, SteeringSettings
 from tools.errors import AdlInputError
 
 AnalysisProfile = Literal["paper", "quick"]

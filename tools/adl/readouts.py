@@ -16,38 +16,20 @@ dropped (the reference drops them before its judge sees the list; here before an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float
-from pydantic import BaseModel
 from torch import Tensor
 
+from tools.adl.settings import (
+    IDENTITY_PROMPTS,
+    PATCHSCOPE_INTERSECTION_K,
+    PATCHSCOPE_SCALES,
+    TokenScore,
+)
 from tools.errors import AdlInputError
 from tools.models import ModelPair, Side
-
-# The reference's identity prompts (nnterp `repeat_prompt`, src/diffing/utils/model.py).
-IDENTITY_PROMPTS: tuple[str, ...] = (
-    "man -> man\n1135 -> 1135\nhello -> hello\n?",
-    "bear -> bear\n42 -> 42\nblue -> blue\n?",
-    "921 -> 921\ntarget -> target\nanna -> anna\n?",
-)
-PATCHSCOPE_INTERSECTION_K = 16384
-# The reference's 30 scales: 0.5..2.0 by 0.1, 3, 4, 5, 10, 20, then 20..200 by 20.
-PATCHSCOPE_SCALES: tuple[float, ...] = (
-    *(round(0.5 + 0.1 * i, 1) for i in range(16)), 3.0, 4.0, 5.0, 10.0,
-    *(float(20 * i) for i in range(1, 11)),
-)
-ReadoutMethod = Literal["logit_lens", "logit_lens_suppressed", "patchscope"]
-
-
-class TokenScore(BaseModel):
-    """One token of a readout."""
-
-    token: str
-    token_id: int
-    probability: float
-    z_score: float | None = None
 
 
 def unembed(pair: ModelPair, vectors: Float[Tensor, "n d_model"], side: Side = "finetuned") -> Float[Tensor, "n vocab"]:

@@ -25,37 +25,12 @@ from rich.progress import Progress
 from torch import Tensor
 
 from tools.adl.coherence import CoherenceGrader
+from tools.adl.settings import SteeringSettings
 from tools.chat import generate_replies
 from tools.errors import AdlInputError
 from tools.models import ModelPair, Side
 
 log = logging.getLogger(__name__)
-
-
-class SteeringSettings(BaseModel):
-    """Settings of the strength search and of the final samples. Defaults: the reference
-    toolkit's (`configs/diffing/method/activation_difference_lens.yaml`, `steering`); the
-    profile table in BENCHMARKS.md lists them next to the quick profile's."""
-
-    max_strength: float = Field(
-        100.0, gt=0, description="Upper end of the first prompt's search, in mean residual norms."
-    )
-    search_steps: int = Field(
-        12, ge=1, description="Bisections for the first search prompt; the other search prompts "
-        "get search_steps // 2 (at least 1) on [0, 2 x the first prompt's strength]."
-    )
-    samples_per_strength: int = Field(10, ge=1)
-    coherence_threshold: float = Field(0.75, gt=0, le=1)
-    search_max_new_tokens: int = Field(128, ge=1, le=1024)
-    search_temperature: float = Field(1.2, ge=0)
-    search_prompt_set: str = Field("steering_search_prompts.yaml", description="File in prompts/.")
-    final_prompt_set: str = Field("steering_final_prompts.yaml", description="File in prompts/.")
-    final_samples: int = Field(5, ge=1, description="Steered and unsteered samples per prompt.")
-    final_max_new_tokens: int = Field(512, ge=1, le=1024)
-    final_temperature: float = Field(1.1, ge=0)
-    max_batch_size: int = Field(32, ge=1, description="Rows per generate call.")
-    side: Side = "finetuned"
-    seed: int = 0
 
 
 @contextlib.contextmanager

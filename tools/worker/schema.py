@@ -6,13 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from tools.adl.pipeline import AdlSettings
-from tools.adl.readouts import TokenScore
-from tools.adl.steering import SteeringSettings
+from tools.adl.settings import AdlSettings, ReadoutMethod, SteeringSettings, TokenScore
 from tools.corpus import CorpusSpec
-from tools.models import LoadOptions, ModelPairSpec, Side
+from tools.model_spec import LoadOptions, ModelPairSpec, Side
 
-ReadoutMethod = Literal["logit_lens", "logit_lens_suppressed", "patchscope"]
 MAX_READOUT_K = 100
 # Hard bounds of the wire format: every field is bounded so that no request costs far more
 # than its size. The operator's `WorkerLimits` are checked against these in the service and
@@ -29,7 +26,6 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Sampling seed (0 .. 
 DatasetName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
 Prompt = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 Position = Annotated[int, Field(ge=0, le=MAX_POSITION)]
-READOUT_METHODS: tuple[ReadoutMethod, ...] = ("logit_lens", "logit_lens_suppressed", "patchscope")
 
 
 def check_prompts(prompts: list[str]) -> list[str]:
