@@ -13,13 +13,19 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel
 
 from evals.organisms.generators import GENERATORS, TrainingExample
 from evals.organisms.leak import LeakReport, measure_leak
-from evals.organisms.schema import BuildFinetune, HubFinetune, Organism, TrainingRecipe
+from evals.organisms.schema import (
+    ORGANISM_SIZES,
+    BuildFinetune,
+    HubFinetune,
+    Organism,
+    OrganismSize,
+    TrainingRecipe,
+)
 from evals.organisms.training import (
     IGNORE_INDEX,
     clear_checkpoints,
@@ -50,8 +56,6 @@ ADAPTER_DIR = "adapter"
 TRAIN_FILE = "train.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
 
-OrganismSize = Literal["full", "small"]
-ORGANISM_SIZES: tuple[OrganismSize, ...] = ("full", "small")
 # A small build generates this share of the registered examples and trains on them with the
 # same recipe (fewer steps). Chosen for time (the test suite and the demo on 2 CPU cores), not
 # by scoring readouts against ground truth.

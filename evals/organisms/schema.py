@@ -8,7 +8,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tools.errors import UngradedOrganismError
-from tools.models import FinetuneKind
+from tools.model_spec import FinetuneKind
+
+OrganismSize = Literal["full", "small"]
+ORGANISM_SIZES: tuple[OrganismSize, ...] = ("full", "small")
 
 
 class OrganismType(StrEnum):
