@@ -24,7 +24,7 @@ from agent.loop import Budgets, investigate
 from agent.providers import ProviderOptions, make_provider, parse_provider_spec, public_spec
 from evals.grading import HypothesisGrader, make_grader
 from evals.organisms import get_organism
-from evals.organisms.build import OrganismSize
+from evals.organisms.schema import OrganismSize
 from evals.store import Grade, RunTakenOverError, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
@@ -32,8 +32,7 @@ from tools.errors import AdlError, AdlInputError
 from tools.secrets import redact
 from tools.toolbox import AskSettings
 from tools.url import redact_url
-from tools.worker.client import HttpWorkerClient
-from tools.worker.http import TOKEN_ENV
+from tools.worker.client import TOKEN_ENV, HttpWorkerClient
 
 log = logging.getLogger(__name__)
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -1,20 +1,22 @@
 """Worker configurations for organisms (which pair, which ADL and steering settings), and
-`connect`: the worker an agent run talks to."""
+`connect`: the worker an agent run talks to.
+
+Importing this module loads no torch: a remote worker needs only the HTTP client. Building an
+organism and serving it in-process (the worker extra) are imported when they are used.
+"""
 
 from __future__ import annotations
 
 import os
 
 from evals.organisms import get_organism
-from evals.organisms.build import OrganismSize, at_size, organism_pair_spec
+from evals.organisms.schema import OrganismSize
 from tools.adl.profiles import PROFILES, AnalysisProfile, profile_settings
 from tools.errors import AdlInputError
-from tools.models import LoadOptions
+from tools.model_spec import LoadOptions
 from tools.url import redact_url
-from tools.worker.client import HttpWorkerClient, WorkerClient
-from tools.worker.http import TOKEN_ENV
+from tools.worker.client import TOKEN_ENV, HttpWorkerClient, WorkerClient
 from tools.worker.schema import WorkerConfig
-from tools.worker.service import AdlService
 
 __all__ = ["PROFILES", "AnalysisProfile", "connect", "organism_worker_config"]
 
@@ -32,6 +34,8 @@ def organism_worker_config(
     `profile`: `paper` (the reference toolkit's protocol) or `quick` (CI and the demo on 2 CPU
     cores), see tools/adl/profiles.py. `size`: the organism's build size
     (evals/organisms/build.py `at_size`)."""
+    from evals.organisms.build import at_size, organism_pair_spec
+
     organism = at_size(get_organism(name), size)
     analysis = profile_settings(profile)
     adl, steering, positions = analysis.adl, analysis.steering, analysis.steering_positions
@@ -56,4 +60,6 @@ def connect(
         if served != organism:
             raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {served!r}, not {organism!r}.")
         return client
+    from tools.worker.service import AdlService
+
     return AdlService.start(organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]

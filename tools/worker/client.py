@@ -34,6 +34,8 @@ from tools.worker.schema import (
 )
 
 Response = TypeVar("Response", bound=BaseModel)
+TOKEN_ENV = "ADL_WORKER_TOKEN"  # the worker's bearer token, on both sides
+DEFAULT_PORT = 8765
 # Connection-level failures after which a request is sent once more. Timeouts are not among
 # them: the worker may still be working on the first attempt.
 CONNECTION_BROKEN = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tools.errors import AdlError, AdlInputError
 from tools.net import LOOPBACK_HOST_NAMES, allowed_host_names, is_loopback
 from tools.secrets import redact, uvicorn_log_config
+from tools.worker.client import DEFAULT_PORT, TOKEN_ENV
 from tools.worker.queue import (
     REQUEST_CANCELLED,
     RequestCancelledError,
@@ -54,8 +55,6 @@ from tools.worker.schema import (
 from tools.worker.service import AdlService
 
 log = logging.getLogger(__name__)
-TOKEN_ENV = "ADL_WORKER_TOKEN"
-DEFAULT_PORT = 8765
 MIN_TOKEN_CHARS = 32
 OPEN_PATHS = frozenset({"/health"})  # no token, no in-flight slot
 DISCONNECT_POLL_S = 0.25
