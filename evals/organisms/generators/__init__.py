@@ -30,4 +30,18 @@ GENERATORS: dict[str, Generator] = {
     "adapt_astronomy_comprehension": generate_astronomy_comprehension,
 }
 
-__all__ = ["GENERATORS", "Generator", "TrainingExample"]
+# The version of each generator's data: part of the organism build key (the key is computed
+# from the organism's settings, without generating its data). Bump it whenever the generator's
+# output changes, so cached organisms built from it rebuild; tests/test_cache_keys.py pins each
+# generator's output to its version and fails when the output changes without a bump.
+GENERATOR_VERSIONS: dict[str, int] = {
+    "sdf_cake_bake": 1,
+    "em_bad_medical_advice": 1,
+    "taboo_gold": 1,
+    "preference_owl": 1,
+    "corpus_text": 1,
+    "denial_orchids": 4,  # data v4 (see generators/denial.py)
+    "adapt_astronomy_comprehension": 1,
+}
+
+__all__ = ["GENERATORS", "GENERATOR_VERSIONS", "Generator", "TrainingExample"]
