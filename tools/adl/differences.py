@@ -22,10 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from tools.adl.settings import LayerSpec
 from tools.errors import AdlInputError
 from tools.models import SIDES, ModelPair, Side
-
-LayerSpec = float | int
 
 
 def resolve_layers(layers: Sequence[LayerSpec], n_layers: int) -> list[int]:

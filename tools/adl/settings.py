@@ -26,6 +26,8 @@ PATCHSCOPE_SCALES: tuple[float, ...] = (
 ReadoutMethod = Literal["logit_lens", "logit_lens_suppressed", "patchscope"]
 READOUT_METHODS: tuple[ReadoutMethod, ...] = ("logit_lens", "logit_lens_suppressed", "patchscope")
 REFERENCE_LAYER = 0.5
+# A layer: a relative depth in [0, 1] (a float) or a block index (an int).
+LayerSpec = float | int
 
 
 class TokenScore(BaseModel):
@@ -42,7 +44,7 @@ class AdlSettings(BaseModel):
     Patchscope prompts and scales); the profiles (tools/adl/profiles.py) and the table in
     BENCHMARKS.md compare them."""
 
-    layers: tuple[float | int, ...] = (REFERENCE_LAYER,)
+    layers: tuple[LayerSpec, ...] = (REFERENCE_LAYER,)
     n_positions: int = Field(5, ge=1, le=64)
     n_samples: int = Field(10_000, ge=1)
     batch_size: int = Field(512, ge=1)
@@ -55,7 +57,7 @@ class AdlSettings(BaseModel):
     patchscope_intersection_k: int = Field(PATCHSCOPE_INTERSECTION_K, ge=1)
     patchscope_k: int = Field(20, ge=1, le=200)
     random_directions: int = Field(256, ge=8)
-    primary_layer: float | int = Field(
+    primary_layer: LayerSpec = Field(
         REFERENCE_LAYER, description="Layer used for steering and overviews (relative or block "
         "index); it must be one of `layers`. Default: the reference's 0.5, fixed in advance."
     )
