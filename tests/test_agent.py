@@ -268,7 +268,7 @@ def test_run_agent_records_system_prompt_and_tools(service: AdlService, tmp_path
         run_agent(provider, Toolbox(service, "adl", ask=TINY_ASK), Budgets(), writer)
     events = read_transcript(tmp_path / "t.jsonl")
     assert events[0].data["role"] == "system" and "Activation Difference Lens" in events[0].data["content"]
-    assert {t["name"] for t in events[1].data["tools"]} == set(Toolbox.ADL_TOOLS)
+    assert {t["name"] for t in events[1].data["tools"]} == set(Toolbox.tool_names("adl"))
 
 
 def test_both_agents_get_identical_settings_and_the_baseline_starts_with_unsteered_samples(

@@ -142,7 +142,7 @@ def test_budget_and_agent_kinds(service: AdlService) -> None:
     assert not refused.ok and "only 1 are left" in (refused.error or "")
     assert toolbox.interactions_left == 1
     blackbox = Toolbox(service, "blackbox")
-    assert [s.name for s in blackbox.specs()] == list(Toolbox.BLACKBOX_TOOLS)
+    assert [s.name for s in blackbox.specs()] == Toolbox.tool_names("blackbox")
     assert not blackbox.call("get_token_readouts", {}).ok
     spec = {s.name: s for s in Toolbox(service, "adl").specs()}["get_token_readouts"]
     assert spec.parameters["properties"]["method"]["enum"] == ["logit_lens", "logit_lens_suppressed", "patchscope"]

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tools.errors import AdlInputError
+from tools.validation import validation_problems
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -22,5 +23,5 @@ def load_yaml_model(path: Path, model: type[Model], what: str) -> Model:
     except yaml.YAMLError as exc:
         raise AdlInputError(f"{path} is not valid YAML: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in exc.errors())
+        problems, _ = validation_problems(exc, whole=what)
         raise AdlInputError(f"{path}: invalid {what}: {problems}") from exc

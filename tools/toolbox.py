@@ -12,11 +12,13 @@ import inspect
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tools.errors import AdlError, ToolInputError, WorkerRequestError
+from tools.validation import validation_problems
 from tools.worker.client import WorkerClient
 from tools.worker.schema import (
     MAX_READOUT_K,
@@ -29,6 +31,7 @@ from tools.worker.schema import (
 
 log = logging.getLogger(__name__)
 AgentKind = Literal["adl", "blackbox"]
+AGENT_KINDS: tuple[AgentKind, ...] = ("adl", "blackbox")
 HypothesisStatus = Literal["open", "supported", "rejected"]
 DEFAULT_DATASET = "dataset_1"
 
@@ -92,14 +95,31 @@ class BudgetExhaustedError(ToolInputError):
     """The call would use more model interactions than are left."""
 
 
-def tool(cost: Callable[[dict[str, Any]], int] | None = None, ends_run: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a Toolbox method as a tool; `cost` maps its arguments to model interactions."""
+@dataclass(frozen=True)
+class ToolMarker:
+    """What `@tool` records on a Toolbox method: its cost in model interactions (from its
+    arguments), whether it ends the run, and the agent kinds that may use it."""
+
+    cost: Callable[[dict[str, Any]], int] | None = None
+    ends_run: bool = False
+    agents: tuple[AgentKind, ...] = AGENT_KINDS
+
+
+def tool(cost: Callable[[dict[str, Any]], int] | None = None, ends_run: bool = False,
+         agents: tuple[AgentKind, ...] = AGENT_KINDS) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a Toolbox method as a tool; `cost` maps its arguments to model interactions,
+    `agents`: the agent kinds that may use it (default: every kind)."""
 
     def mark(function: Callable[..., Any]) -> Callable[..., Any]:
-        function.__adl_tool__ = {"cost": cost, "ends_run": ends_run}  # type: ignore[attr-defined]
+        function.__adl_tool__ = ToolMarker(cost, ends_run, agents)  # type: ignore[attr-defined]
         return function
 
     return mark
+
+
+def _marker(function: Any) -> ToolMarker | None:
+    marker = getattr(function, "__adl_tool__", None)
+    return marker if isinstance(marker, ToolMarker) else None
 
 
 def arguments_model(function: Callable[..., Any]) -> type[BaseModel]:
@@ -125,12 +145,8 @@ Position = Annotated[int, Field(description="Token position (0 = first token of 
 
 
 class Toolbox:
-    """The tools of one agent run against one worker (HTTP or in-process)."""
-
-    ADL_TOOLS = ("ask_models", "get_token_readouts", "get_steered_samples", "generate_steered",
-                 "add_hypothesis", "update_hypothesis", "list_hypotheses", "submit_hypothesis")
-    BLACKBOX_TOOLS = ("ask_models", "add_hypothesis", "update_hypothesis", "list_hypotheses",
-                      "submit_hypothesis")
+    """The tools of one agent run against one worker (HTTP or in-process). Each tool is a method
+    marked with `@tool`, which names the agent kinds that may use it."""
 
     def __init__(self, client: WorkerClient, agent: AgentKind = "adl",
                  interaction_budget: int | None = None, ask: AskSettings | None = None) -> None:
@@ -142,9 +158,17 @@ class Toolbox:
         self.hypotheses: list[Hypothesis] = []
         self.submitted: str | None = None
         self.generated_tokens = 0
-        names = self.ADL_TOOLS if agent == "adl" else self.BLACKBOX_TOOLS
-        self._tools = {name: getattr(self, name) for name in names}
+        self._tools = {name: getattr(self, name) for name in self.tool_names(agent)}
         self._models = {name: arguments_model(method) for name, method in self._tools.items()}
+
+    @classmethod
+    def tool_names(cls, agent: AgentKind) -> list[str]:
+        """The tools `agent` may use, in the order they are defined (a subclass's last)."""
+        members: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            members.update(vars(klass))
+        return [name for name, member in members.items()
+                if (marker := _marker(member)) is not None and agent in marker.agents]
 
     # -- the tools ----------------------------------------------------------------------------
 
@@ -160,7 +184,7 @@ class Toolbox:
         return {"answers": [{"prompt": r.prompt, "base": r.replies["base"],
                              "finetuned": r.replies["finetuned"]} for r in response.replies]}
 
-    @tool()
+    @tool(agents=("adl",))
     def get_token_readouts(
         self,
         layer: Annotated[int | None, Field(description="Block index; default: the overview's layer.")] = None,
@@ -183,7 +207,7 @@ class Toolbox:
             result["note"] = response.note
         return result
 
-    @tool()
+    @tool(agents=("adl",))
     def get_steered_samples(
         self,
         position: Position,
@@ -202,7 +226,7 @@ class Toolbox:
             sample.unsteered = (sample.unsteered or [])[:1]
         return response.model_dump(exclude_none=True)
 
-    @tool(cost=lambda args: len(args["prompts"]) * args["n"])
+    @tool(cost=lambda args: len(args["prompts"]) * args["n"], agents=("adl",))
     def generate_steered(
         self,
         position: Position,
@@ -273,8 +297,8 @@ class Toolbox:
         ]
 
     def cost(self, name: str, arguments: dict[str, Any]) -> int:
-        marker = self._tools[name].__adl_tool__  # type: ignore[attr-defined]
-        return int(marker["cost"](arguments)) if marker["cost"] else 0
+        marker = _marker(self._tools[name])
+        return int(marker.cost(arguments)) if marker is not None and marker.cost else 0
 
     def call(self, name: str, arguments: dict[str, Any] | str | None) -> ToolResult:
         """Validate, charge and run one tool call; any failure becomes an error result."""
@@ -292,9 +316,8 @@ class Toolbox:
             try:
                 parsed = self._models[name].model_validate(arguments or {})
             except ValidationError as exc:
-                problems = [f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()]
-                fields = [".".join(map(str, e["loc"])) for e in exc.errors() if e["loc"]]
-                raise ToolInputError(f"Invalid arguments for {name}: " + "; ".join(problems), fields) from exc
+                problems, fields = validation_problems(exc)
+                raise ToolInputError(f"Invalid arguments for {name}: {problems}", fields) from exc
             values = parsed.model_dump()
             cost = self.cost(name, values)
             left = self.interactions_left
@@ -313,16 +336,16 @@ class Toolbox:
             return ToolResult(name=name, ok=False, error=f"{type(exc).__name__}: {exc}",
                               error_type=type(exc).__name__)
         except ValidationError as exc:  # a request the worker schema refuses
-            problems = [f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()]
-            return ToolResult(name=name, ok=False, error=f"Invalid arguments for {name}: " + "; ".join(problems),
-                              error_fields=[".".join(map(str, e["loc"])) for e in exc.errors() if e["loc"]],
-                              error_type="ValidationError")
+            problems, fields = validation_problems(exc)
+            return ToolResult(name=name, ok=False, error=f"Invalid arguments for {name}: {problems}",
+                              error_fields=fields, error_type="ValidationError")
         except Exception as exc:
             log.exception("tool %s failed", name)
             return ToolResult(name=name, ok=False, error=f"The tool failed: {type(exc).__name__}: {exc}",
                               error_type=type(exc).__name__)
         self.interactions_used += cost
-        ends = bool(self._tools[name].__adl_tool__["ends_run"])  # type: ignore[attr-defined]
+        marker = _marker(self._tools[name])
+        ends = marker is not None and marker.ends_run
         return ToolResult(name=name, ok=True, content=content, interactions=cost, ends_run=ends)
 
     def overview(self) -> dict[str, Any]:

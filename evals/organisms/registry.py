@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from evals.organisms.schema import Organism
 from tools.errors import OrganismConfigError, UnknownOrganismError
+from tools.validation import validation_problems
 
 REGISTRY_DIR = Path(__file__).parent / "registry"
 ORGANISMS_ENV = "ADL_ORGANISMS"
@@ -32,9 +33,7 @@ def load_organism_file(path: Path, expected_name: str | None = None) -> Organism
     try:
         organism = Organism.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors()
-        )
+        problems, _ = validation_problems(exc, whole="organism", label="field '{}'")
         raise OrganismConfigError(f"{path}: {problems}") from exc
     stem = expected_name or path.stem
     if organism.name != stem:

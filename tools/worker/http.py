@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tools.errors import AdlError, AdlInputError
 from tools.net import LOOPBACK_HOST_NAMES, allowed_host_names, is_loopback
 from tools.secrets import redact, uvicorn_log_config
+from tools.validation import validation_problems
 from tools.worker.client import DEFAULT_PORT, TOKEN_ENV
 from tools.worker.queue import (
     REQUEST_CANCELLED,
@@ -213,10 +214,6 @@ class InternalErrorGuard:
             await response(scope, receive, send)
 
 
-def _field_path(location: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in location if part != "body")
-
-
 async def _served(request: Request, cancel_pending: Callable[[], None],
                   function: Callable[[T], R], argument: T) -> R:
     """Run `function(argument)` on the thread pool; if the client hangs up first, its queued
@@ -265,9 +262,8 @@ def create_app(service: AdlService, token: str | None = None,
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{_field_path(e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
-        fields = [_field_path(e["loc"]) for e in exc.errors() if _field_path(e["loc"])]
-        return _error(422, "invalid_argument", "; ".join(problems), fields)
+        problems, fields = validation_problems(exc, whole="body", skip=("body",))
+        return _error(422, "invalid_argument", problems, fields)
 
     @app.exception_handler(AdlInputError)
     async def _bad_input(request: Request, exc: AdlInputError) -> JSONResponse:
