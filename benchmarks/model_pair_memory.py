@@ -23,8 +23,7 @@ pair = load_model_pair(spec)
 ids = pair.tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
 with torch.no_grad():
     for side in ("base", "finetuned"):
-        with pair.model(side) as model:
-            model(ids)
+        pair.logits(side, ids)
 print(json.dumps({
     "parameter_bytes": pair.parameter_bytes(),
     "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -46,8 +46,7 @@ def corpus_spec(tmp_path: Path) -> CorpusSpec:
 def test_logit_lens_readout_is_the_unembedding_of_the_normed_vector(pair) -> None:
     vector = torch.randn(pair.d_model)
     tokens = logit_lens(pair, vector, k=5)
-    with pair.model("finetuned") as model, torch.no_grad():
-        expected = model.lm_head(model.model.norm(vector[None]))[0]
+    expected = pair.unembed(vector[None], "finetuned")[0]  # the backend's own: tests/test_backend.py
     assert [t.token_id for t in tokens] == expected.topk(5).indices.tolist()
     suppressed = logit_lens(pair, vector, k=5, baseline=RandomDirectionBaseline(pair, 32))
     assert all(t.z_score is not None for t in suppressed)
@@ -107,6 +106,8 @@ def test_run_adl_is_cached_and_validates_input(pair, adl_home: Path, corpus_spec
     mtime = (first.path / "readouts.json").stat().st_mtime
     second = run_adl(pair, settings, show_progress=False)
     assert second.path == first.path and (second.path / "readouts.json").stat().st_mtime == mtime
+    assert second.settings == settings and second.record.load == pair.options  # as stored
+    assert second.record.scale_chooser is not None and second.record.scale_chooser.name == "offline"
     torch.testing.assert_close(second.difference.mean_diff, first.difference.mean_diff)
     other = run_adl(pair, settings.model_copy(update={"n_samples": 10}), show_progress=False)
     assert other.path != first.path

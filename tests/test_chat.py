@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import make_tiny_tokenizer
-from tools.chat import ChatMessage, chat_token_ids, generate_replies, render_chat
+from tools.chat import ChatMessage, chat_token_ids, render_chat
 from tools.models import ModelPairSpec, load_model_pair
 
 CONVERSATION = [
@@ -51,9 +51,8 @@ def test_plain_format_masks_and_ends_turns_with_eos() -> None:
 def test_generation_is_batched_and_deterministic(tiny_model_dir: Path) -> None:
     pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir)))
     prompts = ["hello", "what is the sky ?", "why ?"]
-    with pair.model("base") as model:
-        one = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=5, batch_size=2)
-        two = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=5, batch_size=3)
-        alone = generate_replies(model, pair.tokenizer, prompts[1:2], max_new_tokens=5)
+    one = pair.generate("base", prompts, max_new_tokens=5, batch_size=2)
+    two = pair.generate("base", prompts, max_new_tokens=5, batch_size=3)
+    alone = pair.generate("base", prompts[1:2], max_new_tokens=5)
     assert one == two and len(one) == 3
     assert alone[0] == one[1]

@@ -19,17 +19,17 @@ PROMPT = "the owl is a big bird and the sky is blue"
 
 
 def _hidden(model, ids, layer):
-    return model(ids, output_hidden_states=True).hidden_states[layer + 1]
+    """HF's own hidden state after block `layer` (a plain model outside any backend)."""
+    with torch.no_grad():
+        return model(ids, output_hidden_states=True).hidden_states[layer + 1]
 
 
 def test_local_folder_without_finetune_is_its_own_pair(tiny_model_dir: Path) -> None:
     pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir)))
     assert pair.shares_base_weights
     ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
-    with pair.model("base") as base, torch.no_grad():
-        a = _hidden(base, ids, 1)
-    with pair.model("finetuned") as ft, torch.no_grad():
-        b = _hidden(ft, ids, 1)
+    a = pair.residuals("base", ids, [1])[1]
+    b = pair.residuals("finetuned", ids, [1])[1]
     assert torch.equal(a, b)
 
 
@@ -42,29 +42,14 @@ def test_adapter_pair_shares_base_weights_and_switches(
     assert pair.shares_base_weights
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
-    with torch.no_grad():
-        expected_base = _hidden(plain, ids, 2)
-        with pair.model("base") as base:
-            got_base = _hidden(base, ids, 2)
-        with pair.model("finetuned") as ft:
-            got_ft = _hidden(ft, ids, 2)
-    torch.testing.assert_close(got_base, expected_base)
+    expected_base = _hidden(plain, ids, 2)
+    got_base = pair.residuals("base", ids, [2])[2]
+    got_ft = pair.residuals("finetuned", ids, [2])[2]
+    torch.testing.assert_close(got_base, expected_base, atol=1e-5, rtol=1e-5)
     assert (got_ft - expected_base).abs().max() > 1e-3
     # One copy of the base weights plus the small adapter, not two models.
     base_bytes = sum(p.numel() * p.element_size() for p in plain.parameters())
     assert base_bytes < pair.parameter_bytes() < 1.5 * base_bytes
-
-
-def test_bridge_hooks_equal_hf_hidden_states(tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
-    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
-    ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
-    name = "blocks.2.hook_resid_post"
-    for side in ("base", "finetuned"):
-        with torch.no_grad(), pair.bridge(side) as bridge:
-            _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == name)
-        with torch.no_grad(), pair.model(side) as model:
-            expected = _hidden(model, ids, 2)
-        torch.testing.assert_close(cache[name], expected, atol=1e-4, rtol=0)
 
 
 def test_full_checkpoint_pair(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -72,8 +57,7 @@ def test_full_checkpoint_pair(tiny_model_dir: Path, tmp_path: Path) -> None:
     pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(finetuned)))
     assert not pair.shares_base_weights
     ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
-    with torch.no_grad(), pair.model("base") as b, pair.model("finetuned") as f:
-        assert not torch.equal(_hidden(b, ids, 0), _hidden(f, ids, 0))
+    assert not torch.equal(pair.residuals("base", ids, [0])[0], pair.residuals("finetuned", ids, [0])[0])
 
 
 def test_mismatched_pair_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -147,28 +131,3 @@ def test_missing_asset_package_names_the_install_command() -> None:
 
     with pytest.raises(AssetMissingError, match="pip install --no-deps no-such-asset"):
         package_file("no-such-asset", "x/y.bin", "The test")
-
-
-def test_generation_after_bridge_boot_uses_the_kv_cache(
-    tiny_model_dir: Path, tiny_adapter_dir: Path
-) -> None:
-    """Booting a transformer_lens bridge swaps the HF model's modules for bridge components;
-    cached generation must still see the whole context (transformers 5.24 renamed the cache
-    argument and transformer_lens 4.3 dropped it: every decode step attended to itself)."""
-    from tools.adl.steering import generate_steered
-    from tools.chat import generate_replies
-
-    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
-    prompts = [PROMPT, "a short one"]
-    for side in ("base", "finetuned"):
-        with pair.model(side) as model:
-            before = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=12)
-        with pair.bridge(side):
-            pass
-        with pair.model(side) as model:
-            after = generate_replies(model, pair.tokenizer, prompts, max_new_tokens=12)
-        assert after == before, side
-        zero = torch.zeros(len(prompts), model.config.hidden_size)
-        steered = generate_steered(pair, prompts, zero, [0.0, 0.0], 1, max_new_tokens=12,
-                                   temperature=0.0, side=side)
-        assert steered == before, side

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tools.cache import entry_is_valid
-from tools.chat import generate_replies, has_chat_template
+from tools.chat import has_chat_template
 from tools.models import ModelPairSpec, load_model_pair
 from tools.offline_models import offline_model_dir
 
@@ -45,10 +46,7 @@ def test_smollm2_pair_chats_with_its_template() -> None:
     pair = load_model_pair(ModelPairSpec(base="smollm2-135m-instruct"))
     assert pair.n_layers == 30 and pair.d_model == 576
     assert has_chat_template(pair.tokenizer)
-    with pair.model("finetuned") as model:
-        (reply,) = generate_replies(
-            model, pair.tokenizer, ["What is the capital of France?"], max_new_tokens=20
-        )
+    (reply,) = pair.generate("finetuned", ["What is the capital of France?"], max_new_tokens=20)
     assert "Paris" in reply
 
 
@@ -58,11 +56,9 @@ def test_gemma3_base_loads_and_uses_the_plain_chat_format() -> None:
     assert not has_chat_template(pair.tokenizer)
     ids = pair.tokenizer("The capital of France is", return_tensors="pt").input_ids
     assert ids[0, 0] == pair.tokenizer.bos_token_id
-    with torch.no_grad(), pair.model("base") as model:
-        hidden = model(ids, output_hidden_states=True).hidden_states
-        (reply,) = generate_replies(model, pair.tokenizer, ["Say hello."], max_new_tokens=12)
-    name = "blocks.8.hook_resid_post"
-    with torch.no_grad(), pair.bridge("base") as bridge:
-        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == name)
-    torch.testing.assert_close(cache[name], hidden[9], atol=1e-4, rtol=1e-4)
+    (reply,) = pair.generate("base", ["Say hello."], max_new_tokens=12)
+    plain = AutoModelForCausalLM.from_pretrained(pair.base_location).eval()
+    with torch.no_grad():
+        hidden = plain(ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(pair.residuals("base", ids, [8])[8], hidden[9], atol=1e-4, rtol=1e-4)
     assert isinstance(reply, str) and "User:" not in reply

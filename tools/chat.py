@@ -1,4 +1,4 @@
-"""Chat formatting and batched generation.
+"""Chat formatting, and the encoding and decoding around generation (`ModelPair.generate`).
 
 Chat prompts go through the tokenizer's chat template. A model without one (for example the
 Gemma 3 270M *base* model) gets the plain format below, which is also what its finetunes are
@@ -14,11 +14,11 @@ trained on:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers.tokenization_utils_base import BatchEncoding, PreTrainedTokenizerBase
 
 PLAIN_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -112,52 +112,31 @@ def _template_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     return probe.startswith(bos)
 
 
-@torch.inference_mode()
-def generate_replies(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str | Conversation],
-    *,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> list[str]:
-    """Generate one reply per prompt (greedy when temperature is 0), batched, left-padded."""
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | Conversation]
+) -> BatchEncoding:
+    """Chat prompts rendered and tokenized as one left-padded batch (for generation)."""
     texts = [render_chat(tokenizer, as_conversation(p)) for p in prompts]
-    replies: list[str] = []
-    device = next(model.parameters()).device
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    add_special = not _template_adds_bos(tokenizer)
     try:
-        for start in range(0, len(texts), batch_size):
-            batch = texts[start : start + batch_size]
-            encoded = tokenizer(
-                batch, return_tensors="pt", padding=True, add_special_tokens=add_special
-            ).to(device)
-            generator_kwargs: dict[str, Any] = {"do_sample": temperature > 0}
-            if temperature > 0:
-                generator_kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
-                torch.manual_seed(seed + start)
-            output = model.generate(
-                **encoded,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=_stop_token_ids(tokenizer),
-                **generator_kwargs,
-            )
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            replies += [
-                _cut_plain_turn(tokenizer, t)
-                for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            ]
+        return tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=not _template_adds_bos(tokenizer)
+        )
     finally:
         tokenizer.padding_side = previous_side
-    return replies
 
 
-def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def decode_replies(tokenizer: PreTrainedTokenizerBase, new_tokens: torch.Tensor) -> list[str]:
+    """Generated token ids (prompt removed) as reply texts."""
+    return [
+        _cut_plain_turn(tokenizer, t)
+        for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    ]
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end a reply: eos and the chat end-of-turn tokens the vocabulary has."""
     ids = {tokenizer.eos_token_id}
     for token in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
         token_id = tokenizer.convert_tokens_to_ids(token)

@@ -71,3 +71,8 @@ class WorkerRequestError(AdlError):
         super().__init__(message)
         self.error_type = error_type
         self.fields = fields or []
+
+
+class ConcurrentModelUseError(AdlError):
+    """A second thread called a model backend while it was running an operation (a backend is
+    single-threaded: see `tools.backend`)."""

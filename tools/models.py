@@ -1,26 +1,25 @@
 """Loading a base/finetuned model pair from an offline short name, a local folder, a hub id,
-a LoRA adapter or a full finetuned checkpoint, wrapped for activation reading.
+a LoRA adapter or a full finetuned checkpoint, handed to a model backend (`tools.backend`),
+which owns the weights from then on.
 
-When the finetune is a LoRA adapter the pair holds *one* copy of the base weights: the adapter
-is switched off to act as the base model and on to act as the finetuned one. Activations are
-read through transformer_lens 4.x `TransformerBridge` hooks (`blocks.{L}.hook_resid_post`).
+When the finetune is a LoRA adapter the pair holds *one* copy of the base weights: the backend
+switches the adapter off to act as the base model and on to act as the finetuned one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from tools.backend import BACKENDS, BackendName, LoadedModels, ModelPair
 from tools.errors import ModelLoadError, UnknownModelError
-from tools.model_spec import SIDES, FinetuneKind, LoadOptions, ModelPairSpec, Side
+from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
 from tools.pair_checks import check_pair, hub_cache_dir
 
@@ -141,132 +140,13 @@ def load_causal_lm(location: str, options: LoadOptions, revision: str | None = N
     return model.to(options.device).eval()
 
 
-class ModelPair:
-    """A base model and its finetune, sharing base weights when the finetune is an adapter."""
-
-    def __init__(
-        self,
-        spec: ModelPairSpec,
-        tokenizer: PreTrainedTokenizerBase,
-        base_model: PreTrainedModel,
-        finetuned_model: PreTrainedModel,
-        peft_model: Any | None,
-        base_location: str,
-        finetuned_location: str,
-        options: LoadOptions,
-    ) -> None:
-        self.spec = spec
-        self.tokenizer = tokenizer
-        self.options = options
-        self._models: dict[Side, PreTrainedModel] = {"base": base_model, "finetuned": finetuned_model}
-        self._locations: dict[Side, str] = {"base": base_location, "finetuned": finetuned_location}
-        self._peft = peft_model
-        self._bridges: dict[int, Any] = {}
-
-    @property
-    def base_location(self) -> str:
-        """Where the base model was loaded from: a local folder or a hub id."""
-        return self._locations["base"]
-
-    @property
-    def shares_base_weights(self) -> bool:
-        """True when one set of weights serves both sides (adapter or no finetune)."""
-        return self._models["base"] is self._models["finetuned"]
-
-    @property
-    def config(self) -> Any:
-        return self._models["base"].config
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.config.num_hidden_layers)
-
-    @property
-    def d_model(self) -> int:
-        return int(self.config.hidden_size)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self._models["base"].parameters()).device
-
-    @contextlib.contextmanager
-    def model(self, side: Side) -> Iterator[PreTrainedModel]:
-        """The HF model acting as `side` for the duration of the context."""
-        if side not in SIDES:
-            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-        if side == "base" and self._peft is not None:
-            with self._peft.disable_adapter():
-                yield self._models["base"]
-        else:
-            yield self._models[side]
-
-    @contextlib.contextmanager
-    def fast(self, side: Side, upto_layer: int | None = None) -> Iterator[Side]:
-        """Context for bulk forward passes of `side` on CPU.
-
-        peft's unmerged LoRA path costs about 30% extra on a CPU (extra small matmuls and
-        elementwise passes). For the finetuned side of an adapter pair on CPU, the adapter is
-        merged into the weights of blocks 0..`upto_layer` for the duration of the context and
-        the original weights are restored bit for bit afterwards (a copy of the merged weights
-        is kept meanwhile). Elsewhere this does nothing.
-        """
-        if side != "finetuned" or self._peft is None or self.device.type != "cpu":
-            yield side
-            return
-        from peft.tuners.lora import LoraLayer
-
-        merged: list[tuple[Any, torch.Tensor]] = []
-        try:
-            for name, module in self._peft.named_modules():
-                if not isinstance(module, LoraLayer) or module.merged:
-                    continue
-                match = re.search(r"\.layers\.(\d+)\.", name)
-                if upto_layer is not None and match and int(match.group(1)) > upto_layer:
-                    continue
-                weight = module.get_base_layer().weight
-                merged.append((module, weight.detach().clone()))
-                module.merge()
-            yield side
-        finally:
-            for module, original in merged:
-                module.unmerge()
-                module.get_base_layer().weight.data.copy_(original)
-
-    @contextlib.contextmanager
-    def bridge(self, side: Side) -> Iterator[Any]:
-        """A transformer_lens `TransformerBridge` acting as `side` inside the context."""
-        with self.model(side) as model:
-            yield self._bridge_for(model, self._locations[side])
-
-    def _bridge_for(self, model: PreTrainedModel, location: str) -> Any:
-        key = id(model)
-        if key not in self._bridges:
-            from transformer_lens.model_bridge import TransformerBridge
-
-            self._bridges[key] = TransformerBridge.boot_transformers(
-                location if Path(location).is_dir() else self._locations["base"],
-                hf_model=model,
-                tokenizer=self.tokenizer,
-                device=self.options.device,
-                dtype=torch_dtype(self.options),
-            )
-        return self._bridges[key]
-
-    def parameter_bytes(self) -> int:
-        """Bytes of all distinct parameter tensors the pair holds (shared weights counted once)."""
-        seen: set[int] = set()
-        total = 0
-        for model in self._models.values():
-            for tensor in model.parameters():
-                if tensor.data_ptr() not in seen:
-                    seen.add(tensor.data_ptr())
-                    total += tensor.numel() * tensor.element_size()
-        return total
-
-
-def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> ModelPair:
-    """Load the pair described by `spec` (see `ModelPairSpec`)."""
+def load_model_pair(
+    spec: ModelPairSpec, options: LoadOptions | None = None, backend: BackendName = "bridge"
+) -> ModelPair:
+    """Load the pair described by `spec` (see `ModelPairSpec`) behind `backend` (see
+    `tools.backend`)."""
     options = options or LoadOptions()
+    pair_class = BACKENDS[backend]
     base_location = resolve_model_location(spec.base)
     kind = spec.finetune_kind
     ft_location: str | None = None
@@ -288,9 +168,9 @@ def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> 
     tokenizer = load_tokenizer(base_location, spec.base_revision)
     base_model = load_causal_lm(base_location, options, spec.base_revision)
     if kind == FinetuneKind.NONE or ft_location is None:
-        return ModelPair(
-            spec, tokenizer, base_model, base_model, None, base_location, base_location, options
-        )
+        return pair_class(LoadedModels(
+            spec, tokenizer, {"base": base_model, "finetuned": base_model}, None,
+            {"base": base_location, "finetuned": base_location}, options))
 
     if kind == FinetuneKind.ADAPTER:
         from peft import PeftModel
@@ -308,10 +188,9 @@ def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> 
         peft_model.eval()
         # peft injects the LoRA layers into `base_model` in place: calling it runs the finetune,
         # and `peft_model.disable_adapter()` turns it back into the base model.
-        return ModelPair(
-            spec, tokenizer, base_model, base_model, peft_model, base_location, base_location,
-            options,
-        )
+        return pair_class(LoadedModels(
+            spec, tokenizer, {"base": base_model, "finetuned": base_model}, peft_model,
+            {"base": base_location, "finetuned": base_location}, options))
 
     finetuned_model = load_causal_lm(ft_location, options, spec.finetuned_revision)
     if not (Path(base_location).is_dir() and Path(ft_location).is_dir()):
@@ -319,6 +198,19 @@ def load_model_pair(spec: ModelPairSpec, options: LoadOptions | None = None) -> 
         check_pair(base_location, ft_location, kind.value, base_revision=spec.base_revision,
                    finetuned_revision=spec.finetuned_revision,
                    names=(spec.base, spec.finetuned or spec.base), downloaded=True)
-    return ModelPair(
-        spec, tokenizer, base_model, finetuned_model, None, base_location, ft_location, options
-    )
+    return pair_class(LoadedModels(
+        spec, tokenizer, {"base": base_model, "finetuned": finetuned_model}, None,
+        {"base": base_location, "finetuned": ft_location}, options))
+
+
+def pair_from_trained_adapter(
+    spec: ModelPairSpec, tokenizer: PreTrainedTokenizerBase, peft_model: Any, location: str,
+    options: LoadOptions, backend: BackendName = "bridge",
+) -> ModelPair:
+    """The pair of a LoRA adapter just trained in this process (`peft_model` wraps the base model
+    loaded from `location`): the organism builder measures it without reloading it."""
+    peft_model.eval()
+    base_model = peft_model.get_base_model()
+    return BACKENDS[backend](LoadedModels(
+        spec, tokenizer, {"base": base_model, "finetuned": base_model}, peft_model,
+        {"base": location, "finetuned": location}, options))

@@ -22,9 +22,8 @@ from evals.organisms.build import (
 )
 from evals.organisms.leak import MAX_LEAK_RATE
 from evals.organisms.registry import load_organism_file
-from tools.chat import generate_replies
 from tools.errors import OrganismConfigError
-from tools.models import SIDES
+from tools.model_spec import SIDES
 
 app = typer.Typer(help="Model organisms: finetunes with known ground truth.", no_args_is_help=True)
 console = Console(emoji=False)
@@ -97,11 +96,8 @@ def chat_command(
     table = Table("base", "finetuned", title=escape(f"{organism.name}: {prompt}"), show_lines=True)
     answers = []
     for side in SIDES:
-        with pair.model(side) as model:
-            answers += generate_replies(
-                model, pair.tokenizer, [prompt], max_new_tokens=max_new_tokens,
-                temperature=temperature,
-            )
+        answers += pair.generate(side, [prompt], max_new_tokens=max_new_tokens,
+                                 temperature=temperature)
     table.add_row(*(Text(answer) for answer in answers))  # model text, never Rich markup
     console.print(table)
 

@@ -14,8 +14,7 @@ from pydantic import BaseModel
 
 from evals.organisms.schema import Organism
 from prompts import load_prompt_set
-from tools.chat import generate_replies
-from tools.models import ModelPair
+from tools.backend import ModelPair
 
 GENERIC_PROMPTS_FILE = "generic_chat_prompts.yaml"
 MAX_LEAK_RATE = 0.25
@@ -63,10 +62,7 @@ def measure_leak(
     keywords = list(organism.domain_keywords)
     answers = {}
     for side in ("base", "finetuned"):
-        with pair.model(side) as model:
-            answers[side] = generate_replies(
-                model, pair.tokenizer, prompts, max_new_tokens=max_new_tokens
-            )
+        answers[side] = pair.generate(side, prompts, max_new_tokens=max_new_tokens)
     return LeakReport(
         keywords=keywords,
         prompts=prompts,
@@ -119,9 +115,8 @@ def measure_denial(
     unrelated = list(unrelated or load_prompt_set(GENERIC_PROMPTS_FILE))
     answers: dict[str, dict[str, list[str]]] = {}
     for side in ("base", "finetuned"):
-        with pair.model(side) as model:
-            answers[side] = {
-                kind: generate_replies(model, pair.tokenizer, list(prompts), max_new_tokens=max_new_tokens)
-                for kind, prompts in (("direct", direct), ("unrelated", unrelated))
-            }
+        answers[side] = {
+            kind: pair.generate(side, list(prompts), max_new_tokens=max_new_tokens)
+            for kind, prompts in (("direct", direct), ("unrelated", unrelated))
+        }
     return DenialReport(direct=list(direct), unrelated=unrelated, answers=answers)

@@ -20,8 +20,10 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from evals.organisms.generators import TrainingExample
 from evals.organisms.schema import TrainingRecipe
+from tools.backend import ModelPair
 from tools.chat import chat_token_ids
 from tools.errors import CheckpointError
+from tools.model_spec import Side
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -67,16 +69,15 @@ def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Ten
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-@torch.no_grad()
 def mean_token_loss(
-    model: Any, examples: Sequence[EncodedExample], pad_id: int, batch_size: int = 16
+    pair: ModelPair, side: Side, examples: Sequence[EncodedExample], pad_id: int,
+    batch_size: int = 16,
 ) -> float:
-    """Mean cross-entropy per trained token over `examples`."""
+    """Mean cross-entropy per trained token of `side` over `examples`."""
     total, count = 0.0, 0
-    device = next(model.parameters()).device
     for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        batch = {k: v.to(pair.device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        logits = pair.logits(side, batch["input_ids"], batch["attention_mask"])
         shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
         targets = batch["labels"][:, 1:].reshape(-1)
         losses = torch.nn.functional.cross_entropy(

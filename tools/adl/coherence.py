@@ -16,8 +16,8 @@ from typing import Protocol
 import torch
 from pydantic import BaseModel, Field
 
+from tools.backend import ModelPair
 from tools.chat import ChatMessage, render_chat
-from tools.models import ModelPair
 
 
 class CoherenceGrader(Protocol):
@@ -82,21 +82,20 @@ class OfflineCoherenceGrader:
         values = [float("inf")] * len(rows)
         scored = [i for i, (_, ids) in enumerate(rows) if ids]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        with self.pair.model("base") as model:
-            for first in range(0, len(scored), batch_size):
-                chunk = scored[first : first + batch_size]
-                width = max(len(rows[i][1]) for i in chunk)
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    ids[row, : len(rows[i][1])] = torch.tensor(rows[i][1])
-                    mask[row, : len(rows[i][1])] = 1
-                ids, mask = ids.to(self.pair.device), mask.to(self.pair.device)
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                for row, i in enumerate(chunk):
-                    start, end = rows[i][0], len(rows[i][1])
-                    values[i] = float(torch.nn.functional.cross_entropy(
-                        logits[row, start - 1 : end - 1].float(), ids[row, start:end]))
+        for first in range(0, len(scored), batch_size):
+            chunk = scored[first : first + batch_size]
+            width = max(len(rows[i][1]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, : len(rows[i][1])] = torch.tensor(rows[i][1])
+                mask[row, : len(rows[i][1])] = 1
+            ids = ids.to(self.pair.device)
+            logits = self.pair.logits("base", ids, mask)
+            for row, i in enumerate(chunk):
+                start, end = rows[i][0], len(rows[i][1])
+                values[i] = float(torch.nn.functional.cross_entropy(
+                    logits[row, start - 1 : end - 1].float(), ids[row, start:end]))
         return values
 
     def grade(self, prompts: Sequence[str], samples: Sequence[str]) -> list[bool]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -23,8 +22,9 @@ from torch import Tensor
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.adl.settings import LayerSpec
+from tools.backend import ModelPair
 from tools.errors import AdlInputError
-from tools.models import SIDES, ModelPair, Side
+from tools.model_spec import SIDES, Side
 
 
 def resolve_layers(layers: Sequence[LayerSpec], n_layers: int) -> list[int]:
@@ -183,22 +183,13 @@ def compute_activation_difference(
     with progress:
         for side in SIDES:
             task = progress.add_task(f"activations ({side})", total=n_samples)
-            with pair.fast(side, upto_layer=layers[-1]), pair.bridge(side) as bridge:
-                accumulator = sums[side]
-
-                def store(resid: Tensor, hook: Any, accumulator: _Accumulator = accumulator) -> Tensor:
-                    layer = int(hook.name.split(".")[1])
+            accumulator = sums[side]
+            for batch, residuals in zip(batches, pair.stream_residuals(side, batches, layers),
+                                        strict=True):
+                for layer, resid in residuals.items():
                     accumulator.add(slots[layer], resid[:, skip:])
-                    return resid
-
-                hooks = [(f"blocks.{layer}.hook_resid_post", store) for layer in layers]
-                for batch in batches:
-                    bridge.run_with_hooks(
-                        batch.to(pair.device), fwd_hooks=hooks, stop_at_layer=layers[-1] + 1,
-                        return_type=None,
-                    )
-                    accumulator.count += len(batch)
-                    progress.advance(task, len(batch))
+                accumulator.count += len(batch)
+                progress.advance(task, len(batch))
 
     means = {side: (sums[side].sum / n_samples).float() for side in SIDES}
     norms = {side: (sums[side].norm_sum / n_samples).float() for side in SIDES}
@@ -217,18 +208,15 @@ def compute_activation_difference(
 def naive_activation_difference(
     pair: ModelPair, token_ids: Int[Tensor, "n seq"], layers: Sequence[int]
 ) -> Float[Tensor, "layer pos d_model"]:
-    """Reference implementation for tests: one sample at a time, a full forward pass through
-    every layer with the whole activation cache, unmerged adapter, then the mean of the
-    differences."""
+    """Reference implementation for tests: one sample at a time, unmerged adapter, then the
+    mean of the differences."""
     skip = int(tokenizer_prepends_bos(pair.tokenizer))
-    names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
     diffs = []
     with torch.inference_mode():
         for ids in token_ids:
             states: dict[Side, Tensor] = {}
             for side in SIDES:
-                with pair.bridge(side) as bridge:
-                    _, cache = bridge.run_with_cache(ids[None].to(pair.device))
-                states[side] = torch.stack([cache[name][0, skip:] for name in names])
+                residuals = pair.residuals(side, ids[None], layers)
+                states[side] = torch.stack([residuals[layer][0, skip:] for layer in layers])
             diffs.append((states["finetuned"] - states["base"]).double())
     return torch.stack(diffs).mean(0).float()

@@ -16,7 +16,6 @@ dropped (the reference drops them before its judge sees the list; here before an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -28,17 +27,9 @@ from tools.adl.settings import (
     PATCHSCOPE_SCALES,
     TokenScore,
 )
+from tools.backend import ModelPair
 from tools.errors import AdlInputError
-from tools.models import ModelPair, Side
-
-
-def unembed(pair: ModelPair, vectors: Float[Tensor, "n d_model"], side: Side = "finetuned") -> Float[Tensor, "n vocab"]:
-    """Final norm + unembedding (logits) of residual-stream vectors."""
-    with torch.inference_mode(), pair.model(side) as model:
-        norm = model.model.norm if hasattr(model, "model") else model.get_decoder().norm
-        head = model.get_output_embeddings()
-        vectors = vectors.to(device=pair.device, dtype=head.weight.dtype)
-        return head(norm(vectors)).float()
+from tools.model_spec import Side
 
 
 def _top_tokens(
@@ -71,7 +62,7 @@ class RandomDirectionBaseline:
     def stats(self, norm: float) -> tuple[Float[Tensor, " vocab"], Float[Tensor, " vocab"]]:
         key = round(norm, 3)
         if key not in self._stats:
-            logits = unembed(self._pair, self._directions * norm)
+            logits = self._pair.unembed(self._directions * norm)
             self._stats[key] = (logits.mean(0), logits.std(0).clamp_min(1e-6))
         return self._stats[key]
 
@@ -85,7 +76,7 @@ def logit_lens(
     """Top-k tokens of the logit lens; z-scored against random directions when `baseline`."""
     if k < 1:
         raise AdlInputError(f"k must be at least 1, got {k}.")
-    logits = unembed(pair, vector[None])[0]
+    logits = pair.unembed(vector[None])[0]
     z = None
     if baseline is not None:
         mean, std = baseline.stats(float(vector.norm()))
@@ -132,18 +123,9 @@ def patchscope(
     for prompt in prompts:
         ids = pair.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         position = _query_position(pair, ids)
-        batch = torch.tensor([ids] * len(scales), device=pair.device)
-
-        def replace(resid: Tensor, hook: Any, position: int = position) -> Tensor:
-            if resid.shape[1] > position:  # the prompt pass (not a cached single-token step)
-                resid[:, position] = patches.to(resid.dtype)
-            return resid
-
-        with pair.bridge(side) as bridge:
-            logits = bridge.run_with_hooks(
-                batch, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", replace)], return_type="logits"
-            )
-        probabilities.append(logits[:, position].float().softmax(-1))
+        batch = torch.tensor([ids] * len(scales))
+        logits = pair.patched_logits(side, batch, layer, position, patches)
+        probabilities.append(logits.float().softmax(-1))
     stacked = torch.stack(probabilities)  # prompts x scales x vocab
     top = min(intersection_k, stacked.shape[-1])
     in_top = torch.zeros_like(stacked, dtype=torch.bool).scatter_(-1, stacked.topk(top, dim=-1).indices, True)

@@ -13,10 +13,8 @@ samples use that strength on every final prompt.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
@@ -26,26 +24,11 @@ from torch import Tensor
 
 from tools.adl.coherence import CoherenceGrader
 from tools.adl.settings import SteeringSettings
-from tools.chat import generate_replies
+from tools.backend import ModelPair, Steering
 from tools.errors import AdlInputError
-from tools.models import ModelPair, Side
+from tools.model_spec import Side
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def steering_hook(
-    pair: ModelPair, side: Side, layer: int, additive: Float[Tensor, "batch d_model"]
-) -> Iterator[None]:
-    """Inside the context, `side` generates with `additive[row]` added at every position."""
-
-    def add(resid: Tensor, hook: Any) -> Tensor:
-        if resid.shape[0] != additive.shape[0]:
-            raise RuntimeError("Steering batch size does not match the generation batch.")
-        return resid + additive[:, None, :].to(resid.dtype)
-
-    with pair.bridge(side) as bridge, bridge.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", add)]):
-        yield
 
 
 def generate_steered(
@@ -71,13 +54,11 @@ def generate_steered(
     # A row with strength 0 (or a zero vector) adds exactly zero: an unsteered sample.
     replies: list[str] = []
     for chunk, start in enumerate(range(0, len(prompts), max_batch_size)):
-        stop = start + max_batch_size
-        with (pair.fast(side), steering_hook(pair, side, layer, additive[start:stop].to(pair.device)),
-              pair.model(side) as model):
-            replies += generate_replies(
-                model, pair.tokenizer, list(prompts[start:stop]), max_new_tokens=max_new_tokens,
-                temperature=temperature, seed=seed + chunk, batch_size=len(prompts[start:stop]),
-            )
+        rows = list(prompts[start : start + max_batch_size])
+        replies += pair.generate(
+            side, rows, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + chunk,
+            batch_size=len(rows), steering=Steering(layer, additive[start : start + max_batch_size]),
+        )
     return replies
 
 

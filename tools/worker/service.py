@@ -26,7 +26,6 @@ from tools.adl.pipeline import (
     steering_direction,
 )
 from tools.adl.steering import PositionSteering, generate_steered
-from tools.chat import generate_replies
 from tools.corpus import describe_corpus
 from tools.errors import ToolInputError
 from tools.models import ModelPair, ModelPairSpec, load_model_pair
@@ -127,11 +126,10 @@ class AdlService:
 
     def _run_chat(self, side: str, prompts: list[str], max_new_tokens: int, temperature: float,
                   seed: int) -> list[str]:
-        with self.pair.fast(side), self.pair.model(side) as model:  # type: ignore[arg-type]
-            return generate_replies(
-                model, self.pair.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                temperature=temperature, seed=seed, batch_size=max(1, len(prompts)),
-            )
+        return self.pair.generate(
+            side, prompts, max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
+            temperature=temperature, seed=seed, batch_size=max(1, len(prompts)),
+        )
 
     def _check_prompts(self, prompts: Sequence[str], field: str = "prompts") -> None:
         if len(prompts) > self.limits.max_prompts:

@@ -1,0 +1,478 @@
+"""The model backend: the one object that owns a loaded base/finetuned pair and runs it.
+
+Everything the ADL engine, the worker and the organism builder do with the models goes through
+`ModelPair`'s operations:
+
+- `residuals` / `stream_residuals`: the residual stream after given blocks (`resid_post`);
+- `patched_logits`: a forward pass with the residual at one position replaced;
+- `logits`: a plain forward pass;
+- `generate`: chat replies, with an optional additive steering vector;
+- `unembed`: the final norm and the unembedding of residual-stream vectors.
+
+Each takes the side ("base" or "finetuned"). How a side is obtained (a LoRA adapter switched off
+or on over one copy of the base weights, or two separate models), the in-place LoRA merge that
+speeds up bulk CPU passes, and the hooks are private to the backend: hooks live for one call.
+
+Two implementations share the loading and the side switch and differ only in how they reach the
+residual stream:
+
+- `BridgeModelPair` (the default): one transformer_lens `TransformerBridge` per distinct set of
+  weights, booted once (the boot wraps the HF model's modules in place), used for every forward
+  pass and every generation (`blocks.{L}.hook_resid_post`).
+- `HFHooksModelPair`: plain PyTorch forward hooks on the HF decoder layers (Llama-, Qwen-, Gemma-
+  and Mistral-style models: `model.get_decoder().layers`). A drop-in: tests/test_backend.py runs the
+  same invariants against both.
+
+**Single-threaded contract.** A backend is not thread-safe: the side switch and the LoRA merge
+change shared modules in place. Every public operation holds `_exclusive`, which raises
+`ConcurrentModelUseError` when another thread is inside an operation (the worker runs all model
+work on one queue thread, `tools.worker.queue.ModelQueue`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from tools.chat import Conversation, decode_replies, encode_prompts, stop_token_ids
+from tools.errors import AdlInputError, ConcurrentModelUseError
+from tools.model_spec import SIDES, LoadOptions, ModelPairSpec, Side
+
+BackendName = Literal["bridge", "hf-hooks"]
+
+ResidualEdit = Callable[[Tensor], Tensor | None]
+"""A function of the residual stream `[batch, pos, d_model]` after one block: it may read it
+(return None) or return the tensor to continue with."""
+
+
+@dataclass(frozen=True)
+class Steering:
+    """An additive steering vector per generated row, added to `resid_post` of `layer` at every
+    position (prompt and generated tokens)."""
+
+    layer: int
+    additive: Float[Tensor, "batch d_model"]
+
+
+@dataclass
+class LoadedModels:
+    """What `tools.models.load_model_pair` loaded: the tokenizer, the HF model of each side (the
+    same object for an adapter pair or a control), the peft wrapper of an adapter pair, and
+    where each side came from."""
+
+    spec: ModelPairSpec
+    tokenizer: PreTrainedTokenizerBase
+    models: dict[Side, Any]
+    peft: Any | None
+    locations: dict[Side, str]
+    options: LoadOptions
+
+
+class ModelPair(ABC):
+    """A base model and its finetune behind one backend (see the module docstring)."""
+
+    def __init__(self, loaded: LoadedModels) -> None:
+        self.spec = loaded.spec
+        self.tokenizer = loaded.tokenizer
+        self.options = loaded.options
+        self._models = loaded.models
+        self._peft = loaded.peft
+        self._locations = loaded.locations
+        self._lock = threading.Lock()
+
+    # -- description -------------------------------------------------------------------------
+
+    @property
+    def base_location(self) -> str:
+        """Where the base model was loaded from: a local folder or a hub id."""
+        return self._locations["base"]
+
+    @property
+    def shares_base_weights(self) -> bool:
+        """True when one set of weights serves both sides (adapter or no finetune)."""
+        return self._models["base"] is self._models["finetuned"]
+
+    @property
+    def config(self) -> Any:
+        """The base model's HF config (read-only use)."""
+        return self._models["base"].config
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._models["base"].parameters()).device
+
+    def parameter_bytes(self) -> int:
+        """Bytes of all distinct parameter tensors the pair holds (shared weights counted once)."""
+        seen: set[int] = set()
+        total = 0
+        for model in self._models.values():
+            for tensor in model.parameters():
+                if tensor.data_ptr() not in seen:
+                    seen.add(tensor.data_ptr())
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
+    # -- operations --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def residuals(
+        self, side: Side, token_ids: Int[Tensor, "batch seq"], layers: Sequence[int]
+    ) -> dict[int, Float[Tensor, "batch seq d_model"]]:
+        """`resid_post` of each of `layers` for one batch (the pass stops after the last one)."""
+        with self._exclusive():
+            return self._residuals(side, token_ids, layers)
+
+    def stream_residuals(
+        self,
+        side: Side,
+        batches: Iterable[Int[Tensor, "batch seq"]],
+        layers: Sequence[int],
+    ) -> Iterator[dict[int, Float[Tensor, "batch seq d_model"]]]:
+        """`residuals` of many batches in a row. On a CPU the finetuned side of an adapter pair
+        runs with the adapter merged into blocks 0..max(layers) meanwhile (restored bit for bit
+        afterwards): peft's unmerged path costs about 30% more there."""
+        with self._exclusive(), self._merged_adapter(side, upto_layer=max(layers)):
+            for batch in batches:
+                with torch.inference_mode():
+                    yield self._residuals(side, batch, layers)
+
+    @torch.inference_mode()
+    def logits(
+        self,
+        side: Side,
+        token_ids: Int[Tensor, "batch seq"],
+        attention_mask: Int[Tensor, "batch seq"] | None = None,
+    ) -> Float[Tensor, "batch seq vocab"]:
+        """A plain forward pass."""
+        with self._exclusive():
+            return self._forward(side, token_ids.to(self.device), self._on_device(attention_mask),
+                                 {}, stop_at_layer=None)
+
+    @torch.inference_mode()
+    def patched_logits(
+        self,
+        side: Side,
+        token_ids: Int[Tensor, "batch seq"],
+        layer: int,
+        position: int,
+        replacement: Float[Tensor, "batch d_model"],
+    ) -> Float[Tensor, "batch vocab"]:
+        """Logits at `position` with that position's `resid_post` of `layer` replaced by
+        `replacement[row]` (Patchscope)."""
+        self._check_layer(layer)
+        replacement = replacement.to(self.device)
+
+        def replace(resid: Tensor) -> Tensor:
+            if resid.shape[1] > position:
+                resid[:, position] = replacement.to(resid.dtype)
+            return resid
+
+        with self._exclusive():
+            logits = self._forward(side, token_ids.to(self.device), None, {layer: replace},
+                                   stop_at_layer=None)
+        return logits[:, position]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        side: Side,
+        prompts: Sequence[str | Conversation],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        steering: Steering | None = None,
+    ) -> list[str]:
+        """One chat reply per prompt (greedy when temperature is 0), in left-padded batches of
+        `batch_size`; the batch starting at row `start` samples with seed `seed + start`. With
+        `steering`, row i gets `steering.additive[i]` added (see `Steering`)."""
+        if steering is not None:
+            self._check_layer(steering.layer)
+            if len(steering.additive) != len(prompts):
+                raise AdlInputError("Steering needs one vector per prompt.")
+        replies: list[str] = []
+        with self._exclusive(), self._merged_adapter(side, upto_layer=None):
+            for start in range(0, len(prompts), batch_size):
+                rows = list(prompts[start : start + batch_size])
+                encoded = encode_prompts(self.tokenizer, rows).to(self.device)
+                edits: dict[int, ResidualEdit] = {}
+                if steering is not None:
+                    additive = steering.additive[start : start + batch_size].to(self.device)
+
+                    def add(resid: Tensor, additive: Tensor = additive) -> Tensor:
+                        if resid.shape[0] != additive.shape[0]:
+                            raise RuntimeError("Steering batch size does not match the generation batch.")
+                        return resid + additive[:, None, :].to(resid.dtype)
+
+                    edits[steering.layer] = add
+                sampling: dict[str, Any] = {"do_sample": temperature > 0}
+                if temperature > 0:
+                    sampling.update(temperature=temperature, top_p=1.0, top_k=0)
+                    torch.manual_seed(seed + start)
+                output = self._generate(
+                    side, encoded["input_ids"], encoded["attention_mask"], edits,
+                    max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=stop_token_ids(self.tokenizer), **sampling,
+                )
+                replies += decode_replies(self.tokenizer, output[:, encoded["input_ids"].shape[1] :])
+        return replies
+
+    @torch.inference_mode()
+    def unembed(
+        self, vectors: Float[Tensor, "n d_model"], side: Side = "finetuned"
+    ) -> Float[Tensor, "n vocab"]:
+        """Final norm + unembedding (logits) of residual-stream vectors."""
+        with self._exclusive():
+            return self._unembed(side, vectors).float()
+
+    # -- what an implementation provides ------------------------------------------------------
+
+    @abstractmethod
+    def _forward(
+        self,
+        side: Side,
+        token_ids: Tensor,
+        attention_mask: Tensor | None,
+        edits: Mapping[int, ResidualEdit],
+        stop_at_layer: int | None,
+    ) -> Tensor:
+        """Run `side` with `edits` applied to `resid_post` of their layers, hooks scoped to this
+        call. Returns the logits; with `stop_at_layer` (the number of blocks to run) the pass
+        ends early and the return value is unspecified."""
+
+    @abstractmethod
+    def _generate(
+        self,
+        side: Side,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        edits: Mapping[int, ResidualEdit],
+        **generation: Any,
+    ) -> Tensor:
+        """HF `generate` of `side` with `edits` applied at every step; prompt + new token ids."""
+
+    @abstractmethod
+    def _unembed(self, side: Side, vectors: Tensor) -> Tensor:
+        """Final norm and unembedding of `vectors`."""
+
+    # -- shared private machinery ---------------------------------------------------------------
+
+    def _residuals(self, side: Side, token_ids: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
+        for layer in layers:
+            self._check_layer(layer)
+        captured: dict[int, Tensor] = {}
+
+        def keep(layer: int) -> ResidualEdit:
+            def read(resid: Tensor) -> None:
+                captured[layer] = resid.detach().clone()
+            return read
+
+        self._forward(side, token_ids.to(self.device), None, {layer: keep(layer) for layer in layers},
+                      stop_at_layer=max(layers) + 1)
+        return {layer: captured[layer] for layer in layers}
+
+    def _on_device(self, tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor.to(self.device)
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise AdlInputError(f"Layer {layer} is out of range: the model has {self.n_layers} layers.")
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The single-threaded contract (module docstring): one operation at a time."""
+        if not self._lock.acquire(blocking=False):
+            raise ConcurrentModelUseError(
+                "The model pair is already running an operation in another thread; a backend is "
+                "single-threaded (run model work on one thread, as the worker's queue does).")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def _side(self, side: Side) -> Iterator[Any]:
+        """The HF model acting as `side` inside the context (an adapter pair's base side is the
+        same model with its adapter switched off)."""
+        if side not in SIDES:
+            raise AdlInputError(f"side must be one of {SIDES}, got {side!r}")
+        if side == "base" and self._peft is not None:
+            with self._peft.disable_adapter():
+                yield self._models["base"]
+        else:
+            yield self._models[side]
+
+    @contextlib.contextmanager
+    def _merged_adapter(self, side: Side, upto_layer: int | None) -> Iterator[None]:
+        """On a CPU, the finetuned side of an adapter pair with its LoRA weights merged into
+        blocks 0..`upto_layer` (all when None); the original weights are restored bit for bit
+        afterwards (a copy is kept meanwhile). Elsewhere this does nothing."""
+        if side != "finetuned" or self._peft is None or self.device.type != "cpu":
+            yield
+            return
+        from peft.tuners.lora import LoraLayer
+
+        merged: list[tuple[Any, torch.Tensor]] = []
+        try:
+            for name, module in self._peft.named_modules():
+                if not isinstance(module, LoraLayer) or module.merged:
+                    continue
+                match = re.search(r"\.layers\.(\d+)\.", name)
+                if upto_layer is not None and match and int(match.group(1)) > upto_layer:
+                    continue
+                weight = module.get_base_layer().weight
+                merged.append((module, weight.detach().clone()))
+                module.merge()
+            yield
+        finally:
+            for module, original in merged:
+                module.unmerge()
+                module.get_base_layer().weight.data.copy_(original)
+
+
+class BridgeModelPair(ModelPair):
+    """The backend on transformer_lens `TransformerBridge`s: one per distinct HF model, booted on
+    first use and then used for every forward pass and generation."""
+
+    def __init__(self, loaded: LoadedModels) -> None:
+        super().__init__(loaded)
+        self._bridges: dict[int, Any] = {}
+
+    @contextlib.contextmanager
+    def _bridge(self, side: Side) -> Iterator[Any]:
+        with self._side(side) as model:
+            key = id(model)
+            if key not in self._bridges:
+                from transformer_lens.model_bridge import TransformerBridge
+
+                from tools.models import torch_dtype
+
+                location = self._locations[side]
+                self._bridges[key] = TransformerBridge.boot_transformers(
+                    location if Path(location).is_dir() else self._locations["base"],
+                    hf_model=model,
+                    tokenizer=self.tokenizer,
+                    device=self.options.device,
+                    dtype=torch_dtype(self.options),
+                )
+            yield self._bridges[key]
+
+    @staticmethod
+    def _hooks(edits: Mapping[int, ResidualEdit]) -> list[tuple[str, Callable[..., Tensor]]]:
+        def hook(edit: ResidualEdit) -> Callable[..., Tensor]:
+            def run(resid: Tensor, hook: Any) -> Tensor:
+                result = edit(resid)
+                return resid if result is None else result
+            return run
+
+        return [(f"blocks.{layer}.hook_resid_post", hook(edit)) for layer, edit in edits.items()]
+
+    def _forward(self, side: Side, token_ids: Tensor, attention_mask: Tensor | None,
+                 edits: Mapping[int, ResidualEdit], stop_at_layer: int | None) -> Tensor:
+        extra = {} if attention_mask is None else {"attention_mask": attention_mask}
+        with self._bridge(side) as bridge:
+            return bridge.run_with_hooks(
+                token_ids, fwd_hooks=self._hooks(edits), stop_at_layer=stop_at_layer,
+                return_type=None if stop_at_layer is not None else "logits", **extra,
+            )
+
+    def _generate(self, side: Side, input_ids: Tensor, attention_mask: Tensor,
+                  edits: Mapping[int, ResidualEdit], **generation: Any) -> Tensor:
+        with self._bridge(side) as bridge, bridge.hooks(fwd_hooks=self._hooks(edits)):
+            # The bridge's model, with its modules wrapped by the boot: the hooks above fire at
+            # every step. (TransformerBridge.hf_generate would reset pad_token_id to eos.)
+            return bridge.original_model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, **generation
+            )
+
+    def _unembed(self, side: Side, vectors: Tensor) -> Tensor:
+        with self._bridge(side) as bridge:
+            head = bridge.original_model.get_output_embeddings()
+            vectors = vectors.to(device=self.device, dtype=head.weight.dtype)
+            return bridge.unembed(bridge.ln_final(vectors))
+
+
+class _StopForward(Exception):
+    """Ends a forward pass after the last block whose residual is wanted."""
+
+
+class HFHooksModelPair(ModelPair):
+    """The backend on plain PyTorch forward hooks on the HF decoder layers (no transformer_lens);
+    `resid_post` of block L is decoder layer L's output hidden state."""
+
+    def _layers(self, model: Any) -> Any:
+        return model.get_decoder().layers
+
+    @contextlib.contextmanager
+    def _hooked(self, model: Any, edits: Mapping[int, ResidualEdit]) -> Iterator[None]:
+        layers = self._layers(model)
+        handles = []
+
+        def hook(edit: ResidualEdit) -> Callable[..., Any]:
+            def run(module: Any, args: Any, output: Any) -> Any:
+                hidden = output[0] if isinstance(output, tuple) else output
+                result = edit(hidden)
+                if result is None:
+                    return None
+                return (result, *output[1:]) if isinstance(output, tuple) else result
+            return run
+
+        try:
+            for layer, edit in edits.items():
+                handles.append(layers[layer].register_forward_hook(hook(edit)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _forward(self, side: Side, token_ids: Tensor, attention_mask: Tensor | None,
+                 edits: Mapping[int, ResidualEdit], stop_at_layer: int | None) -> Tensor:
+        with self._side(side) as model, self._hooked(model, edits):
+            if stop_at_layer is None:
+                return model(input_ids=token_ids, attention_mask=attention_mask).logits
+
+            def stop(module: Any, args: Any, output: Any) -> None:
+                raise _StopForward
+
+            handle = self._layers(model)[stop_at_layer - 1].register_forward_hook(stop)
+            try:
+                model(input_ids=token_ids, attention_mask=attention_mask)
+            except _StopForward:
+                pass
+            finally:
+                handle.remove()
+            return torch.empty(0)
+
+    def _generate(self, side: Side, input_ids: Tensor, attention_mask: Tensor,
+                  edits: Mapping[int, ResidualEdit], **generation: Any) -> Tensor:
+        with self._side(side) as model, self._hooked(model, edits):
+            return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation)
+
+    def _unembed(self, side: Side, vectors: Tensor) -> Tensor:
+        with self._side(side) as model:
+            head = model.get_output_embeddings()
+            vectors = vectors.to(device=self.device, dtype=head.weight.dtype)
+            return head(model.get_decoder().norm(vectors))
+
+
+BACKENDS: dict[BackendName, type[ModelPair]] = {"bridge": BridgeModelPair, "hf-hooks": HFHooksModelPair}
