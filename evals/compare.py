@@ -18,6 +18,7 @@ from evals.organisms import get_organism
 from evals.organisms.schema import OrganismType
 from evals.store import Run, Store
 from tools.errors import AdlError, AdlInputError
+from tools.toolbox import AGENT_KINDS
 
 SUCCESS_GRADE = 4.0
 BOOTSTRAP_SAMPLES = 2000
@@ -192,7 +193,7 @@ def plot_comparison(comparison: Comparison, path: Path) -> Path:
     budgets = sorted({c.budget for c in comparison.cells})
     fig, axes = plt.subplots(1, len(organisms), figsize=(2.6 * len(organisms) + 1, 3.2), sharey=True,
                              squeeze=False)
-    series = [(agent, provider) for provider in comparison.providers for agent in ("adl", "blackbox")]
+    series = [(agent, provider) for provider in comparison.providers for agent in AGENT_KINDS]
     width = 0.8 / len(series)
     shades = ["#1f77b4", "#aaaaaa", "#2ca02c", "#777777", "#9467bd", "#cccccc"]
     for ax, organism in zip(axes[0], organisms, strict=True):

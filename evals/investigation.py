@@ -26,14 +26,15 @@ from tools.adl.profiles import AnalysisProfile, profile_settings
 from tools.adl.steering import PositionSteering
 from tools.cache import adl_home
 from tools.models import LoadOptions, ModelPairSpec
-from tools.toolbox import AgentKind, AskSettings, Hypothesis
+from tools.toolbox import AGENT_KINDS, AgentKind, AskSettings, Hypothesis
 from tools.worker.schema import WorkerConfig
 from tools.worker.service import AdlService
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 REPORT_TOKENS = 20
-AgentChoice = Literal["adl", "blackbox", "both"]
+AgentChoice = Literal[AgentKind, "both"]
+AGENT_CHOICES: tuple[AgentChoice, ...] = (*AGENT_KINDS, "both")
 
 
 class StepTime(BaseModel):
@@ -148,7 +149,7 @@ def run_investigation(
         resolved_kind = "adapter" if service.pair.shares_base_weights else "full"
         steering = service.steering[dataset]
         results: list[AgentResult] = []
-        kinds: list[AgentKind] = ["adl", "blackbox"] if agents == "both" else [agents]
+        kinds: list[AgentKind] = list(AGENT_KINDS) if agents == "both" else [agents]
         for kind in kinds:
             started = time.perf_counter()
             transcript = out / "transcripts" / f"{kind}.jsonl"

@@ -30,7 +30,7 @@ from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
 from tools.errors import AdlError, AdlInputError
 from tools.secrets import redact
-from tools.toolbox import AskSettings
+from tools.toolbox import AGENT_KINDS, AskSettings
 from tools.url import redact_url
 from tools.worker.client import TOKEN_ENV, HttpWorkerClient
 
@@ -62,7 +62,7 @@ class EvalConfig(BaseModel):
 
     name: str = Field(min_length=1)
     organisms: list[str] = Field(min_length=1)
-    agents: list[str] = Field(default_factory=lambda: ["adl", "blackbox"], min_length=1)
+    agents: list[str] = Field(default_factory=lambda: list(AGENT_KINDS), min_length=1)
     budgets: list[int] = Field(default_factory=lambda: [0, 5, 50], min_length=1)
     repeats: int = Field(1, ge=1)
     providers: list[str] = Field(default_factory=lambda: ["heuristic"], min_length=1)
@@ -93,9 +93,9 @@ class EvalConfig(BaseModel):
     @field_validator("agents")
     @classmethod
     def _known_agents(cls, agents: list[str]) -> list[str]:
-        unknown = sorted(set(agents) - {"adl", "blackbox"})
+        unknown = sorted(set(agents) - set(AGENT_KINDS))
         if unknown:
-            raise ValueError(f"unknown agents {unknown}; use adl and/or blackbox")
+            raise ValueError(f"unknown agents {unknown}; use {' and/or '.join(AGENT_KINDS)}")
         return agents
 
     @field_validator("budgets")

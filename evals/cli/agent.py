@@ -17,11 +17,10 @@ from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.workers import connect
 from tools.errors import AdlInputError
 from tools.secrets import install_log_redaction
-from tools.toolbox import AskSettings
+from tools.toolbox import AGENT_KINDS, AskSettings
 
 app = typer.Typer(help="Run the interpretability agent or the blackbox baseline.", no_args_is_help=True)
 console = Console(soft_wrap=True, emoji=False)
-AGENTS = ("adl", "blackbox")
 
 
 def results_dir() -> Path:
@@ -64,8 +63,8 @@ def run_command(
     """Investigate one organism and print the hypothesis and where the transcript is."""
     use_organism_dirs(organism_dirs)
     install_log_redaction()
-    if agent not in AGENTS:
-        raise AdlInputError(f"Unknown agent {agent!r}; choose adl or blackbox.")
+    if agent not in AGENT_KINDS:
+        raise AdlInputError(f"Unknown agent {agent!r}; choose {' or '.join(AGENT_KINDS)}.")
     if output_limit_parameter not in (None, "max_completion_tokens", "max_tokens"):
         raise AdlInputError(f"Unknown --output-limit-parameter {output_limit_parameter!r}; "
                             "choose max_completion_tokens or max_tokens.")

@@ -1,4 +1,5 @@
-"""`adl diff ORGANISM`: activation differences, readouts and steering for one organism."""
+"""`adl diff ORGANISM`: activation differences, readouts and steering for one organism (the
+worker extra: the pair is loaded in this process)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,7 @@ from rich.text import Text
 from agent.judges import make_judges
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms import get_organism
-from evals.organisms.build import load_organism_pair
-from tools.adl.differences import LayerSpec
-from tools.adl.pipeline import AdlSettings, run_adl, run_steering
-from tools.adl.steering import SteeringSettings
+from tools.adl.settings import AdlSettings, LayerSpec, SteeringSettings
 from tools.errors import AdlInputError
 
 console = Console(emoji=False)
@@ -50,6 +48,9 @@ def diff(
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Compute the ADL of an organism (cached) and show readouts and steered samples."""
+    from evals.organisms.build import load_organism_pair
+    from tools.adl.pipeline import run_adl, run_steering
+
     use_organism_dirs(organism_dirs)
     settings = AdlSettings(
         layers=parse_layers(layers), n_positions=positions, n_samples=samples,

@@ -1,4 +1,5 @@
-"""`adl investigate`: one's own finetune, no organism file and no ground truth needed."""
+"""`adl investigate`: one's own finetune, no organism file and no ground truth needed (the
+worker extra: the pair is loaded in this process)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,15 @@ from rich.markup import escape
 
 from evals.cli.agent import results_dir
 from evals.cli.diff import parse_layers
-from evals.investigation import run_investigation
 from evals.workers import PROFILES
 from tools.errors import AdlInputError
-from tools.models import FinetuneKind, LoadOptions, ModelPairSpec
+from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec
 from tools.secrets import install_log_redaction
 from tools.toolbox import AskSettings
 
 console = Console(soft_wrap=True, emoji=False)
 KINDS = {"auto": FinetuneKind.AUTO, "adapter": FinetuneKind.ADAPTER, "full": FinetuneKind.CHECKPOINT,
          "checkpoint": FinetuneKind.CHECKPOINT}
-AGENT_CHOICES = ("adl", "blackbox", "both")
 
 
 def investigate_command(
@@ -50,6 +49,8 @@ def investigate_command(
 ) -> None:
     """What did this finetune learn? ADL readouts, steering and the agents' hypotheses, written
     as report.md, report.html and report.json. Nothing is graded: there is no ground truth."""
+    from evals.investigation import AGENT_CHOICES, run_investigation
+
     install_log_redaction()
     if kind not in KINDS:
         raise AdlInputError(f"Unknown --kind {kind!r}; choose auto, adapter or full.")
