@@ -2,8 +2,11 @@
 
 Artifacts are cache entries keyed by content: the model pair (adapter or checkpoint files
 hashed; the base model's file names, sizes and mtimes, or its hub commit; dtype and device
-type), the corpus and its split, N, layers, positions and the method version. Tensors are
-stored as safetensors, everything else as JSON. `overwrite=True` recomputes.
+type), the corpus and its split, N, layers, positions and the method version, and the judge
+used (the Patchscope scale chooser, the steering coherence grader: type, name and settings; see
+`adl_key` and `steering_key`). Tensors are stored as safetensors, everything else as JSON; an
+entry's settings.json records what it was computed with (`AdlRecord`, read back by
+`load_artifact`). `overwrite=True` recomputes.
 
 Two entries per pair and settings:
 - `adl/<key>`: `differences.safetensors` (mean diff, both means, norms) and `readouts.json`;
@@ -26,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from prompts import load_prompt_set
-from tools.adl.coherence import CoherenceGrader, OfflineCoherenceGrader, OfflineCoherenceSettings
+from tools.adl.coherence import CoherenceGrader, OfflineCoherenceGrader
 from tools.adl.differences import (
     ActivationDifference,
     compute_activation_difference,
@@ -87,13 +90,40 @@ class AdlReadouts(BaseModel):
         raise AdlInputError(f"Layer {layer} has no readouts; available: {[l.layer for l in self.layers]}.")
 
 
+class JudgeIdentity(BaseModel):
+    """A judge (coherence grader or scale chooser) in cache keys and records: its type, name and
+    settings (None: it has none)."""
+
+    type: str
+    name: str
+    settings: dict[str, Any] | None = None
+
+
+class AdlRecord(BaseModel):
+    """What an ADL entry was computed with (its settings.json), as `load_artifact` reads it."""
+
+    settings: AdlSettings
+    layers: list[int] = Field(description="The computed blocks (`settings.layers` resolved).")
+    n_samples: int
+    pair: ModelPairSpec
+    corpus_fingerprint: str
+    method_version: int
+    load: LoadOptions | None = Field(None, description="The load options (None: not recorded "
+                                     "by the entries written before).")
+    pair_fingerprint: str | None = Field(None, description="`pair_fingerprint` (None: not recorded).")
+    scale_chooser: JudgeIdentity | None = Field(None, description="The Patchscope scale chooser "
+                                                "(None: not recorded).")
+
+
 class AdlArtifact(BaseModel):
-    """A computed (or cached) ADL result."""
+    """A computed (or cached) ADL result; `settings` and `record` are the ones it was computed
+    with, as stored in the entry."""
 
     model_config = {"arbitrary_types_allowed": True}
 
     path: Path
     settings: AdlSettings
+    record: AdlRecord
     readouts: AdlReadouts
     difference: Any  # ActivationDifference
     steering: list[PositionSteering] | None = None
@@ -169,9 +199,16 @@ def choose_patchscope_scale(readouts: dict[float, list[TokenScore]]) -> float:
 
 
 class ScaleChooser(Protocol):
-    """Picks the Patchscope scale whose tokens read best (an LLM judge, or the offline rule)."""
+    """Picks the Patchscope scale whose tokens read best (an LLM judge, or the offline rule).
+    Its type, `name` and `settings` identify it in the ADL cache key (`adl_key`)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> BaseModel | None:
+        """Everything besides the type that decides its choice (None: nothing)."""
+        ...
 
     def choose(self, readouts: dict[float, list[TokenScore]]) -> float: ...
 
@@ -180,9 +217,52 @@ class OfflineScaleChooser:
     """The documented offline rule (`choose_patchscope_scale`)."""
 
     name = "offline"
+    settings = None
 
     def choose(self, readouts: dict[float, list[TokenScore]]) -> float:
         return choose_patchscope_scale(readouts)
+
+
+def judge_identity(judge: CoherenceGrader | ScaleChooser) -> JudgeIdentity:
+    """The judge's type (module and class), name and settings."""
+    kind = type(judge)
+    settings = judge.settings
+    return JudgeIdentity(type=f"{kind.__module__}.{kind.__qualname__}", name=judge.name,
+                         settings=None if settings is None else settings.model_dump(mode="json"))
+
+
+def adl_key(pair_id: str, corpus_fingerprint: str, settings: AdlSettings, layers: list[int],
+            scale_chooser: ScaleChooser) -> str:
+    """The ADL entry's key, from what produces it: the pair as loaded (`pair_fingerprint`: spec,
+    load options, model files), the corpus' content, the settings, the resolved layers and the
+    scale chooser used. The offline rule adds nothing (the keys of entries written before are
+    unchanged); any other chooser adds its identity, settings included."""
+    parts: list[Any] = [METHOD_VERSION, pair_id, corpus_fingerprint, settings.difference_key_payload(),
+                        layers]
+    if type(scale_chooser) is not OfflineScaleChooser:
+        parts.append({"scale_chooser": judge_identity(scale_chooser).model_dump(mode="json")})
+    return _key(*parts)
+
+
+def coherence_key_payload(grader: CoherenceGrader, pair: ModelPair) -> dict[str, Any]:
+    """The coherence grader's part of the steering key: the offline grader's settings (and the
+    pair whose base model judges, when it is not the steered pair), else the grader's identity."""
+    if type(grader) is OfflineCoherenceGrader:
+        payload: dict[str, Any] = {"offline_coherence": grader.settings.model_dump(mode="json")}
+        if grader.pair is not pair:
+            judge = grader.pair
+            payload["judge_pair"] = pair_fingerprint(judge.spec, judge.options, judge.base_location)
+        return payload
+    return {"coherence_grader": judge_identity(grader).model_dump(mode="json")}
+
+
+def steering_key(adl_entry: str, settings: SteeringSettings, layer: int, positions: list[int],
+                 search_prompts: list[str], prompts: list[str], grader: CoherenceGrader,
+                 pair: ModelPair) -> str:
+    """The steering entry's key: the ADL entry's key, the steering settings, layer, positions,
+    both prompt lists and the coherence grader used (`coherence_key_payload`)."""
+    return _key(STEERING_METHOD_VERSION, adl_entry, settings.model_dump(mode="json"), layer, positions,
+                search_prompts, prompts, coherence_key_payload(grader, pair))
 
 
 def compute_readouts(
@@ -280,12 +360,9 @@ def run_adl(
             f"computed layers {layers}."
         )
     corpus = load_corpus(settings.corpus)
-    parts: list[Any] = [METHOD_VERSION, pair_fingerprint(pair.spec, pair.options, pair.base_location),
-                        corpus.fingerprint,
-                        settings.difference_key_payload(), layers]
-    if scale_chooser is not None and scale_chooser.name != OfflineScaleChooser.name:
-        parts.append({"scale_chooser": scale_chooser.name})
-    key = _key(*parts)
+    chooser = scale_chooser or OfflineScaleChooser()
+    pair_id = pair_fingerprint(pair.spec, pair.options, pair.base_location)
+    key = adl_key(pair_id, corpus.fingerprint, settings, layers, chooser)
     target = adl_home() / "adl" / key
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -303,28 +380,31 @@ def run_adl(
                  time.perf_counter() - started, len(settings.patchscope_scales))
         save_file({k: v.contiguous() for k, v in difference.tensors().items()},
                   tmp / "differences.safetensors")
-        readouts = compute_readouts(pair, difference, settings, primary_layer, scale_chooser)
+        readouts = compute_readouts(pair, difference, settings, primary_layer, chooser)
         (tmp / "readouts.json").write_text(readouts.model_dump_json())
-        (tmp / "settings.json").write_text(json.dumps({
-            "settings": settings.model_dump(mode="json"), "layers": layers,
-            "n_samples": difference.n_samples, "pair": pair.spec.model_dump(mode="json"),
-            "corpus_fingerprint": corpus.fingerprint, "method_version": METHOD_VERSION,
-        }, indent=2))
+        record = AdlRecord(
+            settings=settings, layers=layers, n_samples=difference.n_samples, pair=pair.spec,
+            corpus_fingerprint=corpus.fingerprint, method_version=METHOD_VERSION, load=pair.options,
+            pair_fingerprint=pair_id, scale_chooser=judge_identity(chooser),
+        )
+        (tmp / "settings.json").write_text(record.model_dump_json(indent=2))
         return {"key": key}
 
     path = ensure_entry(target, build, overwrite=overwrite, what="ADL differences")
-    return load_artifact(path, settings)
+    return load_artifact(path)
 
 
-def load_artifact(path: Path, settings: AdlSettings) -> AdlArtifact:
-    meta = json.loads((path / "settings.json").read_text())
+def load_artifact(path: Path) -> AdlArtifact:
+    """An ADL entry with the settings it was computed with (its settings.json)."""
+    record = AdlRecord.model_validate_json((path / "settings.json").read_text())
     tensors = load_file(path / "differences.safetensors")
     difference = ActivationDifference(
-        layers=meta["layers"], n_positions=tensors["mean_diff"].shape[1],
-        n_samples=meta["n_samples"], **tensors,
+        layers=record.layers, n_positions=tensors["mean_diff"].shape[1],
+        n_samples=record.n_samples, **tensors,
     )
     readouts = AdlReadouts.model_validate_json((path / "readouts.json").read_text())
-    return AdlArtifact(path=path, settings=settings, readouts=readouts, difference=difference)
+    return AdlArtifact(path=path, settings=record.settings, record=record, readouts=readouts,
+                       difference=difference)
 
 
 def steering_direction(difference: ActivationDifference, layer: int, position: int) -> Tensor:
@@ -360,19 +440,12 @@ def run_steering(
         difference.check_position(position)
     search_prompts = load_prompt_set(settings.search_prompt_set)
     prompts = prompts or load_prompt_set(settings.final_prompt_set)
-    parts: list[Any] = [STEERING_METHOD_VERSION, artifact.path.name, settings.model_dump(mode="json"),
-                        layer, positions, search_prompts, prompts]
-    grader_name = getattr(coherence_grader, "name", "offline") if coherence_grader else "offline"
-    if grader_name != "offline":
-        parts.append({"coherence_grader": grader_name})
-    else:
-        parts.append({"offline_coherence": OfflineCoherenceSettings().model_dump(mode="json")})
-    key = _key(*parts)
+    grader = coherence_grader or OfflineCoherenceGrader(pair)
+    key = steering_key(artifact.path.name, settings, layer, positions, search_prompts, prompts, grader, pair)
     target = adl_home() / "adl-steering" / key
 
     def build(tmp: Path) -> dict[str, Any]:
         directions = {p: steering_direction(difference, layer, p) for p in positions}
-        grader = coherence_grader or OfflineCoherenceGrader(pair)
         log.info("ADL steering at block %d, positions %s (cache %s)", layer, positions, key)
         with _progress(show_progress) as progress:
             results = search_and_sample(pair, grader, search_prompts, prompts, directions, layer,
