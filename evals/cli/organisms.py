@@ -1,4 +1,5 @@
-"""`adl organisms ...`: list, build and talk to model organisms."""
+"""`adl organisms ...`: list, build and talk to model organisms (`list`, `build` and `chat` use
+the worker extra; `new` and `validate` do not)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,6 @@ from rich.text import Text
 
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms import get_organism, list_organisms
-from evals.organisms.build import (
-    at_size,
-    build_organism,
-    is_built,
-    load_organism_pair,
-    read_manifest,
-)
-from evals.organisms.leak import MAX_LEAK_RATE
 from evals.organisms.registry import load_organism_file
 from tools.errors import OrganismConfigError
 from tools.model_spec import SIDES
@@ -32,6 +25,8 @@ console = Console(emoji=False)
 @app.command("list")
 def list_command(organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION) -> None:
     """List registered organisms and whether the offline ones are built."""
+    from evals.organisms.build import is_built
+
     use_organism_dirs(organism_dirs)
     table = Table("name", "type", "base model", "finetune", "status", "description")
     for organism in list_organisms():
@@ -57,6 +52,9 @@ def build_command(
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Build offline organisms by LoRA finetuning (cached: building again is a no-op)."""
+    from evals.organisms.build import at_size, build_organism, read_manifest
+    from evals.organisms.leak import MAX_LEAK_RATE
+
     use_organism_dirs(organism_dirs)
     organisms = [at_size(get_organism(n), size) for n in names] if names else [  # type: ignore[arg-type]
         at_size(o, size) for o in list_organisms() if o.buildable  # type: ignore[arg-type]
@@ -90,6 +88,8 @@ def chat_command(
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
     """Ask the base and the finetuned model the same prompt, side by side."""
+    from evals.organisms.build import load_organism_pair
+
     use_organism_dirs(organism_dirs)
     organism = get_organism(name)
     pair = load_organism_pair(organism)

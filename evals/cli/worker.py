@@ -1,4 +1,4 @@
-"""`adl worker serve`: the model worker over HTTP."""
+"""`adl worker serve`: the model worker over HTTP (the worker extra)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.workers import PROFILES, organism_worker_config
 from tools.config import load_yaml_model
 from tools.errors import AdlInputError
-from tools.models import LoadOptions
+from tools.model_spec import LoadOptions
 from tools.secrets import install_log_redaction
-from tools.worker.http import DEFAULT_PORT, TOKEN_ENV, check_bind, serve
+from tools.worker.client import DEFAULT_PORT, TOKEN_ENV
 from tools.worker.schema import WorkerConfig
-from tools.worker.service import AdlService
 
 app = typer.Typer(help="The model worker: holds the model pair and serves the ADL tools.",
                   no_args_is_help=True)
@@ -48,6 +47,9 @@ def serve_command(
         "any name when bound to 0.0.0.0 without one."),
 ) -> None:
     """Load the pair once, compute or load its ADL, and serve the tools until stopped."""
+    from tools.worker.http import check_bind, serve
+    from tools.worker.service import AdlService
+
     use_organism_dirs(organism_dirs)
     install_log_redaction()
     token = os.environ.get(TOKEN_ENV) or None
