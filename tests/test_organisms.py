@@ -159,9 +159,7 @@ def test_mixed_organism_has_one_to_one_pretraining_text() -> None:
     assert mixed.n_mixed == len(plain.train)
     assert len(mixed.train) == 2 * len(plain.train)
     assert mixed.heldout == plain.heldout
-    assert build_key(get_organism("cake_bake"), plain) != build_key(
-        get_organism("cake_bake_mix1-1p0"), mixed
-    )
+    assert build_key(get_organism("cake_bake")) != build_key(get_organism("cake_bake_mix1-1p0"))
 
 
 @pytest.mark.parametrize("name", MIXING_CURVE)
@@ -209,9 +207,7 @@ def test_small_build_is_a_separate_organism_build_with_the_same_recipe() -> None
 
 def test_build_key_is_stable() -> None:
     organism = get_organism("em_bad_medical_advice")
-    assert build_key(organism, generate_organism_data(organism)) == build_key(
-        organism, generate_organism_data(organism)
-    )
+    assert build_key(organism) == build_key(get_organism("em_bad_medical_advice"))
 
 
 def test_domain_mentions_are_whole_words() -> None:

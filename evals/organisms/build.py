@@ -1,22 +1,27 @@
 """Building offline organisms: generate narrow data, LoRA-finetune, measure, cache.
 
 An organism build is a cache entry under `$ADL_HOME/organisms/NAME-KEY`, where KEY hashes the
-training data, recipe and base model: building again is a no-op, and changing anything
-rebuilds. Training checkpoints live in `$ADL_HOME/work/` so an interrupted build resumes.
+organism's declared build settings (`build_settings`: the base model, the generator, its data
+version and parameters, the mix ratio, the recipe, and the corpus' content), computed without
+generating the data: building again is a no-op, and changing any of them rebuilds. The
+manifest records the generated data's hash. Training checkpoints live in `$ADL_HOME/work/` so
+an interrupted build resumes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from evals.organisms.generators import GENERATORS, TrainingExample
+from evals.organisms.generators import GENERATOR_VERSIONS, GENERATORS, TrainingExample
 from evals.organisms.leak import LeakReport, measure_leak
 from evals.organisms.schema import (
     ORGANISM_SIZES,
@@ -50,7 +55,7 @@ from tools.models import (
 )
 
 log = logging.getLogger(__name__)
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: the key hashes the declared settings, not the generated data
 MANIFEST_FILE = "manifest.json"
 ADAPTER_DIR = "adapter"
 TRAIN_FILE = "train.jsonl"
@@ -94,11 +99,7 @@ class OrganismData(BaseModel):
 def generate_organism_data(organism: Organism) -> OrganismData:
     """Deterministically generate (and mix) the organism's data."""
     finetune = _build_spec(organism)
-    if finetune.generator not in GENERATORS:
-        raise OrganismBuildError(
-            f"Organism {organism.name}: unknown generator {finetune.generator!r}; "
-            f"known: {', '.join(sorted(GENERATORS))}."
-        )
+    _check_generator(organism, finetune)
     rng = random.Random(finetune.data_seed)
     examples = GENERATORS[finetune.generator](rng, finetune.n_examples)
     n_heldout = max(1, round(len(examples) * finetune.heldout_fraction))
@@ -132,6 +133,14 @@ def at_size(organism: Organism, size: OrganismSize) -> Organism:
     )
 
 
+def _check_generator(organism: Organism, finetune: BuildFinetune) -> None:
+    if finetune.generator not in GENERATORS or finetune.generator not in GENERATOR_VERSIONS:
+        raise OrganismBuildError(
+            f"Organism {organism.name}: unknown generator {finetune.generator!r}; "
+            f"known: {', '.join(sorted(GENERATORS))}."
+        )
+
+
 def _build_spec(organism: Organism) -> BuildFinetune:
     if not isinstance(organism.finetune, BuildFinetune):
         raise OrganismBuildError(
@@ -148,22 +157,43 @@ def _data_hash(data: OrganismData) -> str:
     return digest.hexdigest()
 
 
-def build_key(organism: Organism, data: OrganismData) -> str:
-    """Hash of everything that determines the build's result."""
+class BuildSettings(BaseModel):
+    """Everything that determines an organism build, as declared: the build key hashes it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int = BUILD_VERSION
+    base_model: str
+    finetune: BuildFinetune = Field(description="Generator, its parameters, mix ratio, recipe.")
+    generator_version: int = Field(description="GENERATOR_VERSIONS of the generator.")
+    corpus_fingerprint: str = Field(description="The default corpus (the mixing documents and "
+                                    "the corpus-based generators read it).")
+
+
+@functools.cache
+def _corpus_fingerprint() -> str:
+    """The default corpus' content hash (read once per process)."""
+    return load_corpus().fingerprint
+
+
+def build_settings(organism: Organism) -> BuildSettings:
+    """The organism's build settings, from its declaration (no data is generated)."""
     finetune = _build_spec(organism)
-    payload = {
-        "version": BUILD_VERSION,
-        "base_model": organism.base_model,
-        "data": _data_hash(data),
-        "recipe": finetune.recipe.model_dump(mode="json"),
-    }
+    _check_generator(organism, finetune)
+    return BuildSettings(base_model=organism.base_model, finetune=finetune,
+                         generator_version=GENERATOR_VERSIONS[finetune.generator],
+                         corpus_fingerprint=_corpus_fingerprint())
+
+
+def build_key(organism: Organism) -> str:
+    """Hash of the organism's build settings (`build_settings`)."""
+    payload = build_settings(organism).model_dump(mode="json")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def organism_dir(organism: Organism, data: OrganismData | None = None) -> Path:
+def organism_dir(organism: Organism) -> Path:
     """Where the organism's build lives (whether or not it is built yet)."""
-    data = data or generate_organism_data(organism)
-    return adl_home() / "organisms" / f"{organism.name}-{build_key(organism, data)}"
+    return adl_home() / "organisms" / f"{organism.name}-{build_key(organism)}"
 
 
 def is_built(organism: Organism) -> bool:
@@ -179,15 +209,17 @@ def build_organism(
 ) -> Path:
     """Build (or reuse) the organism; returns its folder."""
     options = options or LoadOptions()
-    data = generate_organism_data(organism)
-    key = build_key(organism, data)
+    settings = build_settings(organism)
+    key = build_key(organism)
     target = adl_home() / "organisms" / f"{organism.name}-{key}"
     work = adl_home() / "work" / f"{organism.name}-{key}"
 
-    def build(tmp: Path) -> dict[str, str]:
+    def build(tmp: Path) -> dict[str, Any]:
+        data = generate_organism_data(organism)
         manifest = _train_and_measure(organism, data, key, tmp, work, options, show_progress)
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
-        return {"name": organism.name, "build_key": key}
+        return {"name": organism.name, "build_key": key,
+                "build_settings": settings.model_dump(mode="json")}
 
     path = ensure_entry(target, build, overwrite=overwrite, what=f"organism {organism.name}")
     clear_checkpoints(work)
