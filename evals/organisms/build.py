@@ -51,6 +51,7 @@ from tools.models import (
     load_causal_lm,
     load_model_pair,
     load_tokenizer,
+    pair_from_trained_adapter,
     resolve_model_location,
 )
 
@@ -249,7 +250,6 @@ def _train_and_measure(
             f"token within recipe.max_length={recipe.max_length} (a chat whose user turn fills the "
             "window): shorten the examples or raise max_length."
         )
-    base_loss = mean_token_loss(model, heldout, tokenizer.pad_token_id)
 
     started = time.perf_counter()
     peft_model, result = train_lora(
@@ -261,12 +261,13 @@ def _train_and_measure(
     write_jsonl(out / TRAIN_FILE, data.train)
     write_jsonl(out / HELDOUT_FILE, data.heldout)
 
-    pair = ModelPair(
+    # The adapter switched off is the untrained base model: both losses come from one pair.
+    pair = pair_from_trained_adapter(
         ModelPairSpec(base=organism.base_model, finetuned=str(out / ADAPTER_DIR)),
-        tokenizer, model, model, peft_model, location, location, options,
+        tokenizer, peft_model, location, options,
     )
-    with pair.model("finetuned") as finetuned:
-        ft_loss = mean_token_loss(finetuned, heldout, tokenizer.pad_token_id)
+    base_loss = mean_token_loss(pair, "base", heldout, tokenizer.pad_token_id)
+    ft_loss = mean_token_loss(pair, "finetuned", heldout, tokenizer.pad_token_id)
     leak = measure_leak(pair, organism)
     log.info(
         "%s: held-out loss %.3f -> %.3f; leak rate base %.0f%% finetuned %.0f%%",
