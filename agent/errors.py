@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tools.errors import AdlError
 
 
@@ -31,3 +33,15 @@ class ContextLengthError(ProviderError):
         super().__init__(message, retryable=False, status=status)
         self.limit = limit
         self.requested = requested
+
+
+class TranscriptFormatError(AdlError):
+    """A transcript line is not an event of this version (an old or foreign file): the message
+    names the file, the line (1-based) and the fields at fault (`field`: the first)."""
+
+    def __init__(self, path: Path, line: int, field: str, problems: str) -> None:
+        super().__init__(f"{path}, line {line}: not a transcript event of this version: "
+                         f"{problems}")
+        self.path = path
+        self.line = line
+        self.field = field

@@ -15,53 +15,33 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from agent.context import ContextFullError, ContextKeeper
 from agent.errors import ContextLengthError, ProviderError
 from agent.providers.base import ChatTurn, Completion, Provider
-from agent.transcript import TranscriptWriter
+from agent.transcript import (
+    Budgets,
+    EndReason,
+    LlmCallData,
+    MessageData,
+    NoticeData,
+    RunOutcome,
+    RunStartedData,
+    ToolCallData,
+    TranscriptWriter,
+)
 from prompts import load_text
 from tools.errors import AdlError
-from tools.toolbox import AgentKind, AskSettings, Hypothesis, Toolbox, ToolSpec
+from tools.toolbox import AgentKind, AskSettings, Toolbox, ToolSpec
 from tools.worker.client import WorkerClient
 
-EndReason = Literal["submitted", "final_answer", "no_final_answer", "provider_error",
-                    "worker_unavailable", "context_exceeded"]
 FINAL_LINE = re.compile(r"^\s*FINAL HYPOTHESIS:\s*(.+)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 MAX_NUDGES = 2
 OVERVIEW_HEADING = "Overview of the activation difference"
 SAMPLES_HEADING = "Generations of the finetuned model on several prompts (some may be cut off)"
 # Tool errors that mean the worker is gone or going: the run ends instead of wasting turns.
 WORKER_GONE = frozenset({"WorkerUnavailableError", "WorkerRequestError:stopping"})
-
-
-class Budgets(BaseModel):
-    """Limits of one run. `interactions` are model interactions (the paper's i)."""
-
-    interactions: int = Field(5, ge=0)
-    llm_calls: int = Field(100, ge=1, description="Agent turns (provider calls); the paper: 100.")
-    generated_tokens: int = Field(100_000, ge=1, description="Tokens the agent LLM generates.")
-    wall_time_s: float = Field(1800.0, gt=0)
-
-
-class RunOutcome(BaseModel):
-    hypothesis: str | None
-    end_reason: EndReason
-    detail: str | None = None
-    llm_calls: int
-    interactions_used: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float | None = Field(description="None when any call's price is unknown.")
-    tool_calls: int
-    tool_errors: int
-    wall_time_s: float
-    compactions: int = Field(0, description="Times older tool results were elided to fit the "
-                             "context window.")
-    board: list[Hypothesis] = Field(default_factory=list, description="The hypothesis board at the end.")
 
 
 class _Tally:
@@ -91,8 +71,8 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
     agent = toolbox.agent
     system = system_prompt(agent)
     tools = toolbox.specs()
-    transcript.write("message", role="system", content=system)
-    transcript.write("notice", tools=[t.model_dump() for t in tools], budgets=budgets.model_dump())
+    transcript.write(MessageData(role="system", content=system))
+    transcript.write(NoticeData(tools=tools, budgets=budgets))
 
     keeper = ContextKeeper(provider.context_window, provider.options.max_output_tokens)
 
@@ -107,7 +87,7 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
             tool_errors=tally.tool_errors, wall_time_s=round(time.monotonic() - started, 3),
             compactions=keeper.compactions,
         )
-        transcript.write("run_ended", **outcome.model_dump())
+        transcript.write(outcome)
         return outcome
 
     kickoff = load_text("agent_task.md").format(interactions=budgets.interactions,
@@ -119,7 +99,7 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
     heading = (OVERVIEW_HEADING if agent == "adl" else SAMPLES_HEADING)
     kickoff += f"\n\n{heading} (JSON):\n" + json.dumps(first_look, ensure_ascii=False)
     messages = [ChatTurn(role="user", content=kickoff)]
-    transcript.write("message", role="user", content=kickoff)
+    transcript.write(MessageData(role="user", content=kickoff))
     budget = keeper.budget()
     if budget is not None and (first := keeper.estimate(system, messages, tools)) > budget:
         return finish("context_exceeded", None,
@@ -131,7 +111,7 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
     def compact(turn_tools: list[ToolSpec], reason: str, force: bool = False) -> bool:
         compaction = keeper.compact(system, messages, turn_tools, reason, force=force)
         if compaction is not None:
-            transcript.write("compaction", **compaction.model_dump())
+            transcript.write(compaction)
         return compaction is not None
 
     def call(turn_tools: list[ToolSpec]) -> Completion:
@@ -162,14 +142,14 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
             completion = provider.complete(system, messages, turn_tools, max_output_tokens=limit)
         keeper.calibrate(characters, completion.usage.input_tokens)
         tally.add(completion)
-        transcript.write(
-            "llm_call", model=completion.model, provider=provider.name, usage=completion.usage.model_dump(),
+        transcript.write(LlmCallData(
+            model=completion.model, provider=provider.name, usage=completion.usage,
             cost_usd=completion.cost_usd, latency_s=round(time.monotonic() - call_started, 3),
             attempts=completion.attempts, stop_reason=completion.stop_reason,
-        )
+        ))
         turn = ChatTurn(role="assistant", content=completion.text, tool_calls=completion.tool_calls)
         messages.append(turn)
-        transcript.write("message", **turn.model_dump())
+        transcript.write(MessageData.model_validate(turn.model_dump()))
         return completion
 
     def exhausted() -> str | None:
@@ -193,13 +173,13 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
             result = toolbox.call(tool_call.name, tool_call.arguments)
             tally.tool_calls += 1
             tally.tool_errors += 0 if result.ok else 1
-            transcript.write(
-                "tool_call", id=tool_call.id, name=tool_call.name, arguments=tool_call.arguments,
+            transcript.write(ToolCallData(
+                id=tool_call.id, name=tool_call.name, arguments=tool_call.arguments,
                 ok=result.ok, result=result.content, error=result.error,
                 error_fields=result.error_fields, interactions=result.interactions,
                 latency_s=round(time.monotonic() - tool_started, 3),
                 interactions_left=toolbox.interactions_left,
-            )
+            ))
             turn = ChatTurn(role="tool", content=result.text(budgets_left()), tool_call_id=tool_call.id,
                             tool_name=tool_call.name, is_error=not result.ok)
             messages.append(turn)
@@ -229,15 +209,15 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
             nudges += 1
             if nudges > MAX_NUDGES:
                 reason = f"the model made no tool call in {nudges} turns"
-                transcript.write("notice", no_tool_calls=nudges, message=reason)
+                transcript.write(NoticeData(no_tool_calls=nudges, message=reason))
                 break
             nudge = load_text("continue_nudge.md").strip()
             messages.append(ChatTurn(role="user", content=nudge))
-            transcript.write("message", role="user", content=nudge)
+            transcript.write(MessageData(role="user", content=nudge))
 
         request = load_text("final_answer_request.md").format(reason=reason).strip()
         messages.append(ChatTurn(role="user", content=request))
-        transcript.write("message", role="user", content=request)
+        transcript.write(MessageData(role="user", content=request))
         submit = [t for t in tools if t.name == "submit_hypothesis"]
         try:
             completion = call(submit)
@@ -247,10 +227,11 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
         for tool_call in completion.tool_calls:
             if tool_call.name == "submit_hypothesis":
                 result = toolbox.call(tool_call.name, tool_call.arguments)
-                transcript.write("tool_call", id=tool_call.id, name=tool_call.name,
-                                 arguments=tool_call.arguments, ok=result.ok, result=result.content,
-                                 error=result.error, interactions=0, latency_s=0.0,
-                                 interactions_left=toolbox.interactions_left)
+                transcript.write(ToolCallData(id=tool_call.id, name=tool_call.name,
+                                              arguments=tool_call.arguments, ok=result.ok,
+                                              result=result.content, error=result.error,
+                                              interactions=0, latency_s=0.0,
+                                              interactions_left=toolbox.interactions_left))
                 if result.ok:
                     return finish("final_answer", toolbox.submitted,
                                   f"asked for the final answer: {context_detail or reason}")
@@ -277,11 +258,10 @@ def investigate(
     ask = ask or AskSettings()
     toolbox = Toolbox(client, agent, interaction_budget=budgets.interactions, ask=ask)
     with TranscriptWriter(transcript_path) as transcript:
-        transcript.write("run_started", agent=agent, provider=provider.name,
-                         provider_is_llm=provider.is_llm, model=provider.model,
-                         provider_options=provider.options.model_dump(),
-                         context_window=provider.context_window,
-                         budgets=budgets.model_dump(), ask_models=ask.model_dump(),
-                         **(metadata or {}))
+        transcript.write(RunStartedData(
+            agent=agent, provider=provider.name, provider_is_llm=provider.is_llm,
+            model=provider.model, provider_options=provider.options,
+            context_window=provider.context_window, budgets=budgets, ask_models=ask,
+            **(metadata or {})))
         outcome = run_agent(provider, toolbox, budgets, transcript)
     return outcome.model_copy(update={"board": [h.model_copy(deep=True) for h in toolbox.hypotheses]})

@@ -1,5 +1,10 @@
 """Transcripts: one JSON line per event, appended and flushed to disk as it happens, so a
-killed run keeps everything up to the kill. Secrets are redacted before anything is written."""
+killed run keeps everything up to the kill. Secrets are redacted before anything is written.
+
+Each line is one `TranscriptEvent`: `seq`, `time`, `kind` and the kind's typed `data` (a
+discriminated union on `kind`). The loop writes these models; the store, `adl eval show`, the
+viewer and the tests read them back through the same models. A line that does not validate
+raises `TranscriptFormatError` naming the line and the field."""
 
 from __future__ import annotations
 
@@ -7,21 +12,165 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from agent.context import Compaction
+from agent.errors import TranscriptFormatError
+from agent.providers.base import ProviderOptions, ToolCall, Usage
 from tools.errors import CacheWriteError
 from tools.secrets import redact
+from tools.toolbox import AgentKind, AskSettings, Hypothesis, ToolSpec
 
+MAX_PROBLEMS_SHOWN = 3  # of a line that is not an event
 EventKind = Literal["run_started", "message", "llm_call", "tool_call", "notice", "compaction", "run_ended"]
+EndReason = Literal["submitted", "final_answer", "no_final_answer", "provider_error",
+                    "worker_unavailable", "context_exceeded"]
 
 
-class TranscriptEvent(BaseModel):
+class Budgets(BaseModel):
+    """Limits of one run. `interactions` are model interactions (the paper's i)."""
+
+    interactions: int = Field(5, ge=0)
+    llm_calls: int = Field(100, ge=1, description="Agent turns (provider calls); the paper: 100.")
+    generated_tokens: int = Field(100_000, ge=1, description="Tokens the agent LLM generates.")
+    wall_time_s: float = Field(1800.0, gt=0)
+
+
+class RunOutcome(BaseModel):
+    """How a run ended (the data of `run_ended`)."""
+
+    hypothesis: str | None
+    end_reason: EndReason
+    detail: str | None = None
+    llm_calls: int
+    interactions_used: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None = Field(description="None when any call's price is unknown.")
+    tool_calls: int
+    tool_errors: int
+    wall_time_s: float
+    compactions: int = Field(0, description="Times older tool results were elided to fit the "
+                             "context window.")
+    board: list[Hypothesis] = Field(default_factory=list, description="The hypothesis board at the end.")
+
+
+class RunStartedData(BaseModel):
+    """The run's settings. The caller's metadata (organism, experiment, unit, ...) is kept as
+    further fields; transcripts older than a field lack it (None)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    agent: AgentKind
+    provider: str
+    provider_is_llm: bool
+    model: str
+    provider_options: ProviderOptions | None = None
+    context_window: int | None = None
+    budgets: Budgets
+    ask_models: AskSettings | None = None
+
+
+class MessageData(BaseModel):
+    """A message of the conversation: the system prompt, a user turn or an assistant turn."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    is_error: bool = False
+
+
+class LlmCallData(BaseModel):
+    """One provider call: model, usage, cost, latency and retries."""
+
+    model: str
+    provider: str
+    usage: Usage
+    cost_usd: float | None = None
+    latency_s: float
+    attempts: int = 1
+    stop_reason: str | None = None
+
+
+class ToolCallData(BaseModel):
+    """One tool call and its result (or error)."""
+
+    id: str
+    name: str
+    arguments: str
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    error_fields: list[str] = Field(default_factory=list)
+    interactions: int = 0
+    latency_s: float = 0.0
+    interactions_left: int | None = None
+
+
+class NoticeData(BaseModel):
+    """A note of the loop: the tools and budgets at the start, or why it stopped asking."""
+
+    tools: list[ToolSpec] | None = None
+    budgets: Budgets | None = None
+    no_tool_calls: int | None = Field(None, description="Turns in a row without a tool call.")
+    message: str | None = None
+
+
+class _Event(BaseModel):
     seq: int
     time: str
-    kind: EventKind
-    data: dict[str, Any]
+
+
+class RunStartedEvent(_Event):
+    kind: Literal["run_started"] = "run_started"
+    data: RunStartedData
+
+
+class MessageEvent(_Event):
+    kind: Literal["message"] = "message"
+    data: MessageData
+
+
+class LlmCallEvent(_Event):
+    kind: Literal["llm_call"] = "llm_call"
+    data: LlmCallData
+
+
+class ToolCallEvent(_Event):
+    kind: Literal["tool_call"] = "tool_call"
+    data: ToolCallData
+
+
+class NoticeEvent(_Event):
+    kind: Literal["notice"] = "notice"
+    data: NoticeData
+
+
+class CompactionEvent(_Event):
+    kind: Literal["compaction"] = "compaction"
+    data: Compaction
+
+
+class RunEndedEvent(_Event):
+    kind: Literal["run_ended"] = "run_ended"
+    data: RunOutcome
+
+
+TranscriptEvent = Annotated[
+    RunStartedEvent | MessageEvent | LlmCallEvent | ToolCallEvent | NoticeEvent | CompactionEvent
+    | RunEndedEvent, Field(discriminator="kind")]
+EventData = (RunStartedData | MessageData | LlmCallData | ToolCallData | NoticeData | Compaction
+             | RunOutcome)
+EVENT_ADAPTER: TypeAdapter[TranscriptEvent] = TypeAdapter(TranscriptEvent)
+_EVENT_OF: dict[type[BaseModel], type[_Event]] = {
+    RunStartedData: RunStartedEvent, MessageData: MessageEvent, LlmCallData: LlmCallEvent,
+    ToolCallData: ToolCallEvent, NoticeData: NoticeEvent, Compaction: CompactionEvent,
+    RunOutcome: RunEndedEvent,
+}
 
 
 class TranscriptWriter:
@@ -35,9 +184,10 @@ class TranscriptWriter:
         if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
             self._file.write("\n")  # a line cut off by a kill stays alone on its line
 
-    def write(self, kind: EventKind, **data: Any) -> TranscriptEvent:
-        event = TranscriptEvent(seq=self._seq, time=dt.datetime.now(dt.UTC).isoformat(),
-                                kind=kind, data=data)
+    def write(self, data: EventData) -> TranscriptEvent:
+        """Append the event whose data is `data` (its kind follows from the data's type)."""
+        event: TranscriptEvent = _EVENT_OF[type(data)](  # type: ignore[assignment]
+            seq=self._seq, time=dt.datetime.now(dt.UTC).isoformat(), data=data)
         line = redact(event.model_dump_json()) + "\n"
         try:
             self._file.write(line)
@@ -59,13 +209,40 @@ class TranscriptWriter:
 
 
 def read_transcript(path: Path) -> list[TranscriptEvent]:
-    """Every complete event of a transcript (a line cut off by a kill is skipped)."""
+    """Every complete event of a transcript. A line cut off by a kill (an object that is not
+    complete JSON) is skipped; any other line that is not an event raises
+    `TranscriptFormatError` naming the line and the field."""
     events: list[TranscriptEvent] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            events.append(TranscriptEvent.model_validate(json.loads(line)))
-        except (json.JSONDecodeError, ValueError):
-            continue
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if line.lstrip().startswith("{"):
+                continue  # the kill hit mid-line
+            raise TranscriptFormatError(path, number, "the line",
+                                        f"the line: not JSON ({exc.msg})") from exc
+        events.append(parse_event(raw, path, number))
     return events
+
+
+def parse_event(raw: object, path: Path, line: int) -> TranscriptEvent:
+    """One transcript event from its decoded JSON line; `TranscriptFormatError` names the
+    fields that do not validate (the first as its `field`)."""
+    try:
+        return EVENT_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        tag = raw.get("kind") if isinstance(raw, dict) else None
+        problems: list[tuple[str, str]] = []
+        for error in exc.errors():
+            location = [str(part) for part in error["loc"]]
+            if location and location[0] == tag:
+                location = location[1:]  # the union's tag, not a field of the line
+            if error["type"].startswith("union_tag"):
+                location = ["kind"]
+            problems.append((".".join(location) or "the line", error["msg"]))
+        shown = "; ".join(f"{field}: {msg}" for field, msg in problems[:MAX_PROBLEMS_SHOWN])
+        more = len(problems) - MAX_PROBLEMS_SHOWN
+        raise TranscriptFormatError(path, line, problems[0][0],
+                                    shown + (f" (and {more} more)" if more > 0 else "")) from exc

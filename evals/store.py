@@ -37,7 +37,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from agent.transcript import read_transcript
+from agent.transcript import (
+    LlmCallEvent,
+    MessageData,
+    MessageEvent,
+    ToolCallData,
+    ToolCallEvent,
+    read_transcript,
+)
 from tools.errors import AdlError
 
 SCHEMA_VERSION = "0002"
@@ -423,6 +430,26 @@ class Store:
             return list(session.exec(select(ToolCallRecord).where(ToolCallRecord.run_id == run_id)
                                      .order_by(ToolCallRecord.seq)))
 
+    def transcript(self, run_id: int) -> list[MessageData | ToolCallData]:
+        """A run's messages and tool calls in order, as the transcript's event models: read
+        from its transcript file while that exists (so a run still going shows its events so
+        far), else from the rows stored when it finished. A line of the file that is not an
+        event raises `TranscriptFormatError` naming the line and the field."""
+        run = self.run(run_id)
+        path = Path(run.transcript_path) if run is not None and run.transcript_path else None
+        if path is not None and path.exists():
+            return [event.data for event in read_transcript(path)
+                    if isinstance(event, MessageEvent | ToolCallEvent)]
+        rows: list[tuple[int, int, MessageData | ToolCallData]] = [
+            (m.seq, 0, MessageData.model_validate(
+                {"role": m.role, "content": m.content, "tool_calls": m.tool_calls}))
+            for m in self.messages(run_id)]
+        rows += [(c.seq, 1, ToolCallData(
+            id=c.call_id, name=c.name, arguments=c.arguments, ok=c.ok, result=c.result,
+            error=c.error, interactions=c.interactions, latency_s=c.latency_s,
+            interactions_left=c.interactions_left)) for c in self.tool_calls(run_id)]
+        return [item for _, _, item in sorted(rows, key=lambda row: (row[0], row[1]))]
+
     def usage(self, run_id: int) -> list[Usage]:
         with self.session() as session:
             return list(session.exec(select(Usage).where(Usage.run_id == run_id).order_by(Usage.seq)))
@@ -439,26 +466,27 @@ class Store:
 
     @staticmethod
     def _import_transcript(session: Session, run_id: int, path: Path) -> None:
+        """Rows of the transcript's messages, tool calls and provider calls; a line that is not
+        an event raises `TranscriptFormatError` (and nothing is stored)."""
         for event in read_transcript(path):
-            data = event.data
-            if event.kind == "message":
-                session.add(Message(run_id=run_id, seq=event.seq, role=data.get("role", ""),
-                                    content=data.get("content") or "",
-                                    tool_calls=data.get("tool_calls") or []))
-            elif event.kind == "tool_call":
+            if isinstance(event, MessageEvent):
+                message = event.data
+                session.add(Message(run_id=run_id, seq=event.seq, role=message.role,
+                                    content=message.content,
+                                    tool_calls=[c.model_dump() for c in message.tool_calls]))
+            elif isinstance(event, ToolCallEvent):
+                call = event.data
                 session.add(ToolCallRecord(
-                    run_id=run_id, seq=event.seq, call_id=data.get("id", ""), name=data.get("name", ""),
-                    arguments=data.get("arguments", ""), ok=bool(data.get("ok")),
-                    result=data.get("result"), error=data.get("error"),
-                    interactions=data.get("interactions", 0), latency_s=data.get("latency_s", 0.0),
-                    interactions_left=data.get("interactions_left")))
-            elif event.kind == "llm_call":
-                usage = data.get("usage", {})
-                session.add(Usage(run_id=run_id, seq=event.seq, model=data.get("model", ""),
-                                  input_tokens=usage.get("input_tokens", 0),
-                                  output_tokens=usage.get("output_tokens", 0),
-                                  cost_usd=data.get("cost_usd"), latency_s=data.get("latency_s", 0.0),
-                                  attempts=data.get("attempts", 1)))
+                    run_id=run_id, seq=event.seq, call_id=call.id, name=call.name,
+                    arguments=call.arguments, ok=call.ok, result=call.result, error=call.error,
+                    interactions=call.interactions, latency_s=call.latency_s,
+                    interactions_left=call.interactions_left))
+            elif isinstance(event, LlmCallEvent):
+                llm = event.data
+                session.add(Usage(run_id=run_id, seq=event.seq, model=llm.model,
+                                  input_tokens=llm.usage.input_tokens,
+                                  output_tokens=llm.usage.output_tokens, cost_usd=llm.cost_usd,
+                                  latency_s=llm.latency_s, attempts=llm.attempts))
 
 
 def open_store(url: str | None = None) -> Store:

@@ -31,6 +31,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from agent.errors import TranscriptFormatError
+from agent.transcript import MessageData, ToolCallData
 from evals.compare import (
     ALL_ORGANISMS,
     SUCCESS_GRADE,
@@ -38,7 +40,7 @@ from evals.compare import (
     compare_experiment,
     plot_comparison,
 )
-from evals.store import Experiment, Grade, Message, Run, Store, ToolCallRecord
+from evals.store import Experiment, Grade, Run, Store
 from tools.errors import AdlError
 from tools.net import LOOPBACK_HOST_NAMES, allowed_host_names, is_loopback
 from tools.secrets import uvicorn_log_config
@@ -130,11 +132,9 @@ def provider_label(run: Run) -> str | None:
     return None
 
 
-def _transcript(messages: list[Message], tool_calls: list[ToolCallRecord]) -> list[tuple[str, Any]]:
-    """Messages and tool calls in transcript order (they share the transcript's event seq)."""
-    items: list[tuple[int, int, str, Any]] = [(m.seq, 0, "message", m) for m in messages]
-    items += [(c.seq, 1, "tool_call", c) for c in tool_calls]
-    return [(kind, item) for _, _, kind, item in sorted(items, key=lambda t: (t[0], t[1]))]
+def _transcript(items: list[MessageData | ToolCallData]) -> list[tuple[str, MessageData | ToolCallData]]:
+    """The transcript's messages and tool calls (in order), each with the template's kind."""
+    return [("message" if isinstance(item, MessageData) else "tool_call", item) for item in items]
 
 
 def _pooled_last(rows: list[Any]) -> list[Any]:
@@ -268,10 +268,14 @@ def create_viewer_app(store: Store, allowed_hosts: Sequence[str] = LOOPBACK_HOST
             return not_found(f"No run {run_id}.")
         experiment = next((e for e in store.experiments() if e.id == run.experiment_id), None)
         usage = store.usage(run_id)
+        try:
+            transcript, transcript_error = _transcript(store.transcript(run_id)), None
+        except TranscriptFormatError as exc:  # the run is still shown, with the reason
+            transcript, transcript_error = [], str(exc)
         return page("run.html", title=f"Run {run_id}", run=run, experiment=experiment,
                     provider_note=provider_label(run), grades=store.grades(run_id),
                     models=sorted({u.model for u in usage if u.model}),
-                    transcript=_transcript(store.messages(run_id), store.tool_calls(run_id)))
+                    transcript=transcript, transcript_error=transcript_error)
 
     return app
 

@@ -14,7 +14,16 @@ from agent.providers import make_provider
 from agent.providers.base import ChatTurn, Completion, ToolCall, Usage
 from agent.providers.heuristic import HeuristicProvider, content_words
 from agent.providers.scripted import ScriptedProvider
-from agent.transcript import TranscriptWriter, read_transcript
+from agent.transcript import (
+    MessageData,
+    MessageEvent,
+    NoticeData,
+    NoticeEvent,
+    RunEndedEvent,
+    ToolCallEvent,
+    TranscriptWriter,
+    read_transcript,
+)
 from prompts import load_text
 from tests.worker_fixtures import TINY_ASK, worker_process
 from tools.toolbox import Toolbox, ToolSpec
@@ -71,9 +80,10 @@ def test_tool_errors_go_back_to_the_model_and_the_transcript_has_everything(serv
     kinds = [e.kind for e in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_ended"
     assert kinds.count("llm_call") == 4 and kinds.count("tool_call") == 5
-    first_tool = next(e for e in events if e.kind == "tool_call")
-    assert {"arguments", "result", "error", "interactions", "latency_s", "interactions_left"} <= set(first_tool.data)
-    assert events[-1].data["hypothesis"] == "owls and birds"
+    first_tool = next(e for e in events if isinstance(e, ToolCallEvent))
+    assert {"arguments", "result", "error", "interactions", "latency_s", "interactions_left"} <= \
+        set(first_tool.data.model_dump())
+    assert isinstance(events[-1], RunEndedEvent) and events[-1].data.hypothesis == "owls and birds"
 
 
 def test_budget_exhaustion_asks_once_for_the_final_answer(service: AdlService, tmp_path: Path) -> None:
@@ -126,7 +136,7 @@ def test_heuristic_policy_investigates_and_submits(service: AdlService, tmp_path
     outcome = investigate(service, provider, agent, Budgets(interactions=budget), tmp_path / "t.jsonl", ask=TINY_ASK)  # type: ignore[arg-type]
     assert outcome.end_reason == "submitted" and outcome.hypothesis
     assert outcome.interactions_used <= budget
-    names = [e.data["name"] for e in read_transcript(tmp_path / "t.jsonl") if e.kind == "tool_call"]
+    names = [e.data.name for e in read_transcript(tmp_path / "t.jsonl") if isinstance(e, ToolCallEvent)]
     if agent == "adl":
         assert names[0] == "get_token_readouts"
     if budget:
@@ -245,30 +255,31 @@ def test_killing_the_worker_ends_the_run_and_keeps_the_transcript(config, agent_
     assert outcome.end_reason == "worker_unavailable"
     assert "cannot be reached" in (outcome.detail or "")
     events = read_transcript(path)
-    tool_events = [e for e in events if e.kind == "tool_call"]
-    assert tool_events[0].data["ok"] and not tool_events[1].data["ok"]
-    assert events[-1].kind == "run_ended" and events[-1].data["end_reason"] == "worker_unavailable"
+    tool_events = [e for e in events if isinstance(e, ToolCallEvent)]
+    assert tool_events[0].data.ok and not tool_events[1].data.ok
+    assert isinstance(events[-1], RunEndedEvent) and events[-1].data.end_reason == "worker_unavailable"
 
 
 def test_a_transcript_cut_by_a_kill_is_still_readable(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     with TranscriptWriter(path) as writer:
-        writer.write("message", role="user", content="one")
-        writer.write("message", role="user", content="two")
+        writer.write(MessageData(role="user", content="one"))
+        writer.write(MessageData(role="user", content="two"))
     with path.open("a") as handle:
         handle.write('{"seq": 2, "time": "x", "kind": "mess')  # the kill hit mid-line
-    assert [e.data["content"] for e in read_transcript(path)] == ["one", "two"]
+    assert [e.data.content for e in read_transcript(path) if isinstance(e, MessageEvent)] == ["one", "two"]
     with TranscriptWriter(path) as writer:  # resuming appends after the complete events
-        assert writer.write("notice", note="resumed").seq == 2
+        assert writer.write(NoticeData(message="resumed")).seq == 2
 
 
 def test_run_agent_records_system_prompt_and_tools(service: AdlService, tmp_path: Path) -> None:
     provider = ScriptedProvider([calls(("submit_hypothesis", '{"description": "x"}'))])
     with TranscriptWriter(tmp_path / "t.jsonl") as writer:
         run_agent(provider, Toolbox(service, "adl", ask=TINY_ASK), Budgets(), writer)
-    events = read_transcript(tmp_path / "t.jsonl")
-    assert events[0].data["role"] == "system" and "Activation Difference Lens" in events[0].data["content"]
-    assert {t["name"] for t in events[1].data["tools"]} == set(Toolbox.tool_names("adl"))
+    system, notice = read_transcript(tmp_path / "t.jsonl")[:2]
+    assert isinstance(system, MessageEvent) and isinstance(notice, NoticeEvent)
+    assert system.data.role == "system" and "Activation Difference Lens" in system.data.content
+    assert {t.name for t in notice.data.tools or []} == set(Toolbox.tool_names("adl"))
 
 
 def test_both_agents_get_identical_settings_and_the_baseline_starts_with_unsteered_samples(
@@ -282,7 +293,7 @@ def test_both_agents_get_identical_settings_and_the_baseline_starts_with_unsteer
                                         calls(("submit_hypothesis", '{"description": "x"}'))])
         investigate(service, seen[agent], agent, Budgets(interactions=5), tmp_path / f"{agent}.jsonl",  # type: ignore[arg-type]
                     {"organism": "tiny"}, ask=TINY_ASK)
-    started = {a: read_transcript(tmp_path / f"{a}.jsonl")[0].data for a in seen}
+    started = {a: read_transcript(tmp_path / f"{a}.jsonl")[0].data.model_dump() for a in seen}
     assert {k: v for k, v in started["adl"].items() if k != "agent"} == \
         {k: v for k, v in started["blackbox"].items() if k != "agent"}
     assert started["adl"]["ask_models"] == TINY_ASK.model_dump()

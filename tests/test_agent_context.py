@@ -11,7 +11,7 @@ from agent.context import ContextKeeper
 from agent.loop import OVERVIEW_HEADING, Budgets, investigate
 from agent.providers import ProviderOptions, make_provider
 from agent.providers.base import ChatTurn, ToolCall
-from agent.transcript import read_transcript
+from agent.transcript import CompactionEvent, NoticeEvent, read_transcript
 from tests.fake_llm_server import FakeLLMServer, FakeReply, RecordedRequest
 from tests.worker_fixtures import TINY_ASK
 from tools.worker.service import AdlService
@@ -73,9 +73,9 @@ def test_a_small_context_window_compacts_and_the_run_still_submits(tiny_service:
     assert outcome.compactions >= 1 and "compacted" in (outcome.detail or "")
     assert not refused  # compaction kept every request inside the window
     events = read_transcript(path)
-    compactions = [e for e in events if e.kind == "compaction"]
+    compactions = [e for e in events if isinstance(e, CompactionEvent)]
     assert len(compactions) == outcome.compactions
-    assert all(e.data["tokens_after"] < e.data["tokens_before"] for e in compactions)
+    assert all(e.data.tokens_after < e.data.tokens_before for e in compactions)
     last = server.openai_requests[-1].body["messages"]
     assert OVERVIEW_HEADING in last[1]["content"]  # the overview is kept
     assert any("[result elided" in (m.get("content") or "") for m in last if m["role"] == "tool")
@@ -99,8 +99,8 @@ def test_a_context_length_error_compacts_once_and_retries(tiny_service: AdlServi
         requests = server.openai_requests
     assert outcome.end_reason == "submitted", outcome.detail
     assert len(requests) == 6 and outcome.compactions == 1
-    (compaction,) = [e for e in read_transcript(path) if e.kind == "compaction"]
-    assert "refused" in compaction.data["reason"] and compaction.data["elided"] >= 1
+    (compaction,) = [e for e in read_transcript(path) if isinstance(e, CompactionEvent)]
+    assert "refused" in compaction.data.reason and compaction.data.elided >= 1
     retried = requests[4].body["messages"]
     assert any("[result elided" in (m.get("content") or "") for m in retried if m["role"] == "tool")
 
@@ -143,8 +143,8 @@ def test_a_model_that_never_calls_tools_is_asked_for_its_answer_in_plain_words(
         assert len(server.openai_requests) == 4  # a turn, two nudges, the final-answer request
     assert outcome.end_reason == "final_answer" and outcome.hypothesis == "the sky"
     assert outcome.detail == "asked for the final answer: the model made no tool call in 3 turns"
-    notices = [e for e in read_transcript(path) if e.kind == "notice" and "no_tool_calls" in e.data]
-    assert notices and notices[0].data["message"] == "the model made no tool call in 3 turns"
+    notices = [e for e in read_transcript(path) if isinstance(e, NoticeEvent) and e.data.no_tool_calls]
+    assert notices and notices[0].data.message == "the model made no tool call in 3 turns"
 
 
 def test_results_the_model_has_not_seen_are_never_elided() -> None:

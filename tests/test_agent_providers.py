@@ -16,7 +16,7 @@ from agent.loop import Budgets, investigate
 from agent.providers.anthropic_provider import AnthropicProvider
 from agent.providers.openai_provider import OpenAIProvider
 from agent.retry import RetryPolicy
-from agent.transcript import read_transcript
+from agent.transcript import MessageEvent, ToolCallEvent, read_transcript
 from tests.fake_llm_server import FakeLLMServer
 from tests.worker_fixtures import TINY_ASK, worker_process
 from tools.worker.schema import ReadoutRequest, ReadoutResponse
@@ -96,16 +96,16 @@ def test_loop_with_real_sdks(api: str, service: AdlService, tmp_path: Path) -> N
 
     events = read_transcript(path)
     llm_calls = [e for e in events if e.kind == "llm_call"]
-    assert [e.data["attempts"] for e in llm_calls] == [2, 2, 1, 1, 1]
-    assert llm_calls[0].data["latency_s"] >= 0.9  # Retry-After: 1 was honoured
-    tools = {e.data["id"]: e.data for e in events if e.kind == "tool_call"}
-    assert tools["t1"]["ok"] and tools["t1"]["interactions"] == 2 and tools["t1"]["interactions_left"] == 1
-    assert "not valid JSON" in tools["t3"]["error"]
-    assert "RuntimeError: CUDA error" in tools["t4"]["error"]
-    assert "only 1 are left" in tools["t5"]["error"]
-    assert tools["t3"]["arguments"] == '{"prompts": ['  # recorded exactly as the model sent it
+    assert [e.data.attempts for e in llm_calls] == [2, 2, 1, 1, 1]  # type: ignore[union-attr]
+    assert llm_calls[0].data.latency_s >= 0.9  # type: ignore[union-attr]  # Retry-After: 1 was honoured
+    tools = {e.data.id: e.data for e in events if isinstance(e, ToolCallEvent)}
+    assert tools["t1"].ok and tools["t1"].interactions == 2 and tools["t1"].interactions_left == 1
+    assert "not valid JSON" in (tools["t3"].error or "")
+    assert "RuntimeError: CUDA error" in (tools["t4"].error or "")
+    assert "only 1 are left" in (tools["t5"].error or "")
+    assert tools["t3"].arguments == '{"prompts": ['  # recorded exactly as the model sent it
     assert events[-1].kind == "run_ended"
-    assert sum(1 for e in events if e.kind == "message" and e.data["role"] == "assistant") == 5
+    assert sum(1 for e in events if isinstance(e, MessageEvent) and e.data.role == "assistant") == 5
 
     last = requests[-1].body
     sent = json.dumps(last["messages"])

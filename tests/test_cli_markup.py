@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.loop import RunOutcome
-from agent.transcript import TranscriptWriter
+from agent.transcript import MessageData, ToolCallData, TranscriptWriter
 from evals.store import Grade, open_store
 
 MARKUP = ("[/]", "[bold]x[/bold]", "[link=https://evil.example]y[/link]")
@@ -37,12 +37,13 @@ def database(tmp_path: Path) -> str:
     assert run is not None
     transcript = tmp_path / "run.jsonl"
     with TranscriptWriter(transcript) as writer:
-        writer.write("message", role="user", content=TEXT)
-        writer.write("message", role="assistant", content=TEXT, tool_calls=[])
-        writer.write("tool_call", id="t1", name="ask_models[/]", arguments=TEXT, ok=False, error=TEXT,
-                     interactions=0, latency_s=0.1, interactions_left=2)
-        writer.write("tool_call", id="t2", name="ask_models", arguments="{}", ok=True,
-                     result={"answers": [TEXT]}, interactions=1, latency_s=0.1, interactions_left=1)
+        writer.write(MessageData(role="user", content=TEXT))
+        writer.write(MessageData(role="assistant", content=TEXT, tool_calls=[]))
+        writer.write(ToolCallData(id="t1", name="ask_models[/]", arguments=TEXT, ok=False, error=TEXT,
+                                  interactions=0, latency_s=0.1, interactions_left=2))
+        writer.write(ToolCallData(id="t2", name="ask_models", arguments="{}", ok=True,
+                                  result={"answers": [TEXT]}, interactions=1, latency_s=0.1,
+                                  interactions_left=1))
     store.set_transcript(run.id, transcript)  # type: ignore[arg-type]
     store.finish_unit(run.id, {"hypothesis": TEXT, "end_reason": "submitted", "detail": TEXT,  # type: ignore[arg-type]
                                "llm_calls": 1}, None)

@@ -16,10 +16,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from agent.transcript import TranscriptWriter
+from agent.providers.base import ToolCall
+from agent.providers.base import Usage as TokenUsage
+from agent.transcript import LlmCallData, MessageData, ToolCallData, TranscriptWriter
 from evals import store
 from evals.migrations import alembic_config, current_revision, downgrade, upgrade
 from evals.store import Experiment, Grade, Run, open_store
+from tests.transcript_fixtures import run_ended, run_started
 
 TABLES = {"experiment", "run", "message", "tool_call", "usage", "grade"}
 UNIT = {"organism": "cake_baker", "agent": "adl", "budget": 5, "repeat": 0, "provider": "fake"}
@@ -89,16 +92,17 @@ def test_downgrade_to_base_and_upgrade_again(tmp_path):
 
 def _write_transcript(path: Path) -> None:
     with TranscriptWriter(path) as writer:
-        writer.write("run_started", organism="cake_baker")
-        writer.write("message", role="user", content="What changed?")
-        writer.write("llm_call", model="fake-model", usage={"input_tokens": 12, "output_tokens": 3},
-                     cost_usd=0.25, latency_s=0.5, attempts=2)
-        writer.write("message", role="assistant", content="",
-                     tool_calls=[{"id": "c1", "name": "probe", "arguments": "{\"q\": \"hi\"}"}])
-        writer.write("tool_call", id="c1", name="probe", arguments="{\"q\": \"hi\"}", ok=True,
-                     result={"text": "cake"}, error=None, interactions=1, latency_s=0.1,
-                     interactions_left=4)
-        writer.write("run_ended", end_reason="answered")
+        writer.write(run_started(organism="cake_baker"))
+        writer.write(MessageData(role="user", content="What changed?"))
+        writer.write(LlmCallData(model="fake-model", provider="fake:fake-model",
+                                 usage=TokenUsage(input_tokens=12, output_tokens=3),
+                                 cost_usd=0.25, latency_s=0.5, attempts=2))
+        writer.write(MessageData(role="assistant", content="", tool_calls=[
+            ToolCall(id="c1", name="probe", arguments="{\"q\": \"hi\"}")]))
+        writer.write(ToolCallData(id="c1", name="probe", arguments="{\"q\": \"hi\"}", ok=True,
+                                  result={"text": "cake"}, error=None, interactions=1,
+                                  latency_s=0.1, interactions_left=4))
+        writer.write(run_ended(hypothesis="It bakes cakes."))
 
 
 def test_store_round_trip(tmp_path):

@@ -11,11 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.transcript import TranscriptWriter
+from agent.providers.base import ToolCall, Usage
+from agent.transcript import LlmCallData, MessageData, ToolCallData, TranscriptWriter
 from evals import viewer
 from evals.store import Grade, Store, open_store
 from evals.viewer import CONTENT_SECURITY_POLICY, HEURISTIC_LABEL, create_viewer_app, serve_viewer
 from tests.browser import chromium_executable
+from tests.transcript_fixtures import run_ended, run_started
 from tests.worker_fixtures import serve_in_thread
 from tools.errors import AdlError
 
@@ -35,29 +37,28 @@ class Viewer:
 
 def _write_transcript(path: Path, agent: str, budget: int, repeat: int) -> None:
     with TranscriptWriter(path) as t:
-        t.write("run_started", agent=agent, provider=PROVIDER, provider_is_llm=False)
-        t.write("message", role="system", content="You investigate a finetuned model.")
-        t.write("message", role="user", content=f"Budget: {budget} model interactions.")
-        t.write("llm_call", model="offline-baseline-v2", provider=PROVIDER,
-                usage={"input_tokens": 100 + budget, "output_tokens": 20}, cost_usd=None,
-                latency_s=0.01, attempts=1)
-        t.write("message", role="assistant", content=HOSTILE,
-                tool_calls=[{"id": "c1", "name": "get_token_readouts", "arguments": '{"k": 40}'},
-                            {"id": "c2", "name": "ask_models", "arguments": "{}"}])
-        t.write("tool_call", id="c1", name="get_token_readouts", arguments='{"k": 40}', ok=True,
-                result={"tokens": ["cake", "oven", "<i>flour</i>"]}, error=None,
-                interactions=1, latency_s=0.2, interactions_left=budget - 1)
-        t.write("tool_call", id="c2", name="ask_models", arguments="{}", ok=False, result=None,
-                error="ToolInputError: prompts: field required", interactions=0, latency_s=0.0,
-                interactions_left=budget - 1)
-        t.write("message", role="assistant", content="Submitting.",
-                tool_calls=[{"id": "c3", "name": "submit_hypothesis",
-                             "arguments": '{"description": "bakes cakes"}'}])
-        t.write("tool_call", id="c3", name="submit_hypothesis",
-                arguments='{"description": "The model talks about baking cakes."}', ok=True,
-                result="Hypothesis submitted.", error=None, interactions=0, latency_s=0.0,
-                interactions_left=budget - 1)
-        t.write("run_ended", end_reason="submitted", repeat=repeat)
+        t.write(run_started(agent, PROVIDER, provider_is_llm=False, repeat=repeat))
+        t.write(MessageData(role="system", content="You investigate a finetuned model."))
+        t.write(MessageData(role="user", content=f"Budget: {budget} model interactions."))
+        t.write(LlmCallData(model="offline-baseline-v2", provider=PROVIDER,
+                            usage=Usage(input_tokens=100 + budget, output_tokens=20), cost_usd=None,
+                            latency_s=0.01, attempts=1))
+        t.write(MessageData(role="assistant", content=HOSTILE, tool_calls=[
+            ToolCall(id="c1", name="get_token_readouts", arguments='{"k": 40}'),
+            ToolCall(id="c2", name="ask_models", arguments="{}")]))
+        t.write(ToolCallData(id="c1", name="get_token_readouts", arguments='{"k": 40}', ok=True,
+                             result={"tokens": ["cake", "oven", "<i>flour</i>"]}, error=None,
+                             interactions=1, latency_s=0.2, interactions_left=budget - 1))
+        t.write(ToolCallData(id="c2", name="ask_models", arguments="{}", ok=False, result=None,
+                             error="ToolInputError: prompts: field required", interactions=0,
+                             latency_s=0.0, interactions_left=budget - 1))
+        t.write(MessageData(role="assistant", content="Submitting.", tool_calls=[
+            ToolCall(id="c3", name="submit_hypothesis", arguments='{"description": "bakes cakes"}')]))
+        t.write(ToolCallData(id="c3", name="submit_hypothesis",
+                             arguments='{"description": "The model talks about baking cakes."}',
+                             ok=True, result="Hypothesis submitted.", error=None, interactions=0,
+                             latency_s=0.0, interactions_left=budget - 1))
+        t.write(run_ended("submitted", "The model bakes <em>cakes</em>."))
 
 
 def _fill_store(folder: Path) -> tuple[Store, list[int]]:

@@ -21,7 +21,7 @@ import pytest
 from agent.loop import Budgets, investigate
 from agent.providers.base import Completion, ToolCall, Usage
 from agent.providers.scripted import ScriptedProvider
-from agent.transcript import read_transcript
+from agent.transcript import ToolCallEvent, read_transcript
 from tests.worker_fixtures import TINY_ASK, serve_in_thread
 from tools.errors import WorkerRequestError, WorkerUnavailableError
 from tools.net import allowed_host_names
@@ -232,9 +232,9 @@ def test_an_internal_error_in_one_tool_call_does_not_end_the_agent_run(tiny_serv
         outcome = investigate(HttpWorkerClient(url), provider, "adl", Budgets(), path, ask=TINY_ASK)
     assert outcome.end_reason == "submitted" and outcome.hypothesis == "birds", outcome.detail
     assert outcome.tool_errors == 1
-    tool_events = [e for e in read_transcript(path) if e.kind == "tool_call"]
-    assert not tool_events[0].data["ok"] and "injected fault" in json.dumps(tool_events[0].data)
-    assert tool_events[1].data["ok"]
+    tool_events = [e for e in read_transcript(path) if isinstance(e, ToolCallEvent)]
+    assert not tool_events[0].data.ok and "injected fault" in tool_events[0].data.model_dump_json()
+    assert tool_events[1].data.ok
     tool_turns = [m for m in provider.seen[1] if m.role == "tool"]
     assert tool_turns[0].is_error and "injected fault" in tool_turns[0].content
 

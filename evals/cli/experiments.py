@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agent.transcript import MessageData
 from evals.cli.agent import results_dir
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.compare import Comparison, compare_experiment, plot_comparison, write_csv
@@ -131,16 +132,17 @@ def show_command(
     run = store.run(run_id)
     if run is None:
         raise AdlInputError(f"No run {run_id}.")
-    messages, calls, grades = store.messages(run_id), store.tool_calls(run_id), store.grades(run_id)
+    grades = store.grades(run_id)
     if as_json:
         print(json.dumps({
             "run": run.model_dump(mode="json"),
-            "messages": [m.model_dump(mode="json") for m in messages],
-            "tool_calls": [c.model_dump(mode="json") for c in calls],
+            "messages": [m.model_dump(mode="json") for m in store.messages(run_id)],
+            "tool_calls": [c.model_dump(mode="json") for c in store.tool_calls(run_id)],
             "usage": [u.model_dump(mode="json") for u in store.usage(run_id)],
             "grades": [g.model_dump(mode="json") for g in grades],
         }, indent=2, ensure_ascii=False))
         return
+    transcript = store.transcript(run_id)  # a transcript line that is not an event: a clear error
     label = "" if run.provider_is_llm else " (not an LLM: offline heuristic baseline policy)"
     console.print(Panel(Text(
         f"organism {run.organism} | agent {run.agent} | budget {run.budget} | repeat {run.repeat}\n"
@@ -150,10 +152,8 @@ def show_command(
         f"{run.input_tokens}+{run.output_tokens} | cost "
         + ("unknown" if run.cost_usd is None else f"${run.cost_usd:.4f}")),
         title=f"run {run.id}"))
-    events = sorted([("message", m.seq, m) for m in messages] + [("tool", c.seq, c) for c in calls],
-                    key=lambda item: item[1])
-    for kind, _, item in events:
-        if kind == "message":
+    for item in transcript:
+        if isinstance(item, MessageData):
             if item.role == "system":
                 continue
             text = item.content or "(tool calls only)"
