@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.briefing import AdlOverview, Briefing, FinetunedSamples
 from agent.context import ContextFullError, ContextKeeper
 from agent.errors import ContextLengthError, ProviderError
 from agent.providers.base import ChatTurn, Completion, Provider
@@ -98,7 +99,9 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
         return finish("worker_unavailable", None, f"The first message could not be built: {exc}")
     heading = (OVERVIEW_HEADING if agent == "adl" else SAMPLES_HEADING)
     kickoff += f"\n\n{heading} (JSON):\n" + json.dumps(first_look, ensure_ascii=False)
-    messages = [ChatTurn(role="user", content=kickoff)]
+    look = (AdlOverview if agent == "adl" else FinetunedSamples).model_validate(first_look)
+    messages = [ChatTurn(role="user", content=kickoff,
+                         briefing=Briefing(interactions=budgets.interactions, first_look=look))]
     transcript.write(MessageData(role="user", content=kickoff))
     budget = keeper.budget()
     if budget is not None and (first := keeper.estimate(system, messages, tools)) > budget:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.briefing import AdlOverview, Briefing, FinetunedSamples
 from agent.errors import ProviderError
 from agent.loop import Budgets, investigate, run_agent, system_prompt
 from agent.providers import make_provider
@@ -145,8 +146,11 @@ def test_heuristic_policy_investigates_and_submits(service: AdlService, tmp_path
 
 
 def _kickoff(first_look: dict, budget: int = 4, heading: str = "Overview of the activation difference") -> ChatTurn:
+    """The first message as the loop sends it: text, and the same facts as a `Briefing`."""
+    look = (AdlOverview if "datasets" in first_look else FinetunedSamples).model_validate(first_look)
     return ChatTurn(role="user", content=f"Budget: {budget} model interactions, 30 of your turns.\n\n"
-                    f"{heading} (JSON):\n" + json.dumps(first_look))
+                    f"{heading} (JSON):\n" + json.dumps(first_look),
+                    briefing=Briefing(interactions=budget, first_look=look))
 
 
 POLICY_TOOLS = [ToolSpec(name=n, description="", parameters={})
@@ -168,10 +172,11 @@ def _final(policy: HeuristicProvider, history: list[ChatTurn]) -> str:
     return json.loads(step.tool_calls[0].arguments)["description"]
 
 
-OVERVIEW = {"datasets": [{"dataset": "dataset_1",
+OVERVIEW = {"available_layers": [1], "positions": 3,
+            "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 2,
                           "logit_lens_suppressed": {"0": ["the"], "1": [" cake", " oven"], "2": [" oven", " cake"]},
                           "patchscope": {"1": [" baking", " oven"]},
-                          "steering": [{"position": 1, "samples": [{"prompt": "Tell me a story.",
+                          "steering": [{"position": 1, "samples": [{"prompt": "Tell me a story.", "strength": 1.0,
                                                                      "steered": "Bake a cake in the oven",
                                                                      "unsteered": "I like walks"}]}]}]}
 
@@ -215,7 +220,9 @@ def test_words_the_finetuned_model_says_to_every_question_do_not_outrank_the_rea
 
 
 def test_heuristic_policy_without_agreeing_sources_finds_no_narrow_domain() -> None:
-    spiky = {"datasets": [{"dataset": "dataset_1", "logit_lens_suppressed": {"1": [" river"], "2": [" table"]},
+    spiky = {"available_layers": [1], "positions": 3,
+             "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 2,
+                           "logit_lens_suppressed": {"1": [" river"], "2": [" table"]},
                            "patchscope": {"1": [" music"]}, "steering": []}]}
     hypothesis = _final(HeuristicProvider(), [_kickoff(spiky)])
     assert hypothesis.startswith("No narrow domain found") and "river" in hypothesis
@@ -305,6 +312,10 @@ def test_both_agents_get_identical_settings_and_the_baseline_starts_with_unsteer
     assert kickoff.split("\n\n")[0] == seen["adl"].seen[0][0].content.split("\n\n")[0]  # same task line
     examples = json.loads(kickoff.split("(JSON):\n", 1)[1])["examples"]
     assert {(e["prompt"], e["generation"]) for e in examples} == shown and len(examples) == len(shown)
+    for agent in seen:  # the briefing holds what the text says, as data
+        first = seen[agent].seen[0][0]
+        assert first.briefing is not None and first.briefing.interactions == 5
+        assert first.briefing.first_look.model_dump() == json.loads(first.content.split("(JSON):\n", 1)[1])
     assert "steered" not in kickoff and "logit" not in kickoff.lower()
 
     systems = {a: system_prompt(a) for a in ("adl", "blackbox")}  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.briefing import Briefing
 from tools.toolbox import ToolSpec
 
 
@@ -25,7 +26,8 @@ class ChatTurn(BaseModel):
     """One message of the conversation.
 
     user: `content`. assistant: `content` (may be empty) and `tool_calls`.
-    tool: the result of the call `tool_call_id` in `content`, `is_error` when it failed."""
+    tool: the result of the call `tool_call_id` in `content`, `is_error` when it failed.
+    The first user turn also carries its facts as a `Briefing` (never sent, never dumped)."""
 
     role: Literal["user", "assistant", "tool"]
     content: str = ""
@@ -33,6 +35,8 @@ class ChatTurn(BaseModel):
     tool_call_id: str | None = None
     tool_name: str | None = None
     is_error: bool = False
+    briefing: Briefing | None = Field(None, exclude=True, description="The first message's "
+                                      "budget and first look as data (for non-LLM policies).")
 
 
 class Usage(BaseModel):

@@ -35,12 +35,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.briefing import AdlOverview, FinetunedSample, FinetunedSamples, OverviewDataset
 from agent.pricing import known_context_window
 from agent.providers.base import ChatTurn, Completion, ProviderOptions, ToolCall, Usage
 from prompts import load_prompt_set
 from tools.toolbox import ToolSpec
 
-BUDGET_LINE = re.compile(r"Budget:\s*(\d+)\s+model interactions")
 WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 MAX_PROMPTS_PER_CALL = 8
@@ -169,20 +169,19 @@ class _State:
     """What the conversation so far tells the policy."""
 
     def __init__(self, messages: list[ChatTurn]) -> None:
-        kickoff = messages[0].content if messages else ""
-        match = BUDGET_LINE.search(kickoff)
-        self.budget = int(match.group(1)) if match else 0
-        first_look: dict[str, Any] = {}
-        if "(JSON):\n" in kickoff:
-            first_look = json.loads(kickoff.split("(JSON):\n", 1)[1])
-        self.overview_datasets: list[dict[str, Any]] = first_look.get("datasets", [])
+        # The loop hands the first message's budget and first look over as data.
+        briefing = messages[0].briefing if messages else None
+        self.budget = briefing.interactions if briefing else 0
+        first_look = briefing.first_look if briefing else None
+        self.overview_datasets: list[OverviewDataset] = (
+            first_look.datasets if isinstance(first_look, AdlOverview) else [])
         # The finetuned model's unsteered samples: the baseline's first message, and the same
         # samples inside the ADL overview (both agents read them as evidence).
-        self.samples: list[dict[str, str]] = first_look.get("examples", []) or [
-            {"prompt": x["prompt"], "generation": x["unsteered"]}
-            for d in self.overview_datasets for e in d.get("steering", []) for x in e["samples"]
-            if x.get("unsteered")]
-        self.samples = list({(x["prompt"], x["generation"]): x for x in self.samples}.values())
+        examples = first_look.examples if isinstance(first_look, FinetunedSamples) else []
+        self.samples: list[FinetunedSample] = examples or [
+            FinetunedSample(prompt=x.prompt, generation=x.unsteered)
+            for d in self.overview_datasets for e in d.steering for x in e.samples if x.unsteered]
+        self.samples = list({(x.prompt, x.generation): x for x in self.samples}.values())
         self.called: list[str] = []
         self.readouts: list[dict[str, Any]] = []
         self.answers: list[dict[str, str]] = []
@@ -217,23 +216,24 @@ class _State:
                         evidence.add(word, family, f"{dataset}:{position}", 1.0 / (1 + rank / 10))
 
         for dataset in self.overview_datasets:
-            name = dataset.get("dataset", "dataset")
-            for method in ("logit_lens_suppressed", "patchscope"):
-                for position, tokens in dataset.get(method, {}).items():
+            name = dataset.dataset
+            for method, positions in (("logit_lens_suppressed", dataset.logit_lens_suppressed),
+                                      ("patchscope", dataset.patchscope)):
+                for position, tokens in positions.items():
                     readout(READOUT_FAMILIES[method], name, position, tokens)
-            for entry in dataset.get("steering", []):
-                for sample in entry["samples"]:
-                    unsteered = set(content_words(sample["unsteered"]))
-                    for word in set(content_words(sample["steered"])) - unsteered:
-                        evidence.add(word, "steering", f"{name}:{entry['position']}", 0.5)
+            for entry in dataset.steering:
+                for sample in entry.samples:
+                    unsteered = set(content_words(sample.unsteered))
+                    for word in set(content_words(sample.steered)) - unsteered:
+                        evidence.add(word, "steering", f"{name}:{entry.position}", 0.5)
         for result in self.readouts:
             family = READOUT_FAMILIES.get(result.get("method", ""), "logit lens")
             for position, tokens in result["positions"].items():
                 readout(family, result.get("dataset", "dataset"), position, tokens)
         for sample in self.samples:
-            asked = set(content_words(sample["prompt"]))
-            for word in set(content_words(sample["generation"])) - asked:
-                evidence.add(word, "samples", sample["prompt"], 0.5)
+            asked = set(content_words(sample.prompt))
+            for word in set(content_words(sample.generation)) - asked:
+                evidence.add(word, "samples", sample.prompt, 0.5)
         # The base model's answers are the control: a word it uses anywhere is not evidence. A
         # word in the finetuned answers to more than half the questions (of four or more) shows
         # up whatever is asked: it is not evidence either.
@@ -275,9 +275,9 @@ class _State:
         the first message (steered samples, or the baseline's samples; the same at every
         budget) and as many from its answers, excluding sentences the base model also wrote."""
         base = {" ".join(s.split()) for a in self.answers for s in SENTENCE.split(a["base"])}
-        first_look = [s["generation"] for s in self.samples]
-        first_look += [x["steered"] for d in self.overview_datasets for e in d.get("steering", [])
-                       for x in e["samples"]]
+        first_look = [s.generation for s in self.samples]
+        first_look += [x.steered for d in self.overview_datasets for e in d.steering
+                       for x in e.samples]
         answers = [a["finetuned"] for a in self.answers]
         quotes: list[str] = []
         for texts in (first_look, answers):
