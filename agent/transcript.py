@@ -22,6 +22,7 @@ from agent.providers.base import ProviderOptions, ToolCall, Usage
 from tools.errors import CacheWriteError
 from tools.secrets import redact
 from tools.toolbox import AgentKind, AskSettings, Hypothesis, ToolSpec
+from tools.validation import field_path, validation_problems
 
 MAX_PROBLEMS_SHOWN = 3  # of a line that is not an event
 EventKind = Literal["run_started", "message", "llm_call", "tool_call", "notice", "compaction", "run_ended"]
@@ -234,15 +235,16 @@ def parse_event(raw: object, path: Path, line: int) -> TranscriptEvent:
         return EVENT_ADAPTER.validate_python(raw)
     except ValidationError as exc:
         tag = raw.get("kind") if isinstance(raw, dict) else None
-        problems: list[tuple[str, str]] = []
-        for error in exc.errors():
-            location = [str(part) for part in error["loc"]]
-            if location and location[0] == tag:
-                location = location[1:]  # the union's tag, not a field of the line
-            if error["type"].startswith("union_tag"):
-                location = ["kind"]
-            problems.append((".".join(location) or "the line", error["msg"]))
-        shown = "; ".join(f"{field}: {msg}" for field, msg in problems[:MAX_PROBLEMS_SHOWN])
-        more = len(problems) - MAX_PROBLEMS_SHOWN
-        raise TranscriptFormatError(path, line, problems[0][0],
-                                    shown + (f" (and {more} more)" if more > 0 else "")) from exc
+        errors = [{**error, "loc": _line_location(error, tag)} for error in exc.errors()]
+        shown, _ = validation_problems(errors, whole="the line", limit=MAX_PROBLEMS_SHOWN)
+        raise TranscriptFormatError(path, line, field_path(errors[0]["loc"]) or "the line",
+                                    shown) from exc
+
+
+def _line_location(error: Any, tag: object) -> tuple[Any, ...]:
+    """Where a validation error is on the line: without the union's tag (not a field of the
+    line); `kind` itself when the tag is wrong."""
+    if error["type"].startswith("union_tag"):
+        return ("kind",)
+    location = tuple(error["loc"])
+    return location[1:] if location and str(location[0]) == tag else location
