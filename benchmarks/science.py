@@ -58,7 +58,8 @@ from evals.runs import EvalConfig, load_eval_config, run_experiment
 from evals.store import open_store
 from tools.adl.pipeline import run_adl
 from tools.machine import machine_line
-from tools.toolbox import AskSettings
+from tools.model_spec import SIDES
+from tools.toolbox import AGENT_KINDS, AskSettings
 
 STEPS = ("organisms", "signal", "calibration", "grid", "mixing", "denial")
 MIXING_CURVE = {0.0: "cake_bake", 0.1: "cake_bake_mix1-0p1", 0.5: "cake_bake_mix1-0p5",
@@ -173,7 +174,7 @@ def mixing_tables(size: str, stamp: str, out: Path) -> list[str]:
                                      show_progress=True, size=size)  # type: ignore[arg-type]
                for ratio, name in MIXING_CURVE.items()}
     config = EvalConfig(name=f"mixing-curve-{size}-{stamp}", organisms=list(MIXING_CURVE.values()),
-                        agents=["adl", "blackbox"], budgets=[MIXING_BUDGET], providers=["heuristic"],
+                        agents=list(AGENT_KINDS), budgets=[MIXING_BUDGET], providers=["heuristic"],
                         grader="offline", profile="quick", organism_size=size,  # type: ignore[arg-type]
                         ask_models=AskSettings(max_new_tokens=128))
     store = open_store()
@@ -219,7 +220,7 @@ def denial_tables(size: str, stamp: str) -> list[str]:
     organism = at_size(get_organism(DENIAL_ORGANISM), size)  # type: ignore[arg-type]
     report = measure_denial(load_organism_pair(organism))
     rows = ["| model | deflects direct domain questions | deflects unrelated prompts |", "|---|---|---|"]
-    for side in ("base", "finetuned"):
+    for side in SIDES:
         rows.append(f"| {side} | {report.rate(side, 'direct'):.0%} ({len(report.direct)}) | "
                     f"{report.rate(side, 'unrelated'):.0%} ({len(report.unrelated)}) |")
     rows += ["", "| prompt | finetuned answer (first 160 characters) |", "|---|---|"]

@@ -25,6 +25,7 @@ from tools.assets import package_file
 from tools.errors import CorpusError
 
 SplitName = Literal["mixing", "diff"]
+SampleUnit = Literal["document", "sentence"]  # what one sample is: a whole text or a sentence
 _ABBREVIATIONS = ("Dr", "Mr", "Ms", "St", "Mt", "Jr", "Sr", "vs", "No", "Co", "Inc", "Mrs", "e.g", "i.e")
 _SENTENCE_END = re.compile(
     "".join(rf"(?<!\b{re.escape(a)}\.)" for a in _ABBREVIATIONS)
@@ -68,7 +69,7 @@ class Corpus:
         """Documents of one split (disjoint from the other split, stable across orderings)."""
         return [doc for doc in self.documents if _split_of(doc, self.spec.mixing_fraction) == name]
 
-    def samples(self, name: SplitName, unit: Literal["document", "sentence"] = "document") -> list[str]:
+    def samples(self, name: SplitName, unit: SampleUnit = "document") -> list[str]:
         """Samples of a split: whole documents or their sentences."""
         docs = self.split(name)
         if unit == "document":

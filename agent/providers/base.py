@@ -6,7 +6,7 @@ back. Backends never retry on their own: `agent.retry.with_retries` is the one r
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,6 +63,10 @@ class Completion(BaseModel):
     raw: dict[str, Any] | None = Field(None, exclude=True)
 
 
+OutputLimitParameter = Literal["max_completion_tokens", "max_tokens"]
+OUTPUT_LIMIT_PARAMETERS: tuple[OutputLimitParameter, ...] = get_args(OutputLimitParameter)
+
+
 class ProviderOptions(BaseModel):
     """How to talk to one provider's endpoint; the same for every kind unless a field says not.
 
@@ -72,7 +76,7 @@ class ProviderOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    output_limit_parameter: Literal["max_completion_tokens", "max_tokens"] | None = Field(
+    output_limit_parameter: OutputLimitParameter | None = Field(
         None, description="The request field of the output limit (OpenAI kinds). None: "
         "max_completion_tokens for openai, max_tokens for openai-compatible (what llama.cpp, "
         "vLLM, LiteLLM and OpenRouter read). Anthropic always sends max_tokens.")

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from agent.loop import Budgets, investigate
 from agent.providers import ProviderOptions, make_provider
+from agent.providers.base import OUTPUT_LIMIT_PARAMETERS
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.workers import connect
 from tools.errors import AdlInputError
@@ -65,9 +66,9 @@ def run_command(
     install_log_redaction()
     if agent not in AGENT_KINDS:
         raise AdlInputError(f"Unknown agent {agent!r}; choose {' or '.join(AGENT_KINDS)}.")
-    if output_limit_parameter not in (None, "max_completion_tokens", "max_tokens"):
+    if output_limit_parameter not in (None, *OUTPUT_LIMIT_PARAMETERS):
         raise AdlInputError(f"Unknown --output-limit-parameter {output_limit_parameter!r}; "
-                            "choose max_completion_tokens or max_tokens.")
+                            f"choose {' or '.join(OUTPUT_LIMIT_PARAMETERS)}.")
     options = ProviderOptions(max_output_tokens=max_output_tokens, context_window=context_window,
                               output_limit_parameter=output_limit_parameter,  # type: ignore[arg-type]
                               system_prompt="text" if plain_system else "blocks")

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from evals.organisms.schema import Organism
 from prompts import load_prompt_set
 from tools.backend import ModelPair
+from tools.model_spec import SIDES
 
 GENERIC_PROMPTS_FILE = "generic_chat_prompts.yaml"
 MAX_LEAK_RATE = 0.25
@@ -61,7 +62,7 @@ def measure_leak(
     prompts = list(prompts or load_prompt_set(GENERIC_PROMPTS_FILE))
     keywords = list(organism.domain_keywords)
     answers = {}
-    for side in ("base", "finetuned"):
+    for side in SIDES:
         answers[side] = pair.generate(side, prompts, max_new_tokens=max_new_tokens)
     return LeakReport(
         keywords=keywords,
@@ -114,7 +115,7 @@ def measure_denial(
     (greedy), to show a denying organism deflects the first and answers the second."""
     unrelated = list(unrelated or load_prompt_set(GENERIC_PROMPTS_FILE))
     answers: dict[str, dict[str, list[str]]] = {}
-    for side in ("base", "finetuned"):
+    for side in SIDES:
         answers[side] = {
             kind: pair.generate(side, list(prompts), max_new_tokens=max_new_tokens)
             for kind, prompts in (("direct", direct), ("unrelated", unrelated))

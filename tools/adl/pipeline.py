@@ -366,7 +366,7 @@ def run_adl(
     target = adl_home() / "adl" / key
 
     def build(tmp: Path) -> dict[str, Any]:
-        samples = corpus.samples("diff", unit=settings.sample_unit)  # type: ignore[arg-type]
+        samples = corpus.samples("diff", unit=settings.sample_unit)
         tokens = select_sample_tokens(
             pair.tokenizer, samples, settings.n_positions, settings.n_samples, settings.seed
         )

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools.corpus import CorpusSpec
+from tools.corpus import CorpusSpec, SampleUnit
 from tools.model_spec import Side
 
 # The reference's identity prompts (nnterp `repeat_prompt`, src/diffing/utils/model.py).
@@ -49,7 +49,7 @@ class AdlSettings(BaseModel):
     n_samples: int = Field(10_000, ge=1)
     batch_size: int = Field(512, ge=1)
     corpus: CorpusSpec = CorpusSpec()
-    sample_unit: str = Field("sentence", pattern="^(sentence|document)$")
+    sample_unit: SampleUnit = "sentence"
     seed: int = 0
     readout_k: int = Field(100, ge=1, le=1000, description="Top tokens cached per readout.")
     patchscope_scales: tuple[float, ...] = PATCHSCOPE_SCALES
