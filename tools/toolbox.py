@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -31,7 +31,7 @@ from tools.worker.schema import (
 
 log = logging.getLogger(__name__)
 AgentKind = Literal["adl", "blackbox"]
-AGENT_KINDS: tuple[AgentKind, ...] = ("adl", "blackbox")
+AGENT_KINDS: tuple[AgentKind, ...] = get_args(AgentKind)
 HypothesisStatus = Literal["open", "supported", "rejected"]
 DEFAULT_DATASET = "dataset_1"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -11,7 +11,7 @@ from tools.errors import UngradedOrganismError
 from tools.model_spec import FinetuneKind
 
 OrganismSize = Literal["full", "small"]
-ORGANISM_SIZES: tuple[OrganismSize, ...] = ("full", "small")
+ORGANISM_SIZES: tuple[OrganismSize, ...] = get_args(OrganismSize)
 
 
 class OrganismType(StrEnum):

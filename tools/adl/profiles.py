@@ -11,7 +11,7 @@ BENCHMARKS.md holds the table of every setting (reference, paper, quick);
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel
 
@@ -20,7 +20,7 @@ from tools.adl.settings import AdlSettings, SteeringSettings
 from tools.errors import AdlInputError
 
 AnalysisProfile = Literal["paper", "quick"]
-PROFILES: tuple[AnalysisProfile, ...] = ("paper", "quick")
+PROFILES: tuple[AnalysisProfile, ...] = get_args(AnalysisProfile)
 
 QUICK_SAMPLES = 1000
 QUICK_PATCHSCOPE_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0, 200.0)

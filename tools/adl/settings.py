@@ -4,7 +4,7 @@ and the client side import them from here; the engine modules (`pipeline`, `read
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -24,7 +24,7 @@ PATCHSCOPE_SCALES: tuple[float, ...] = (
     *(float(20 * i) for i in range(1, 11)),
 )
 ReadoutMethod = Literal["logit_lens", "logit_lens_suppressed", "patchscope"]
-READOUT_METHODS: tuple[ReadoutMethod, ...] = ("logit_lens", "logit_lens_suppressed", "patchscope")
+READOUT_METHODS: tuple[ReadoutMethod, ...] = get_args(ReadoutMethod)
 REFERENCE_LAYER = 0.5
 # A layer: a relative depth in [0, 1] (a float) or a block index (an int).
 LayerSpec = float | int
