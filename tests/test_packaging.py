@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from evals.cli import WORKER_MODULES
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_SUFFIXES = {".yaml", ".yml", ".md", ".html", ".mako", ".txt", ".json", ".jinja"}
 
@@ -53,13 +55,14 @@ def test_dependency_directions_hold() -> None:
 # The worker extra's heavy packages: an install without them (`pip install adl-agent`) must run
 # agents and evaluation grids against a remote worker.
 WORKER_ONLY = ("torch", "transformers", "transformer_lens", "peft")
-# Run first in the child interpreter: importing any of them fails there, as in a client install.
+# Run first in the child interpreter: importing any module of the worker extra (evals.cli's
+# list) fails there, as in a client install.
 BLOCK_WORKER_EXTRA = f"""
 import importlib.abc, sys
 
 class _ClientInstall(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {WORKER_ONLY!r}:
+        if name.split(".")[0] in {sorted(WORKER_MODULES)!r}:
             raise ModuleNotFoundError(f"No module named {{name!r}} (a client install)", name=name)
         return None
 
