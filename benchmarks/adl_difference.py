@@ -32,30 +32,37 @@ def layer_flops_per_token(config) -> float:
     return 2.0 * (attn + 3 * d * ff)
 
 
-def naive_seconds_per_sample(pair, documents: list[str], n: int, length: int = 128,
-                             batch: int = 32) -> float:
+def naive_seconds_per_sample(base_location: str, adapter_dir: Path, tokenizer, documents: list[str],
+                             n: int, length: int = 128, batch: int = 32) -> float:
     """Time the toolkit's way on `n` samples: full sequences, all layers, logits, all
-    positions stored, both models."""
-    tokenizer = pair.tokenizer
+    positions stored, both models. It runs plain HF models loaded here, outside the project's
+    backend (as the toolkit does): the base model and the base model with the adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    models = {
+        "base": AutoModelForCausalLM.from_pretrained(base_location).eval(),
+        "finetuned": PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_location), adapter_dir).eval(),
+    }
     encoded = tokenizer(documents[:n], truncation=True, max_length=length, padding="max_length",
                         return_tensors="pt")
     start = time.perf_counter()
     with torch.inference_mode():
-        for side in ("base", "finetuned"):
+        for model in models.values():
             kept = []
             for i in range(0, n, batch):
-                # A full pass with logits through every layer (the backend's plain forward); the
-                # toolkit also keeps every hidden state, which costs no extra compute.
-                logits = pair.logits(side, encoded.input_ids[i : i + batch],
-                                     encoded.attention_mask[i : i + batch])
-                kept.append(logits[:, -1].clone())
+                out = model(input_ids=encoded.input_ids[i : i + batch],
+                            attention_mask=encoded.attention_mask[i : i + batch],
+                            output_hidden_states=True)
+                kept.append(out.hidden_states[16].clone())
             torch.cat(kept).mean(0)
     return (time.perf_counter() - start) / n
 
 
 def main() -> None:
     from evals.organisms import get_organism
-    from evals.organisms.build import load_organism_pair
+    from evals.organisms.build import ADAPTER_DIR, load_organism_pair, organism_dir
     from tools.adl.differences import (
         compute_activation_difference,
         resolve_layers,
@@ -72,7 +79,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
-    pair = load_organism_pair(get_organism(args.organism))
+    organism = get_organism(args.organism)
+    pair = load_organism_pair(organism)
     corpus = load_corpus()
     sentences = corpus.samples("diff", unit="sentence")
     peak = matmul_peak_gflops()
@@ -86,7 +94,9 @@ def main() -> None:
     flops = layer_flops_per_token(pair.config) * (layer + 1) * tokens.numel() * 2
     achieved = flops / fast_seconds / 1e9
 
-    naive_per_sample = naive_seconds_per_sample(pair, corpus.split("diff"), args.naive_samples)
+    naive_per_sample = naive_seconds_per_sample(
+        pair.base_location, organism_dir(organism) / ADAPTER_DIR, pair.tokenizer,
+        corpus.split("diff"), args.naive_samples)
     naive_seconds = naive_per_sample * args.samples
     peak_after = matmul_peak_gflops()
     result = {

@@ -51,9 +51,35 @@ def test_residuals_equal_hf_hidden_states(adapter_pair: ModelPair, tiny_model_di
         got = adapter_pair.residuals(side, ids, layers)
         for layer in layers:
             torch.testing.assert_close(got[layer], states[layer + 1], atol=1e-5, rtol=1e-5)
-    streamed = list(adapter_pair.stream_residuals("finetuned", [ids, ids], layers))
+    streamed: list[dict[int, torch.Tensor]] = []
+    adapter_pair.stream_residuals("finetuned", [ids, ids], layers, lambda _, r: streamed.append(r))
+    assert len(streamed) == 2
     for residuals in streamed:  # the merged-adapter bulk path reads the same residuals
         torch.testing.assert_close(residuals[layers[-1]], ft_states[layers[-1] + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_generation_equals_plain_hf_generation(adapter_pair: ModelPair, tiny_model_dir: Path,
+                                               tiny_adapter_dir: Path) -> None:
+    """Greedy replies equal those of a plain HF model loaded outside any backend. This guards the
+    transformers pin: after a bridge boot, transformers >= 5.24's renamed KV-cache argument was
+    not read by the 4.3 bridge, and every cached decoding step attended only to itself."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tools.chat import decode_replies, encode_prompts, stop_token_ids
+
+    tokenizer = adapter_pair.tokenizer
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    finetuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                          tiny_adapter_dir).eval()
+    encoded = encode_prompts(tokenizer, CHAT)
+    for side, model in (("base", plain), ("finetuned", finetuned)):
+        with torch.no_grad():
+            output = model.generate(**encoded, max_new_tokens=12, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id,
+                                    eos_token_id=stop_token_ids(tokenizer))
+        expected = decode_replies(tokenizer, output[:, encoded["input_ids"].shape[1] :])
+        assert adapter_pair.generate(side, CHAT, max_new_tokens=12) == expected, side
 
 
 def test_backends_agree(tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
@@ -79,7 +105,8 @@ def test_backends_agree(tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
 
 OPERATIONS: dict[str, Callable[[ModelPair], object]] = {
     "residuals": lambda pair: pair.residuals("finetuned", _ids(pair), [1]),
-    "stream_residuals": lambda pair: list(pair.stream_residuals("finetuned", [_ids(pair)], [0, 1])),
+    "stream_residuals": lambda pair: pair.stream_residuals(
+        "finetuned", [_ids(pair)], [0, 1], lambda batch, residuals: None),
     "logits": lambda pair: pair.logits("base", _ids(pair)),
     "patched_logits": lambda pair: pair.patched_logits(
         "finetuned", _ids(pair), 1, 2, torch.full((1, pair.d_model), 3.0)),
@@ -125,8 +152,6 @@ def test_bad_arguments_are_typed_errors(adapter_pair: ModelPair) -> None:
 def test_a_second_thread_inside_an_operation_is_refused(adapter_pair: ModelPair) -> None:
     ids = _ids(adapter_pair)
     errors: list[BaseException] = []
-    stream = adapter_pair.stream_residuals("finetuned", [ids, ids], [0])
-    next(stream)  # the first thread is inside an operation now
 
     def other() -> None:
         try:
@@ -134,9 +159,13 @@ def test_a_second_thread_inside_an_operation_is_refused(adapter_pair: ModelPair)
         except BaseException as exc:  # noqa: BLE001 - the test inspects it
             errors.append(exc)
 
-    thread = threading.Thread(target=other)
-    thread.start()
-    thread.join()
-    assert len(errors) == 1 and isinstance(errors[0], ConcurrentModelUseError)
-    list(stream)
+    def consume(batch: torch.Tensor, residuals: dict[int, torch.Tensor]) -> None:
+        thread = threading.Thread(target=other)  # a second thread while the first is inside
+        thread.start()
+        thread.join()
+        other()  # and the consumer itself calling back into the pair
+
+    adapter_pair.stream_residuals("finetuned", [ids], [0], consume)
+    assert [type(e) for e in errors] == [ConcurrentModelUseError, ConcurrentModelUseError]
+    assert "another thread" in str(errors[0]) and "inside one of its own operations" in str(errors[1])
     adapter_pair.residuals("base", ids, [0])  # free again once the operation ended

@@ -3,7 +3,8 @@
 Everything the ADL engine, the worker and the organism builder do with the models goes through
 `ModelPair`'s operations:
 
-- `residuals` / `stream_residuals`: the residual stream after given blocks (`resid_post`);
+- `residuals` / `stream_residuals`: the residual stream after given blocks (`resid_post`), of
+  one batch or of many in one operation;
 - `patched_logits`: a forward pass with the residual at one position replaced;
 - `logits`: a plain forward pass;
 - `generate`: chat replies, with an optional additive steering vector;
@@ -21,7 +22,8 @@ residual stream:
   pass and every generation (`blocks.{L}.hook_resid_post`).
 - `HFHooksModelPair`: plain PyTorch forward hooks on the HF decoder layers (Llama-, Qwen-, Gemma-
   and Mistral-style models: `model.get_decoder().layers`). A drop-in: tests/test_backend.py runs the
-  same invariants against both.
+  same invariants against both. It keeps the model's own attention kernel (SDPA), where the bridge
+  runs eager attention: the two agree to float rounding, not bit for bit.
 
 **Single-threaded contract.** A backend is not thread-safe: the side switch and the LoRA merge
 change shared modules in place. Every public operation holds `_exclusive`, which raises
@@ -90,6 +92,7 @@ class ModelPair(ABC):
         self._peft = loaded.peft
         self._locations = loaded.locations
         self._lock = threading.Lock()
+        self._owner: int | None = None
 
     # -- description -------------------------------------------------------------------------
 
@@ -146,14 +149,16 @@ class ModelPair(ABC):
         side: Side,
         batches: Iterable[Int[Tensor, "batch seq"]],
         layers: Sequence[int],
-    ) -> Iterator[dict[int, Float[Tensor, "batch seq d_model"]]]:
-        """`residuals` of many batches in a row. On a CPU the finetuned side of an adapter pair
-        runs with the adapter merged into blocks 0..max(layers) meanwhile (restored bit for bit
-        afterwards): peft's unmerged path costs about 30% more there."""
-        with self._exclusive(), self._merged_adapter(side, upto_layer=max(layers)):
+        consume: Callable[[Tensor, dict[int, Float[Tensor, "batch seq d_model"]]], None],
+    ) -> None:
+        """`residuals` of many batches in one operation, each handed to `consume(batch,
+        residuals)` (which must not call the pair). On a CPU the finetuned side of an adapter
+        pair runs with the adapter merged into blocks 0..max(layers) meanwhile (restored bit for
+        bit afterwards): peft's unmerged path costs about 30% more there."""
+        with (self._exclusive(), self._merged_adapter(side, upto_layer=max(layers)),
+              torch.inference_mode()):
             for batch in batches:
-                with torch.inference_mode():
-                    yield self._residuals(side, batch, layers)
+                consume(batch, self._residuals(side, batch, layers))
 
     @torch.inference_mode()
     def logits(
@@ -302,12 +307,18 @@ class ModelPair(ABC):
     def _exclusive(self) -> Iterator[None]:
         """The single-threaded contract (module docstring): one operation at a time."""
         if not self._lock.acquire(blocking=False):
+            if self._owner == threading.get_ident():
+                raise ConcurrentModelUseError(
+                    "The model pair was called from inside one of its own operations (a "
+                    "stream_residuals consumer must not use the pair).")
             raise ConcurrentModelUseError(
                 "The model pair is already running an operation in another thread; a backend is "
                 "single-threaded (run model work on one thread, as the worker's queue does).")
+        self._owner = threading.get_ident()
         try:
             yield
         finally:
+            self._owner = None
             self._lock.release()
 
     @contextlib.contextmanager
@@ -351,12 +362,18 @@ class ModelPair(ABC):
 
 
 class BridgeModelPair(ModelPair):
-    """The backend on transformer_lens `TransformerBridge`s: one per distinct HF model, booted on
-    first use and then used for every forward pass and generation."""
+    """The backend on transformer_lens `TransformerBridge`s: one per distinct HF model, booted when
+    the pair is made and then used for every forward pass and generation. The boot wraps the HF
+    model's modules in place and switches it to eager attention."""
 
     def __init__(self, loaded: LoadedModels) -> None:
         super().__init__(loaded)
         self._bridges: dict[int, Any] = {}
+        # Booted now, before any operation seeds the RNG or merges an adapter: some
+        # architectures' boots create layers (consuming random numbers) or copy weights.
+        for side in SIDES:
+            with self._bridge(side):
+                pass
 
     @contextlib.contextmanager
     def _bridge(self, side: Side) -> Iterator[Any]:

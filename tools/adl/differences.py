@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from torch import Tensor
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -184,12 +191,15 @@ def compute_activation_difference(
         for side in SIDES:
             task = progress.add_task(f"activations ({side})", total=n_samples)
             accumulator = sums[side]
-            for batch, residuals in zip(batches, pair.stream_residuals(side, batches, layers),
-                                        strict=True):
+
+            def consume(batch: Tensor, residuals: dict[int, Tensor],
+                        accumulator: _Accumulator = accumulator, task: TaskID = task) -> None:
                 for layer, resid in residuals.items():
                     accumulator.add(slots[layer], resid[:, skip:])
                 accumulator.count += len(batch)
                 progress.advance(task, len(batch))
+
+            pair.stream_residuals(side, batches, layers, consume)
 
     means = {side: (sums[side].sum / n_samples).float() for side in SIDES}
     norms = {side: (sums[side].norm_sum / n_samples).float() for side in SIDES}
