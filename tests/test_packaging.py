@@ -52,6 +52,14 @@ def test_dependency_directions_hold() -> None:
     assert "0 broken" in done.stdout
 
 
+def test_the_client_contract_forbids_the_whole_worker_extra() -> None:
+    """The client-path contract forbids every module of the worker extra (WORKER_MODULES)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    client = next(c for c in contracts if c["name"].startswith("the client path"))
+    assert WORKER_MODULES <= set(client["forbidden_modules"])
+
+
 # The worker extra's heavy packages: an install without them (`pip install adl-agent`) must run
 # agents and evaluation grids against a remote worker.
 WORKER_ONLY = ("torch", "transformers", "transformer_lens", "peft")
