@@ -28,7 +28,7 @@ from evals.organisms.schema import OrganismSize
 from evals.store import Grade, RunTakenOverError, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
-from tools.errors import AdlError, AdlInputError
+from tools.errors import AdlError, AdlInputError, WorkerUnavailableError
 from tools.secrets import redact
 from tools.toolbox import AGENT_KINDS, AskSettings
 from tools.url import redact_url
@@ -212,8 +212,9 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
             if not mine:
                 continue
             progress.update(task, description=f"{config.name}: loading {organism}")
-            client = connect(organism, _worker_url(config, organism), config.profile,
-                             config.organism_size)
+            url, not_used = _worker_url(config, organism)
+            client = connect(organism, url, config.profile, config.organism_size,
+                             not_used=not_used)
             progress.update(task, description=f"{config.name}: {organism}")
             try:
                 with concurrent.futures.ThreadPoolExecutor(config.concurrency) as pool:
@@ -285,18 +286,26 @@ def _grade(store: Store, run_id: int, organism: str, hypothesis: str | None,
                                   reasoning=result.reasoning, details=result.details))
 
 
-def _worker_url(config: EvalConfig, organism: str) -> str | None:
+def _worker_url(config: EvalConfig, organism: str) -> tuple[str | None, list[str]]:
     """The organism's worker: from the config, else $ADL_WORKER_URL when that worker serves
-    this organism (the runner image's worker serves one), else None (in-process)."""
+    this organism (the runner image's worker serves one), else None (in-process); and why no
+    URL was used (for the error when the in-process worker cannot run)."""
     if organism in config.workers:
-        return config.workers[organism]
+        return config.workers[organism], []
+    not_used = [f"the config's `workers:` names no worker for {organism}"]
     url = os.environ.get("ADL_WORKER_URL")
     if not url:
-        return None
+        return None, [*not_used, "ADL_WORKER_URL is not set"]
     try:
         served = HttpWorkerClient(url, token=os.environ.get(TOKEN_ENV) or None).info().label
+    except WorkerUnavailableError as exc:
+        log.warning("%s", redact_url(str(exc)))
+        reason = f"ADL_WORKER_URL {redact_url(url)} is unreachable"
     except AdlError as exc:
-        log.warning("ADL_WORKER_URL %s is not usable (%s); %s runs in-process", redact_url(url), exc,
-                    organism)
-        return None
-    return url if served == organism else None
+        reason = f"ADL_WORKER_URL {redact_url(url)} answered with an error ({exc})"
+    else:
+        if served == organism:
+            return url, []
+        reason = f"ADL_WORKER_URL {redact_url(url)} serves {served!r}, not {organism!r}"
+    log.warning("%s; %s falls back to an in-process worker", reason, organism)
+    return None, [*not_used, reason]

@@ -7,7 +7,9 @@ organism and serving it in-process (the worker extra) are imported when they are
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Sequence
 
 from evals.organisms import get_organism
 from evals.organisms.schema import OrganismSize
@@ -19,6 +21,9 @@ from tools.worker.client import TOKEN_ENV, HttpWorkerClient, WorkerClient
 from tools.worker.schema import WorkerConfig
 
 __all__ = ["PROFILES", "AnalysisProfile", "connect", "organism_worker_config"]
+
+# What an in-process worker imports (the worker extra, `pip install 'adl-agent[worker]'`).
+IN_PROCESS_MODULES = ("torch", "transformers", "transformer_lens", "peft")
 
 
 def organism_worker_config(
@@ -48,10 +53,12 @@ def organism_worker_config(
 
 
 def connect(
-    organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full"
+    organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full",
+    *, not_used: Sequence[str] = (),
 ) -> WorkerClient:
     """A worker for `organism`: the one at `worker_url`, or an in-process service of the
-    organism built at `size`."""
+    organism built at `size`. `not_used`: why the worker URLs tried were not used, for the
+    error raised when an in-process worker cannot run (no worker extra)."""
     if profile not in PROFILES:
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
     if worker_url:
@@ -60,6 +67,23 @@ def connect(
         if served != organism:
             raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {served!r}, not {organism!r}.")
         return client
+    missing = [module for module in IN_PROCESS_MODULES if not _installed(module)]
+    if missing:
+        tried = "; ".join(not_used) or "no worker URL was given"
+        raise AdlInputError(
+            f"No worker serves {organism!r} ({tried}), and running it in-process needs the worker "
+            f"extra ({', '.join(missing)} not installed). Start a worker for {organism} "
+            f"(`adl worker serve --organism {organism}` where the extra is installed) and pass its URL "
+            "(--worker-url, ADL_WORKER_URL or an evaluation config's `workers:`), or install the "
+            "worker extra (pip install 'adl-agent[worker]').")
     from tools.worker.service import AdlService
 
     return AdlService.start(organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False

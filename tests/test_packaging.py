@@ -11,7 +11,9 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import yaml
 
 from evals.cli import WORKER_MODULES
@@ -151,3 +153,50 @@ def _grid(folder: Path, url: str, grader: str) -> Path:
         "workers": {"cake_bake": url}, "concurrency": 1, "ask_models": {"max_new_tokens": 8},
     }))
     return path
+
+
+def test_without_the_worker_extra_an_unusable_worker_url_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When ADL_WORKER_URL is unreachable or serves another organism and the worker extra is
+    missing, the grid ends with an error naming the organism, the URL and why it was not used
+    (not a bare "install the worker extra")."""
+    from evals import runs, workers
+    from tools.errors import AdlInputError, WorkerUnavailableError
+
+    class OtherWorker:
+        def __init__(self, url: str, token: str | None = None) -> None:
+            self.url = url
+
+        def info(self) -> SimpleNamespace:
+            if "down" in self.url:
+                raise WorkerUnavailableError(f"The worker at {self.url} cannot be reached.")
+            return SimpleNamespace(label="other_organism")
+
+    monkeypatch.setattr(runs, "HttpWorkerClient", OtherWorker)
+    monkeypatch.setattr(workers, "_installed", lambda module: module != "torch")
+    config = runs.EvalConfig(name="client", organisms=["cake_bake"], grader="openai:m")
+    for url, why in (("http://down.example:8765", "is unreachable"),
+                     ("http://user:pw@other.example:8765", "serves 'other_organism', not 'cake_bake'")):
+        monkeypatch.setenv("ADL_WORKER_URL", url)
+        found, not_used = runs._worker_url(config, "cake_bake")
+        assert found is None
+        with pytest.raises(AdlInputError) as error:
+            workers.connect("cake_bake", found, "quick", not_used=not_used)
+        message = str(error.value)
+        assert "'cake_bake'" in message and why in message and "pw" not in message
+        assert url.replace("user:pw", "***") in message
+        assert "adl worker serve --organism cake_bake" in message
+        assert "torch not installed" in message and "adl-agent[worker]" in message
+
+
+def test_a_client_install_without_a_worker_url_says_to_start_one() -> None:
+    """In an interpreter without the worker extra, connect without a URL names the missing
+    worker instead of failing on the in-process worker's imports."""
+    done = _client_python(
+        "from evals.workers import connect\nfrom tools.errors import AdlInputError\n"
+        "try:\n    connect('cake_bake', None, 'quick')\n"
+        "except AdlInputError as exc:\n    print(exc)\n")
+    assert done.returncode == 0, done.stderr[-3000:]
+    message = " ".join(done.stdout.split())
+    assert "No worker serves 'cake_bake' (no worker URL was given)" in message, message
+    assert "torch, transformers, transformer_lens, peft not installed" in message
