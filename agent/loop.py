@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent.briefing import AdlOverview, Briefing, FinetunedSamples
 from agent.context import ContextFullError, ContextKeeper
 from agent.errors import ContextLengthError, ProviderError
@@ -35,6 +37,7 @@ from agent.transcript import (
 from prompts import load_text
 from tools.errors import AdlError
 from tools.toolbox import AgentKind, AskSettings, Toolbox, ToolSpec
+from tools.validation import validation_problems
 from tools.worker.client import WorkerClient
 
 FINAL_LINE = re.compile(r"^\s*FINAL HYPOTHESIS:\s*(.+)$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
@@ -93,13 +96,18 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
 
     kickoff = load_text("agent_task.md").format(interactions=budgets.interactions,
                                                 llm_calls=budgets.llm_calls).strip()
+    shape = AdlOverview if agent == "adl" else FinetunedSamples
     try:
         first_look = toolbox.overview() if agent == "adl" else toolbox.finetuned_samples()
+        look = shape.model_validate(first_look)
     except AdlError as exc:
         return finish("worker_unavailable", None, f"The first message could not be built: {exc}")
+    except ValidationError as exc:
+        problems, _ = validation_problems(exc, whole="the whole answer", label="field '{}'", limit=5)
+        return finish("worker_unavailable", None, "The first message could not be built: the "
+                      f"{shape.__name__} of the toolbox is not in the expected shape ({problems}).")
     heading = (OVERVIEW_HEADING if agent == "adl" else SAMPLES_HEADING)
     kickoff += f"\n\n{heading} (JSON):\n" + json.dumps(first_look, ensure_ascii=False)
-    look = (AdlOverview if agent == "adl" else FinetunedSamples).model_validate(first_look)
     messages = [ChatTurn(role="user", content=kickoff,
                          briefing=Briefing(interactions=budgets.interactions, first_look=look))]
     transcript.write(MessageData(role="user", content=kickoff))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -28,7 +29,7 @@ from agent.transcript import (
 from prompts import load_text
 from tests.worker_fixtures import TINY_ASK, worker_process
 from tools.toolbox import Toolbox, ToolSpec
-from tools.worker.client import HttpWorkerClient
+from tools.worker.client import HttpWorkerClient, WorkerClient
 from tools.worker.service import AdlService
 
 
@@ -277,6 +278,28 @@ def test_a_transcript_cut_by_a_kill_is_still_readable(tmp_path: Path) -> None:
     assert [e.data.content for e in read_transcript(path) if isinstance(e, MessageEvent)] == ["one", "two"]
     with TranscriptWriter(path) as writer:  # resuming appends after the complete events
         assert writer.write(NoticeData(message="resumed")).seq == 2
+
+
+class _BadOverviewToolbox(Toolbox):
+    """A toolbox whose overview is not in the shape the briefing reads (no worker needed)."""
+
+    def overview(self) -> dict[str, Any]:
+        return {"available_layers": [1], "positions": 2, "datasets": [{"dataset": "d"}]}
+
+
+def test_an_overview_of_the_wrong_shape_ends_the_run_cleanly(tmp_path: Path) -> None:
+    """A first look the briefing cannot read ends the run like an unreachable worker, with a
+    message naming the field, before any provider call."""
+    provider = ScriptedProvider([])
+    path = tmp_path / "t.jsonl"
+    with TranscriptWriter(path) as writer:
+        outcome = run_agent(provider, _BadOverviewToolbox(cast(WorkerClient, None), "adl"),
+                            Budgets(), writer)
+    assert outcome.end_reason == "worker_unavailable" and outcome.llm_calls == 0
+    assert "AdlOverview" in (outcome.detail or "")
+    assert "field 'datasets.0.layer': Field required" in (outcome.detail or "")
+    ended = read_transcript(path)[-1]
+    assert isinstance(ended, RunEndedEvent) and ended.data.end_reason == "worker_unavailable"
 
 
 def test_run_agent_records_system_prompt_and_tools(service: AdlService, tmp_path: Path) -> None:
