@@ -37,11 +37,19 @@ class ContextLengthError(ProviderError):
 
 class TranscriptFormatError(AdlError):
     """A transcript line is not an event of this version (an old or foreign file): the message
-    names the file, the line (1-based) and the fields at fault (`field`: the first)."""
+    names the file, the line (1-based) and the fields at fault (`field`: the first). `where`
+    replaces file and line for events read from elsewhere (a run's stored rows)."""
 
-    def __init__(self, path: Path, line: int, field: str, problems: str) -> None:
-        super().__init__(f"{path}, line {line}: not a transcript event of this version: "
-                         f"{problems}")
+    def __init__(self, path: Path | None, line: int | None, field: str, problems: str, *,
+                 where: str | None = None) -> None:
+        self.where = where or f"{path}, line {line}"
+        super().__init__(f"{self.where}: not a transcript event of this version: {problems}")
         self.path = path
         self.line = line
         self.field = field
+        self.problems = problems
+
+    def brief(self) -> str:
+        """The message with the file's name only, not its folders (for pages others may see)."""
+        where = self.where if self.path is None else f"{self.path.name}, line {self.line}"
+        return f"{where}: not a transcript event of this version: {self.problems}"

@@ -175,15 +175,21 @@ _EVENT_OF: dict[type[BaseModel], type[_Event]] = {
 
 
 class TranscriptWriter:
-    """Appends events to `path` (JSON lines), flushing and syncing after each."""
+    """Appends events to `path` (JSON lines), flushing and syncing after each; a last line that
+    a kill cut off is dropped before the first append."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._seq = len(read_transcript(path)) if path.exists() else 0
+        written = path.read_bytes() if path.exists() else b""
+        last = written[written.rfind(b"\n") + 1:]  # a last line without its newline, if any
+        if last and not _is_json(last):
+            with path.open("r+b") as handle:  # cut off by a kill, it is no event: dropped, so
+                handle.truncate(len(written) - len(last))  # only a last line is ever cut off
         self._file = path.open("a", encoding="utf-8")
-        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-            self._file.write("\n")  # a line cut off by a kill stays alone on its line
+        if last and _is_json(last):
+            self._file.write("\n")
 
     def write(self, data: EventData) -> TranscriptEvent:
         """Append the event whose data is `data` (its kind follows from the data's type)."""
@@ -210,22 +216,31 @@ class TranscriptWriter:
 
 
 def read_transcript(path: Path) -> list[TranscriptEvent]:
-    """Every complete event of a transcript. A line cut off by a kill (an object that is not
-    complete JSON) is skipped; any other line that is not an event raises
-    `TranscriptFormatError` naming the line and the field."""
+    """Every complete event of a transcript. The last line, when a kill cut it off (an object
+    that is not complete JSON, no newline after it), is skipped; any other line that is not an
+    event raises `TranscriptFormatError` naming the line and the field."""
     events: list[TranscriptEvent] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON keeps U+2028 raw
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as exc:
-            if line.lstrip().startswith("{"):
-                continue  # the kill hit mid-line
+            if number == len(lines) and line.lstrip().startswith("{"):
+                continue  # the kill hit the last line mid-write
             raise TranscriptFormatError(path, number, "the line",
                                         f"the line: not JSON ({exc.msg})") from exc
         events.append(parse_event(raw, path, number))
     return events
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_event(raw: object, path: Path, line: int) -> TranscriptEvent:

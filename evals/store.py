@@ -30,14 +30,17 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import JSON, Column, UniqueConstraint, delete, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from agent.errors import TranscriptFormatError
 from agent.transcript import (
+    MAX_PROBLEMS_SHOWN,
     LlmCallEvent,
     MessageData,
     MessageEvent,
@@ -46,6 +49,7 @@ from agent.transcript import (
     read_transcript,
 )
 from tools.errors import AdlError
+from tools.validation import validation_problems
 
 SCHEMA_VERSION = "0002"
 HEARTBEAT_S = 30.0
@@ -441,13 +445,14 @@ class Store:
             return [event.data for event in read_transcript(path)
                     if isinstance(event, MessageEvent | ToolCallEvent)]
         rows: list[tuple[int, int, MessageData | ToolCallData]] = [
-            (m.seq, 0, MessageData.model_validate(
-                {"role": m.role, "content": m.content, "tool_calls": m.tool_calls}))
+            (m.seq, 0, _row_event(run_id, "message", m.seq, MessageData, {
+                "role": m.role, "content": m.content, "tool_calls": m.tool_calls}))
             for m in self.messages(run_id)]
-        rows += [(c.seq, 1, ToolCallData(
-            id=c.call_id, name=c.name, arguments=c.arguments, ok=c.ok, result=c.result,
-            error=c.error, interactions=c.interactions, latency_s=c.latency_s,
-            interactions_left=c.interactions_left)) for c in self.tool_calls(run_id)]
+        rows += [(c.seq, 1, _row_event(run_id, "tool call", c.seq, ToolCallData, {
+            "id": c.call_id, "name": c.name, "arguments": c.arguments, "ok": c.ok,
+            "result": c.result, "error": c.error, "interactions": c.interactions,
+            "latency_s": c.latency_s, "interactions_left": c.interactions_left}))
+            for c in self.tool_calls(run_id)]
         return [item for _, _, item in sorted(rows, key=lambda row: (row[0], row[1]))]
 
     def usage(self, run_id: int) -> list[Usage]:
@@ -521,3 +526,18 @@ def _at_head(engine: Engine) -> bool:
         return current_revision(engine) == SCHEMA_VERSION
     except OSError:
         return False
+
+
+RowData = TypeVar("RowData", MessageData, ToolCallData)
+
+
+def _row_event(run_id: int, kind: str, seq: int, model: type[RowData],
+               row: dict[str, Any]) -> RowData:
+    """The event data of a stored row; `TranscriptFormatError` names the run, the row and the
+    fields that do not validate."""
+    try:
+        return model.model_validate(row)
+    except ValidationError as exc:
+        shown, fields = validation_problems(exc, whole="the row", limit=MAX_PROBLEMS_SHOWN)
+        raise TranscriptFormatError(None, None, fields[0] if fields else "the row", shown,
+                                    where=f"run {run_id}, stored {kind} {seq}") from exc

@@ -271,7 +271,7 @@ def create_viewer_app(store: Store, allowed_hosts: Sequence[str] = LOOPBACK_HOST
         try:
             transcript, transcript_error = _transcript(store.transcript(run_id)), None
         except TranscriptFormatError as exc:  # the run is still shown, with the reason
-            transcript, transcript_error = [], str(exc)
+            transcript, transcript_error = [], exc.brief()  # no folders of the runner's disk
         return page("run.html", title=f"Run {run_id}", run=run, experiment=experiment,
                     provider_note=provider_label(run), grades=store.grades(run_id),
                     models=sorted({u.model for u in usage if u.model}),

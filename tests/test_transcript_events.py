@@ -125,14 +125,43 @@ def test_a_line_that_is_not_an_event_names_the_line_and_the_field(tmp_path: Path
     assert f"{path}, line 3: " in str(raised.value) and field in str(raised.value)
 
 
-def test_foreign_text_is_an_error_but_a_line_cut_by_a_kill_is_skipped(tmp_path: Path) -> None:
+def test_foreign_text_is_an_error_but_a_last_line_cut_by_a_kill_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     _write(path, EVENTS[:2])
     with path.open("a") as handle:
-        handle.write('{"seq": 2, "time": "x", "kind": "mess\n')  # cut by a kill, then resumed
         handle.write("not a transcript\n")
-    with pytest.raises(TranscriptFormatError, match="line 4: .*not JSON"):
+    with pytest.raises(TranscriptFormatError, match="line 3: .*not JSON"):
         read_transcript(path)
+    _write(path.with_name("cut.jsonl"), EVENTS[:2])
+    cut = path.with_name("cut.jsonl")
+    with cut.open("a") as handle:
+        handle.write('{"seq": 2, "time": "x", "kind": "mess')  # the kill hit the last line
+    assert [e.data for e in read_transcript(cut)] == EVENTS[:2]
+
+
+def test_a_broken_line_before_the_last_is_an_error(tmp_path: Path) -> None:
+    """Only the last line can be cut off by a kill: a broken object before it is corruption."""
+    path = tmp_path / "t.jsonl"
+    _write(path, EVENTS[:2])
+    with path.open("a") as handle:
+        handle.write('{"seq": 2, "time": "x", "kind": "mess\n')
+        handle.write(json.dumps({"seq": 3, "time": "x", **OLD_LINES[1]}) + "\n")
+    with pytest.raises(TranscriptFormatError, match="line 3: .*not JSON") as raised:
+        read_transcript(path)
+    assert raised.value.line == 3
+
+
+def test_resuming_drops_the_line_a_kill_cut_off(tmp_path: Path) -> None:
+    """A writer opened on a transcript whose last line a kill cut off drops that line, so the
+    events it appends leave the file readable."""
+    path = tmp_path / "t.jsonl"
+    _write(path, EVENTS[:2])
+    with path.open("a") as handle:
+        handle.write('{"seq": 2, "time": "x", "kind": "mess')
+    with TranscriptWriter(path) as writer:
+        assert writer.write(EVENTS[2]).seq == 2
+    assert [e.data for e in read_transcript(path)] == EVENTS[:3]
+    assert '"mess\n' not in path.read_text()
 
 
 def _store_with_run(tmp_path: Path, transcript: Path) -> tuple[Store, int, str]:
@@ -181,7 +210,8 @@ def test_the_viewer_shows_the_run_and_why_its_transcript_cannot_be_read(tmp_path
     client = TestClient(create_viewer_app(store, allowed_hosts=["testserver"]))
     page = client.get(f"/runs/{run_id}")
     assert page.status_code == 200 and 'id="transcript-error"' in page.text
-    assert "line 3: not a transcript event of this version: data.ok" in page.text
+    assert "bad.jsonl, line 3: not a transcript event of this version: data.ok" in page.text
+    assert str(tmp_path) not in page.text  # the file's name, not where it lies on the runner
 
 
 def test_the_store_reads_a_run_from_its_file_or_its_rows_alike(tmp_path: Path) -> None:
@@ -199,3 +229,31 @@ def test_the_store_reads_a_run_from_its_file_or_its_rows_alike(tmp_path: Path) -
 def _shown(items: list[MessageData | ToolCallData]) -> list[dict[str, object]]:
     """What a transcript view shows of each item (the rows have no column for error_fields)."""
     return [item.model_dump(exclude={"error_fields"}) for item in items]
+
+
+def test_a_stored_row_that_is_not_an_event_names_the_run_and_the_field(tmp_path: Path) -> None:
+    """The rows a finished run keeps are read back as events too: a row that does not validate
+    raises TranscriptFormatError naming the run, the row and the field (the viewer shows it)."""
+    from sqlmodel import select
+
+    from evals.store import Message
+
+    path = tmp_path / "good.jsonl"
+    _write(path, EVENTS)
+    store, run_id, _ = _store_with_run(tmp_path, path)
+    store.finish_unit(run_id, {"end_reason": "final_answer", "hypothesis": "Cakes."}, None)
+    path.unlink()
+    with store.session() as session:
+        row = session.exec(select(Message).where(Message.run_id == run_id, Message.role == "user")).one()
+        seq, row.role = row.seq, "robot"
+        session.add(row)
+        session.commit()
+    with pytest.raises(TranscriptFormatError) as raised:
+        store.transcript(run_id)
+    assert raised.value.field == "role" and raised.value.path is None
+    assert str(raised.value).startswith(f"run {run_id}, stored message {seq}: not a transcript "
+                                        "event of this version: role:")
+    client = TestClient(create_viewer_app(store, allowed_hosts=["testserver"]))
+    page = client.get(f"/runs/{run_id}")
+    assert page.status_code == 200 and 'id="transcript-error"' in page.text
+    assert f"run {run_id}, stored message {seq}" in page.text
