@@ -34,6 +34,7 @@ from tools.adl.pipeline import (
     _key,
     adl_key,
     load_artifact,
+    pair_fingerprint,
     steering_key,
 )
 from tools.models import LoadOptions, ModelPair, ModelPairSpec
@@ -56,16 +57,19 @@ class _NamedOffline:
 
 
 def test_steering_key_follows_the_grader_used_and_its_settings(tmp_path: Path) -> None:
-    pair = _pair()
+    (tmp_path / "base").mkdir()
+    pair = _pair(str(tmp_path / "base"))
     steering = SteeringSettings()
 
     def key(grader: object) -> str:
         return steering_key("adl-entry", steering, 3, [1, 2], ["search"], ["final"], grader, pair)  # type: ignore[arg-type]
 
     default = key(OfflineCoherenceGrader(pair))
-    # The formula before the grader's settings were keyed: existing entries stay valid.
-    assert default == _key(STEERING_METHOD_VERSION, "adl-entry", steering.model_dump(mode="json"), 3,
-                           [1, 2], ["search"], ["final"],
+    # The offline formula: the steering pair's fingerprint as the ADL key computes it, then the
+    # offline grader's settings.
+    assert default == _key(STEERING_METHOD_VERSION, "adl-entry",
+                           pair_fingerprint(pair.spec, pair.options, pair.base_location),
+                           steering.model_dump(mode="json"), 3, [1, 2], ["search"], ["final"],
                            {"offline_coherence": OfflineCoherenceSettings().model_dump(mode="json")})
     strict = key(OfflineCoherenceGrader(pair, OfflineCoherenceSettings(max_mean_nll=3.0)))
     (tmp_path / "judge").mkdir()
@@ -80,6 +84,25 @@ def test_steering_key_follows_the_grader_used_and_its_settings(tmp_path: Path) -
     assert len(set(keys)) == len(keys)
     assert key(OfflineCoherenceGrader(pair, OfflineCoherenceSettings())) == default
     assert key(LLMCoherenceGrader(ScriptedProvider([], model="a"))) == llm_a
+
+
+def test_steering_key_follows_the_pair_that_steers(tmp_path: Path) -> None:
+    """Another pair (other model files, other load options) under the same ADL entry and
+    settings gives another steering key; the same pair gives the same key."""
+    for name in ("base", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
+    pair, other = _pair(str(tmp_path / "base")), _pair(str(tmp_path / "other"))
+    other_load = cast(ModelPair, SimpleNamespace(spec=pair.spec, options=LoadOptions(dtype="bfloat16"),
+                                                 base_location=pair.base_location))
+
+    def key(steerer: ModelPair) -> str:
+        return steering_key("adl-entry", SteeringSettings(), 3, [1, 2], ["search"], ["final"],
+                            OfflineCoherenceGrader(steerer), steerer)  # each judges itself
+
+    keys = [key(pair), key(other), key(other_load)]
+    assert len(set(keys)) == 3
+    assert key(_pair(str(tmp_path / "base"))) == keys[0]
 
 
 def test_adl_key_follows_the_scale_chooser_used() -> None:

@@ -54,7 +54,8 @@ METHOD_VERSION = 3
 # gibberish after a bridge was booted); entries written before are recomputed. 3: the final
 # steered and unsteered samples are drawn in one batch (unsteered rows at strength 0). 4: the
 # reference's search (one strength per position, the mean over the search prompts) and separate
-# search and final prompt sets.
+# search and final prompt sets. The key also holds the steering pair's fingerprint (entries
+# written before it did are recomputed once).
 STEERING_METHOD_VERSION = 4
 
 
@@ -259,10 +260,13 @@ def coherence_key_payload(grader: CoherenceGrader, pair: ModelPair) -> dict[str,
 def steering_key(adl_entry: str, settings: SteeringSettings, layer: int, positions: list[int],
                  search_prompts: list[str], prompts: list[str], grader: CoherenceGrader,
                  pair: ModelPair) -> str:
-    """The steering entry's key: the ADL entry's key, the steering settings, layer, positions,
-    both prompt lists and the coherence grader used (`coherence_key_payload`)."""
-    return _key(STEERING_METHOD_VERSION, adl_entry, settings.model_dump(mode="json"), layer, positions,
-                search_prompts, prompts, coherence_key_payload(grader, pair))
+    """The steering entry's key: the ADL entry's key, the pair that steers as loaded
+    (`pair_fingerprint`, as in `adl_key`: spec, load options, model files), the steering
+    settings, layer, positions, both prompt lists and the coherence grader used
+    (`coherence_key_payload`)."""
+    pair_id = pair_fingerprint(pair.spec, pair.options, pair.base_location)
+    return _key(STEERING_METHOD_VERSION, adl_entry, pair_id, settings.model_dump(mode="json"), layer,
+                positions, search_prompts, prompts, coherence_key_payload(grader, pair))
 
 
 def compute_readouts(
