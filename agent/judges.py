@@ -20,7 +20,9 @@ from agent.providers.base import ChatTurn, Provider, ProviderOptions
 from prompts import load_text
 from tools.adl.settings import TokenScore
 from tools.errors import AdlError
+from tools.secrets import redact
 from tools.toolbox import ToolSpec
+from tools.url import redact_url
 
 Output = TypeVar("Output", bound=BaseModel)
 BATCH = 16
@@ -38,6 +40,9 @@ class JudgeSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     provider: str = Field(description="The provider's spec, e.g. openai:gpt-5.")
+    base_url: str | None = Field(None, description="The endpoint in effect (OPENAI_BASE_URL, "
+                                 "ANTHROPIC_BASE_URL or the spec's URL), credentials masked; "
+                                 "None: the SDK's default.")
     provider_options: ProviderOptions
     prompt: str = Field(description="The prompt template's file in prompts/.")
     prompt_sha256: str = Field(description="The template's content hash.")
@@ -49,8 +54,10 @@ class JudgeSettings(BaseModel):
     def of(cls, provider: Provider, prompt: str, batch_size: int = BATCH) -> JudgeSettings:
         """The settings of a judge on `provider` with the template `prompt`."""
         digest = hashlib.sha256(load_text(prompt).encode()).hexdigest()
-        return cls(provider=provider.name, provider_options=provider.options, prompt=prompt,
-                   prompt_sha256=digest, batch_size=batch_size)
+        base_url: str | None = getattr(provider, "base_url", None)  # the API providers' endpoint
+        return cls(provider=provider.name, base_url=redact(redact_url(base_url)) if base_url else None,
+                   provider_options=provider.options, prompt=prompt, prompt_sha256=digest,
+                   batch_size=batch_size)
 
 
 class _Coherence(BaseModel):

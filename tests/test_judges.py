@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from agent.judges import JudgeError, LLMCoherenceGrader, LLMScaleChooser
+from agent.providers import make_provider
 from agent.providers.base import ChatTurn, Completion, ToolCall
 from agent.providers.openai_provider import OpenAIProvider
 from agent.providers.scripted import ScriptedProvider
 from agent.retry import RetryPolicy
 from tests.fake_llm_server import FakeLLMServer
-from tools.adl.pipeline import AdlSettings, run_adl, run_steering
+from tools.adl.pipeline import AdlSettings, judge_identity, run_adl, run_steering
 from tools.adl.readouts import TokenScore
 from tools.adl.steering import SteeringSettings
 from tools.toolbox import ToolSpec
@@ -40,6 +41,31 @@ def test_llm_judges_through_the_openai_sdk() -> None:
         sent = json.dumps(server.openai_requests[0].body)
     assert verdicts == [True, False] and scale == 2.0
     assert "Once upon a time a baker" in sent and "record_coherence" in sent
+
+
+def test_judge_settings_hold_the_endpoint_in_effect_without_credentials(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OPENAI_BASE_URL, ANTHROPIC_BASE_URL or the spec's URL is part of a judge's settings (so
+    of the cache keys), with credentials masked."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-judge-test-0123456789abcdef")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-judge-test-0123456789")
+    for variable in ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    plain = LLMCoherenceGrader(make_provider("openai:gpt-5"))
+    default = plain.settings
+    assert default.base_url is None
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://user:pw@proxy.example/v1?api_key=hidden&region=eu")
+    proxied = LLMCoherenceGrader(make_provider("openai:gpt-5"))
+    assert proxied.settings.base_url == "https://***@proxy.example/v1?api_key=***&region=eu"
+    assert judge_identity(proxied) != judge_identity(plain)  # another steering key
+    assert proxied.settings.model_copy(update={"base_url": None}) == default  # only the endpoint
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://gateway.example/anthropic")
+    chooser = LLMScaleChooser(make_provider("anthropic:claude-x"))
+    assert chooser.settings.base_url == "https://gateway.example/anthropic"
+    compatible = LLMCoherenceGrader(make_provider("openai-compatible:http://localhost:8000/v1:m"))
+    assert compatible.settings.base_url == "http://localhost:8000/v1"
+    dumped = proxied.settings.model_dump_json()
+    assert "pw@" not in dumped and "hidden" not in dumped and "sk-" not in dumped
 
 
 def test_llm_judge_gives_up_on_invalid_output() -> None:
