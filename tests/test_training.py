@@ -12,6 +12,7 @@ from evals.organisms import training
 from evals.organisms.generators.base import TrainingExample, chat
 from evals.organisms.schema import TrainingRecipe
 from tools.errors import CheckpointError
+from tools.models import LoadOptions, ModelPairSpec, pair_from_trained_adapter
 
 RECIPE = TrainingRecipe(
     lora_r=4, lora_alpha=8, learning_rate=3e-2, batch_size=4, warmup_steps=0, checkpoint_every=2,
@@ -33,11 +34,14 @@ def _train(model_dir: Path, work: Path):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     data = _encoded(tokenizer)
-    before = training.mean_token_loss(model, data, tokenizer.pad_token_id)
     peft_model, result = training.train_lora(
         model, tokenizer, data, RECIPE.model_copy(update={"epochs": 4}), work, show_progress=False
     )
-    after = training.mean_token_loss(peft_model, data, tokenizer.pad_token_id)
+    # As the organism builder measures: the trained pair, its adapter off being the base model.
+    pair = pair_from_trained_adapter(ModelPairSpec(base=str(model_dir)), tokenizer, peft_model,
+                                     str(model_dir), LoadOptions())
+    before = training.mean_token_loss(pair, "base", data, tokenizer.pad_token_id)
+    after = training.mean_token_loss(pair, "finetuned", data, tokenizer.pad_token_id)
     return peft_model, result, before, after
 
 
