@@ -188,7 +188,7 @@ class ModelPair(ABC):
 
         def replace(resid: Tensor) -> Tensor:
             if resid.shape[1] > position:
-                resid[:, position] = replacement.to(resid.dtype)
+                resid[:, position] = replacement.to(device=resid.device, dtype=resid.dtype)
             return resid
 
         with self._exclusive():
@@ -227,7 +227,9 @@ class ModelPair(ABC):
                     def add(resid: Tensor, additive: Tensor = additive) -> Tensor:
                         if resid.shape[0] != additive.shape[0]:
                             raise RuntimeError("Steering batch size does not match the generation batch.")
-                        return resid + additive[:, None, :].to(resid.dtype)
+                        # In the model's dtype, on the block's device (a device_map spreads them).
+                        vector = additive[:, None, :].to(device=resid.device, dtype=resid.dtype)
+                        return resid + vector
 
                     edits[steering.layer] = add
                 sampling: dict[str, Any] = {"do_sample": temperature > 0}
@@ -296,6 +298,10 @@ class ModelPair(ABC):
                       stop_at_layer=max(layers) + 1)
         return {layer: captured[layer] for layer in layers}
 
+    def _all_on_cpu(self) -> bool:
+        """True when every weight of the pair is on the CPU (a device_map may spread them)."""
+        return all(tensor.device.type == "cpu" for tensor in self._models["base"].parameters())
+
     def _on_device(self, tensor: Tensor | None) -> Tensor | None:
         return None if tensor is None else tensor.to(self.device)
 
@@ -337,8 +343,9 @@ class ModelPair(ABC):
     def _merged_adapter(self, side: Side, upto_layer: int | None) -> Iterator[None]:
         """On a CPU, the finetuned side of an adapter pair with its LoRA weights merged into
         blocks 0..`upto_layer` (all when None); the original weights are restored bit for bit
-        afterwards (a copy is kept meanwhile). Elsewhere this does nothing."""
-        if side != "finetuned" or self._peft is None or self.device.type != "cpu":
+        afterwards (a copy is kept meanwhile). Elsewhere (any weight on an accelerator, or
+        offloaded) this does nothing."""
+        if side != "finetuned" or self._peft is None or not self._all_on_cpu():
             yield
             return
         from peft.tuners.lora import LoraLayer
@@ -425,7 +432,7 @@ class BridgeModelPair(ModelPair):
     def _unembed(self, side: Side, vectors: Tensor) -> Tensor:
         with self._bridge(side) as bridge:
             head = bridge.original_model.get_output_embeddings()
-            vectors = vectors.to(device=self.device, dtype=head.weight.dtype)
+            vectors = vectors.to(device=head.weight.device, dtype=head.weight.dtype)
             return bridge.unembed(bridge.ln_final(vectors))
 
 
@@ -488,7 +495,7 @@ class HFHooksModelPair(ModelPair):
     def _unembed(self, side: Side, vectors: Tensor) -> Tensor:
         with self._side(side) as model:
             head = model.get_output_embeddings()
-            vectors = vectors.to(device=self.device, dtype=head.weight.dtype)
+            vectors = vectors.to(device=head.weight.device, dtype=head.weight.dtype)
             return head(model.get_decoder().norm(vectors))
 
 

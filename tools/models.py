@@ -19,7 +19,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.backend import BACKENDS, BackendName, LoadedModels, ModelPair
 from tools.errors import ModelLoadError, UnknownModelError
-from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec
+from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec, auto_dtype, device_type
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
 from tools.pair_checks import check_pair, hub_cache_dir
 
@@ -34,8 +34,24 @@ _DTYPES: dict[str, torch.dtype] = {
 
 
 def torch_dtype(options: LoadOptions) -> torch.dtype:
-    """The torch dtype of `options.dtype`."""
-    return _DTYPES[options.dtype]
+    """The torch dtype of `options.dtype` ("auto" is resolved when the options are made; options
+    made without validation resolve it here the same way)."""
+    dtype = auto_dtype(options.device) if options.dtype == "auto" else options.dtype
+    return _DTYPES[dtype]
+
+
+def check_device(options: LoadOptions) -> None:
+    """Raise ModelLoadError when `options.device` is not available here (before any load)."""
+    kind = device_type(options.device)
+    if kind == "cuda":
+        index = int(options.device.split(":")[1]) if ":" in options.device else 0
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            raise ModelLoadError(
+                f"Device {options.device!r} is not available: torch {torch.__version__} sees "
+                f"{count} CUDA device(s) here. Use --device cpu, or another index.")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"Device 'mps' is not available with torch {torch.__version__} here.")
 
 
 def known_model_names() -> list[str]:
@@ -130,14 +146,22 @@ def load_tokenizer(location: str, revision: str | None = None) -> PreTrainedToke
 
 
 def load_causal_lm(location: str, options: LoadOptions, revision: str | None = None) -> Any:
-    """Load a causal LM in eval mode on the requested device and dtype."""
+    """Load a causal LM in eval mode on the requested device and dtype; with a device_map,
+    accelerate places its weights as the map says (the model is not moved afterwards)."""
+    check_device(options)
+    placement = {} if options.device_map is None else {"device_map": options.device_map}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch_dtype(options), revision=revision
+            location, dtype=torch_dtype(options), revision=revision, **placement
         )
+    except ImportError as exc:  # device_map needs accelerate (the worker extra has it)
+        raise ModelLoadError(f"Could not load model {location!r} with device_map="
+                             f"{options.device_map!r}: {exc}") from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {location!r}: {exc}") from exc
-    return model.to(options.device).eval()
+    if options.device_map is None:
+        model = model.to(options.device)
+    return model.eval()
 
 
 def load_model_pair(
@@ -146,6 +170,7 @@ def load_model_pair(
     """Load the pair described by `spec` (see `ModelPairSpec`) behind `backend` (see
     `tools.backend`)."""
     options = options or LoadOptions()
+    check_device(options)
     pair_class = BACKENDS[backend]
     base_location = resolve_model_location(spec.base)
     kind = spec.finetune_kind

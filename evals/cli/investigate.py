@@ -15,7 +15,7 @@ from evals.cli.agent import results_dir
 from evals.cli.diff import parse_layers
 from evals.workers import PROFILES
 from tools.errors import AdlInputError
-from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec
+from tools.model_spec import FinetuneKind, ModelPairSpec, parse_load_options
 from tools.secrets import install_log_redaction
 from tools.toolbox import AskSettings
 
@@ -43,7 +43,8 @@ def investigate_command(
     out: Path | None = typer.Option(None, help="Report folder (default: "
                                     "$ADL_RESULTS/investigations/STAMP-NAME)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option("auto", help="auto (float32 on a CPU, bfloat16 on a GPU), "
+                              "float32, bfloat16 or float16."),
     ask_max_new_tokens: int = typer.Option(1024, min=1, max=1024, help="New tokens per ask_models "
                                            "answer; the reference's default."),
 ) -> None:
@@ -66,7 +67,7 @@ def investigate_command(
     report = run_investigation(
         pair, out, agents=agent, provider=provider, budget=budget, profile=profile,  # type: ignore[arg-type]
         layers=parse_layers(layers) if layers else None,
-        load=LoadOptions(device=device, dtype=dtype),  # type: ignore[arg-type]
+        load=parse_load_options(device, dtype),
         ask=AskSettings(max_new_tokens=ask_max_new_tokens),
     )
     for note in report.notes:

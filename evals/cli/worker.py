@@ -12,7 +12,7 @@ from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.workers import PROFILES, organism_worker_config
 from tools.config import load_yaml_model
 from tools.errors import AdlInputError
-from tools.model_spec import LoadOptions
+from tools.model_spec import parse_load_options
 from tools.secrets import install_log_redaction
 from tools.worker.client import DEFAULT_PORT, TOKEN_ENV
 from tools.worker.schema import WorkerConfig
@@ -36,8 +36,14 @@ def serve_command(
                              "registry's) or small (fewer examples, same recipe)."),
     host: str = typer.Option("127.0.0.1", help="Bind address; non-loopback needs a token."),
     port: int = typer.Option(DEFAULT_PORT, min=0, max=65535),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... or mps."),
+    dtype: str = typer.Option("auto", help="auto (float32 on a CPU, bfloat16 on a GPU), "
+                              "float32, bfloat16 or float16."),
+    device_map: str | None = typer.Option(
+        None, "--device-map", help="Placement of a model larger than one GPU (accelerate): auto, "
+        "balanced, sequential, or a JSON object {module: device}; --device names the GPU type."),
+    threads: int | None = typer.Option(None, min=1, help="torch threads (default: the CPUs "
+                                       "this process may use, its affinity)."),
     judge: str | None = typer.Option(None, help="Provider spec of an LLM judge (Patchscope scale, "
                                      "steering coherence); default: offline."),
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
@@ -58,7 +64,10 @@ def serve_command(
         raise AdlInputError("Give exactly one of --organism NAME or --config FILE.")
     if profile not in PROFILES:
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
-    load = LoadOptions(device=device, dtype=dtype)  # type: ignore[arg-type]
+    load = parse_load_options(device, dtype, device_map)
+    from tools.machine import set_torch_threads
+
+    set_torch_threads(threads)  # before any model work; it logs the count
     if organism is not None:
         worker_config = organism_worker_config(organism, profile, size=size, n_samples=samples,  # type: ignore[arg-type]
                                                load=load)

@@ -94,8 +94,9 @@ class OfflineCoherenceGrader:
             logits = self.pair.logits("base", ids, mask)
             for row, i in enumerate(chunk):
                 start, end = rows[i][0], len(rows[i][1])
+                answer = ids[row, start:end].to(logits.device)  # a device_map: the last block's
                 values[i] = float(torch.nn.functional.cross_entropy(
-                    logits[row, start - 1 : end - 1].float(), ids[row, start:end]))
+                    logits[row, start - 1 : end - 1].float(), answer))
         return values
 
     def grade(self, prompts: Sequence[str], samples: Sequence[str]) -> list[bool]:

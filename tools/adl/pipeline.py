@@ -162,13 +162,16 @@ def model_fingerprint(location: str, revision: str | None = None) -> dict[str, A
 
 def pair_fingerprint(spec: ModelPairSpec, options: LoadOptions | None = None,
                      base_location: str | None = None) -> str:
-    """Identity of a model pair as loaded: the spec, the load options (dtype, device type),
-    the base model's files (`model_fingerprint` of `base_location`, by default where
-    `spec.base` resolves to) and the content of a local finetune folder (hashed), or the hub
-    commit of a hub finetune. An offline short name's content is fixed by its name."""
+    """Identity of a model pair as loaded: the spec, the load options (dtype, device type, and
+    the device_map when one is given: options without one hash as before), the base model's
+    files (`model_fingerprint` of `base_location`, by default where `spec.base` resolves to)
+    and the content of a local finetune folder (hashed), or the hub commit of a hub finetune.
+    An offline short name's content is fixed by its name."""
     options = options or LoadOptions()
     payload: dict[str, Any] = spec.model_dump(mode="json")
     payload["load"] = {"dtype": options.dtype, "device": torch.device(options.device).type}
+    if options.device_map is not None:
+        payload["load"]["device_map"] = options.device_map
     payload["base_files"] = model_fingerprint(base_location or resolve_model_location(spec.base),
                                               spec.base_revision)
     if spec.finetuned and Path(spec.finetuned).expanduser().is_dir():

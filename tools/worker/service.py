@@ -309,7 +309,8 @@ class AdlService:
 
     def info(self) -> WorkerInfo:
         first = next(iter(self.artifacts.values()))
-        accelerator = (torch.cuda.memory_allocated() if self.pair.device.type == "cuda" else None)
+        accelerator = (sum(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count()))
+                       if self.pair.device.type == "cuda" else None)  # every GPU a device_map uses
         return WorkerInfo(
             label=self.config.label, base_model=self.config.pair.base,
             finetuned_model=self.config.pair.finetuned, device=str(self.pair.device),
