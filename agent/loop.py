@@ -11,6 +11,7 @@ agent is asked once for its final answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -26,6 +27,7 @@ from agent.providers.base import ChatTurn, Completion, Provider
 from agent.transcript import (
     Budgets,
     EndReason,
+    EventSink,
     LlmCallData,
     MessageData,
     NoticeData,
@@ -68,7 +70,7 @@ def system_prompt(agent: AgentKind) -> str:
 
 
 def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
-              transcript: TranscriptWriter) -> RunOutcome:
+              transcript: EventSink) -> RunOutcome:
     """Run one investigation to its end; the transcript receives every event as it happens."""
     started = time.monotonic()
     tally = _Tally()
@@ -260,19 +262,22 @@ def investigate(
     provider: Provider,
     agent: AgentKind,
     budgets: Budgets,
-    transcript_path: Path,
+    transcript: Path | EventSink,
     metadata: dict[str, Any] | None = None,
     ask: AskSettings | None = None,
 ) -> RunOutcome:
-    """One run: a fresh toolbox on `client`, the loop, and the transcript at `transcript_path`.
-    Both agents get the same `budgets` and `ask` settings; only the toolset differs."""
+    """One run: a fresh toolbox on `client`, the loop, and its transcript: a file at a path, or
+    any `EventSink` (a Ray task streams its events to the driver's file). Both agents get the
+    same `budgets` and `ask` settings; only the toolset differs."""
     ask = ask or AskSettings()
     toolbox = Toolbox(client, agent, interaction_budget=budgets.interactions, ask=ask)
-    with TranscriptWriter(transcript_path) as transcript:
-        transcript.write(RunStartedData(
+    with contextlib.ExitStack() as stack:
+        sink = (stack.enter_context(TranscriptWriter(transcript)) if isinstance(transcript, Path)
+                else transcript)
+        sink.write(RunStartedData(
             agent=agent, provider=provider.name, provider_is_llm=provider.is_llm,
             model=provider.model, provider_options=provider.options,
             context_window=provider.context_window, budgets=budgets, ask_models=ask,
             **(metadata or {})))
-        outcome = run_agent(provider, toolbox, budgets, transcript)
+        outcome = run_agent(provider, toolbox, budgets, sink)
     return outcome.model_copy(update={"board": [h.model_copy(deep=True) for h in toolbox.hypotheses]})

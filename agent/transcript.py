@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -174,14 +175,32 @@ _EVENT_OF: dict[type[BaseModel], type[_Event]] = {
 }
 
 
-class TranscriptWriter:
+class EventSink:
+    """Numbers and timestamps events and hands each, redacted as one JSON line, to `emit`.
+    The loop writes to any sink: a `TranscriptWriter` (a file) or an `EventSink` whose lines
+    go elsewhere (a Ray task streams them to the driver, which appends them to the file)."""
+
+    def __init__(self, emit: Callable[[str], None], first_seq: int = 0) -> None:
+        self._emit = emit
+        self._seq = first_seq
+
+    def write(self, data: EventData) -> TranscriptEvent:
+        """Emit the event whose data is `data` (its kind follows from the data's type)."""
+        event: TranscriptEvent = _EVENT_OF[type(data)](  # type: ignore[assignment]
+            seq=self._seq, time=dt.datetime.now(dt.UTC).isoformat(), data=data)
+        self._emit(redact(event.model_dump_json()) + "\n")
+        self._seq += 1
+        return event
+
+
+class TranscriptWriter(EventSink):
     """Appends events to `path` (JSON lines), flushing and syncing after each; a last line that
     a kill cut off is dropped before the first append."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._seq = len(read_transcript(path)) if path.exists() else 0
+        super().__init__(self.append_line, len(read_transcript(path)) if path.exists() else 0)
         written = path.read_bytes() if path.exists() else b""
         last = written[written.rfind(b"\n") + 1:]  # a last line without its newline, if any
         if last and not _is_json(last):
@@ -191,19 +210,15 @@ class TranscriptWriter:
         if last and _is_json(last):
             self._file.write("\n")
 
-    def write(self, data: EventData) -> TranscriptEvent:
-        """Append the event whose data is `data` (its kind follows from the data's type)."""
-        event: TranscriptEvent = _EVENT_OF[type(data)](  # type: ignore[assignment]
-            seq=self._seq, time=dt.datetime.now(dt.UTC).isoformat(), data=data)
-        line = redact(event.model_dump_json()) + "\n"
+    def append_line(self, line: str) -> None:
+        """Append one event line as written by an `EventSink` (redacted, newline-terminated),
+        flushed and synced."""
         try:
             self._file.write(line)
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
             raise CacheWriteError(f"Cannot write the transcript {self.path}: {exc}") from exc
-        self._seq += 1
-        return event
 
     def close(self) -> None:
         self._file.close()

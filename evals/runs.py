@@ -15,13 +15,22 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from agent.loop import Budgets, investigate
 from agent.providers import ProviderOptions, make_provider, parse_provider_spec, public_spec
+from agent.providers.base import Provider
+from agent.transcript import RunOutcome
 from evals.grading import HypothesisGrader, make_grader
 from evals.organisms import get_organism
 from evals.organisms.schema import OrganismSize
@@ -33,6 +42,7 @@ from tools.secrets import redact
 from tools.toolbox import AGENT_KINDS, AskSettings
 from tools.url import redact_url
 from tools.worker.client import TOKEN_ENV, HttpWorkerClient
+from tools.worker.schema import WorkerConfig
 
 log = logging.getLogger(__name__)
 EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -53,6 +63,84 @@ def check_experiment_name(name: str) -> str:
             "results folder)."
         )
     return name
+
+
+# Environment variables a Ray actor or task gets from the driver by default: where organisms
+# are defined and cached, and whether the model hub may be reached. Never credentials.
+PASSED_ENV = ("ADL_HOME", "ADL_ORGANISMS", "HF_HUB_OFFLINE", "HF_HOME")
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
+class RayWorker(BaseModel):
+    """What one organism's worker actor reserves on the cluster, and which worker config it
+    serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(1, ge=0, le=4096, description="CPUs reserved; torch in the actor "
+                            "uses this many threads (at least one).")
+    num_gpus: float = Field(0, ge=0, le=256, description="GPUs reserved (fractions share one).")
+    memory_gb: float | None = Field(None, gt=0, le=1_000_000, description="Memory reserved "
+                                    "(Ray's `memory` resource, GB).")
+    resources: dict[str, float] = Field(
+        default_factory=dict, max_length=32, description="Custom resources for placement, as "
+        "the nodes declare them (`ray start --resources '{\"big_gpu\": 1}'`).")
+
+
+class RayOptions(BaseModel):
+    """How a grid runs on Ray (`executor: ray`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, max_length=1000, description="None: start a local Ray "
+                                "cluster on this machine; 'auto': join the cluster this machine "
+                                "belongs to; else a cluster address (host:6379 or "
+                                "ray://host:10001).")
+    worker: RayWorker = Field(default_factory=RayWorker, description="Every organism's worker.")
+    workers: dict[str, RayWorker] = Field(default_factory=dict, description="Organism -> its "
+                                          "worker, replacing `worker` for that organism.")
+    provider_concurrency: dict[str, int] = Field(
+        default_factory=dict, description="Provider kind (heuristic, openai, anthropic, "
+        "openai-compatible) -> units running at once over the whole grid; default `concurrency`.")
+    max_worker_restarts: int = Field(2, ge=0, le=100, description="Restarts of a worker actor "
+                                     "that died.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts of a unit in one run: a unit "
+                              "whose worker or task died is run again as a new attempt.")
+    pass_env: list[str] = Field(default_factory=lambda: list(PASSED_ENV), max_length=64,
+                                description="Driver environment variables the actors and tasks "
+                                "get (when set). Credentials are refused: nodes read API keys "
+                                "from their own environment.")
+
+    @field_validator("pass_env")
+    @classmethod
+    def _no_secrets(cls, names: list[str]) -> list[str]:
+        secret = [name for name in names if _SECRET_NAME.search(name)]
+        if secret:
+            raise ValueError(f"{secret} look like credentials; set them in each node's own "
+                             "environment instead of passing them from the driver")
+        return names
+
+    @field_validator("provider_concurrency")
+    @classmethod
+    def _positive(cls, limits: dict[str, int]) -> dict[str, int]:
+        if any(limit < 1 for limit in limits.values()):
+            raise ValueError("every provider_concurrency limit must be >= 1")
+        return limits
+
+    def worker_for(self, organism: str) -> RayWorker:
+        return self.workers.get(organism, self.worker)
+
+
+class WorkerPlacement(BaseModel):
+    """Where an organism's worker actor runs (printed by `adl eval run --ray`)."""
+
+    organism: str
+    node_id: str
+    node_ip: str
+    hostname: str
+    pid: int
+    threads: int
+    gpu_ids: list[str] = Field(default_factory=list)
 
 
 class EvalConfig(BaseModel):
@@ -77,7 +165,15 @@ class EvalConfig(BaseModel):
                                         "served in-process: full, or small (fewer examples).")
     workers: dict[str, str] = Field(default_factory=dict, description="Organism -> worker URL "
                                     "(else $ADL_WORKER_URL, else an in-process worker).")
+    worker_configs: dict[str, Path] = Field(
+        default_factory=dict, description="Organism -> a worker config YAML (as for `adl worker "
+        "serve --config`, labelled with the organism's name) served for it in process or as a "
+        "Ray actor, instead of the organism's own (its build, `profile`, `organism_size`). On "
+        "Ray, its paths are read on the actor's node.")
     concurrency: int = Field(4, ge=1, description="Units (API calls) running at the same time.")
+    executor: Literal["local", "ray"] = Field("local", description="local: this process (workers "
+                                              "in-process or by URL); ray: a Ray cluster (`ray:`).")
+    ray: RayOptions = Field(default_factory=RayOptions)
     llm_calls: int = Field(100, ge=1)
     generated_tokens: int = Field(100_000, ge=1)
     wall_time_s: float = Field(1800, gt=0)
@@ -118,11 +214,32 @@ class EvalConfig(BaseModel):
         data["providers"] = [public_spec(p) for p in self.providers]
         data["grader"] = public_spec(self.grader)
         data["workers"] = {o: redact_url(u) for o, u in self.workers.items()}
+        # Where the grid runs does not change the experiment: a grid started in process may be
+        # resumed on Ray and the other way round.
+        del data["executor"], data["ray"]
+        if not self.worker_configs:  # experiments stored before it existed keep their config
+            del data["worker_configs"]
         return data
 
     def validate_organisms(self) -> None:
         for name in self.organisms:
             get_organism(name)
+        for field, named in (("ray.workers", self.ray.workers), ("worker_configs", self.worker_configs)):
+            unknown = sorted(set(named) - set(self.organisms))
+            if unknown:
+                raise AdlInputError(f"{field} names organisms that are not in the grid: {unknown}.")
+
+    def worker_config(self, organism: str) -> WorkerConfig | None:
+        """The worker config YAML named for `organism` in `worker_configs`, loaded (None when
+        none is named); it must be labelled with the organism's name."""
+        path = self.worker_configs.get(organism)
+        if path is None:
+            return None
+        config = load_yaml_model(path, WorkerConfig, "worker config")
+        if config.label != organism:
+            raise AdlInputError(f"The worker config {path} is labelled {config.label!r}, not "
+                                f"{organism!r} (worker_configs.{organism}).")
+        return config
 
 
 def load_eval_config(path: Path) -> EvalConfig:
@@ -177,13 +294,86 @@ class ExperimentSummary(BaseModel):
     failed: list[str]
     elsewhere: int = Field(0, description="Units left to another live runner (or taken over by "
                            "one while this runner ran them).")
+    placements: list[WorkerPlacement] = Field(default_factory=list, description="Where each "
+                                              "worker actor ran (executor ray; one per start).")
+
+
+class AgentRun(Protocol):
+    """Runs one unit's agent with its transcript at `path` (in process, or as a Ray task whose
+    events the driver writes to `path` as they arrive)."""
+
+    def __call__(self, unit: Unit, provider: Provider, path: Path, budgets: Budgets,
+                 ask: AskSettings, metadata: dict[str, Any]) -> RunOutcome: ...
+
+
+class AttemptFailedError(AdlError):
+    """An attempt that died with its process, node or worker (not with an error of the run's
+    own): the unit is run again as a new attempt."""
+
+
+class GridRun:
+    """What every unit of one `run_experiment` call shares: the store, the experiment, the
+    grader, the config and the results folder."""
+
+    def __init__(self, config: EvalConfig, results: Path, store: Store, experiment_id: int,
+                 grader: HypothesisGrader) -> None:
+        self.config, self.results, self.store = config, results, store
+        self.experiment_id, self.grader = experiment_id, grader
+
+    def run_unit(self, unit: Unit, agent_run: AgentRun,
+                 max_attempts: int = 1) -> Literal["ran", "elsewhere"]:
+        """Claim, run, store and grade one unit; "elsewhere": another runner finished it or
+        holds it (or took it over meanwhile: this runner's result is dropped). With
+        `max_attempts` > 1, an attempt that failed (`AttemptFailedError`) or whose worker was
+        unavailable is released and the unit claimed again as the next attempt; every
+        attempt keeps its own transcript."""
+        config, store = self.config, self.store
+        provider = make_provider(unit.provider, options=config.provider_options)
+        budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls,
+                          generated_tokens=config.generated_tokens, wall_time_s=config.wall_time_s)
+        # Both agents of a cell share the seed; repeats draw fresh samples.
+        ask = config.ask_models.model_copy(update={"seed": config.ask_models.seed + 1000 * unit.repeat})
+        metadata = {"organism": unit.organism, "experiment": config.name, "unit": unit.key}
+        for attempts_left in reversed(range(max_attempts)):
+            run = store.start_unit(self.experiment_id, unit.key, organism=unit.organism,
+                                   agent=unit.agent, budget=unit.budget, repeat=unit.repeat,
+                                   provider=provider.name, provider_is_llm=provider.is_llm)
+            if run is None:
+                return "elsewhere"
+            run_id: int = run.id  # type: ignore[assignment]
+            try:
+                path = self.results / "transcripts" / config.name / f"{unit.file_stem}.attempt{run.attempt}.jsonl"
+                store.set_transcript(run_id, path)
+                try:
+                    outcome = agent_run(unit, provider, path, budgets, ask, metadata)
+                except AttemptFailedError as exc:
+                    if not attempts_left:
+                        raise
+                    log.warning("unit %s, attempt %d failed (%s); running it again", unit.key,
+                                run.attempt, exc)
+                    continue
+                if outcome.end_reason == "worker_unavailable" and max_attempts > 1:
+                    if not attempts_left:
+                        raise AttemptFailedError(f"its worker was unavailable in {max_attempts} "
+                                                 f"attempts ({outcome.detail}); left unfinished")
+                    log.warning("unit %s, attempt %d: the worker was unavailable (%s); running it "
+                                "again", unit.key, run.attempt, outcome.detail)
+                    continue
+                store.finish_unit(run_id, outcome.model_dump(), None)
+                _grade(store, run_id, unit.organism, outcome.hypothesis, self.grader)
+            except RunTakenOverError as exc:
+                log.warning("unit %s: %s", unit.key, exc)
+                return "elsewhere"
+            finally:
+                store.release(run_id)
+            return "ran"
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def run_experiment(config: EvalConfig, results: Path, store: Store | None = None,
                    show_progress: bool = True) -> ExperimentSummary:
-    """Run (or resume) the grid of `config`; transcripts under `results/transcripts/`."""
-    from evals.workers import connect
-
+    """Run (or resume) the grid of `config`, in process or on Ray (`config.executor`);
+    transcripts under `results/transcripts/`."""
     check_experiment_name(config.name)  # also when the config was built without validation
     store = store or open_store()
     experiment = store.experiment(config.name, config.public_dump())
@@ -195,7 +385,6 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
     finished = {run.unit_key for run in finished_runs}
     todo = [u for u in units if u.key not in finished]
     failed: list[str] = []
-    elsewhere = 0
     for run in finished_runs:  # an agent run whose grading failed is graded, not run again
         # A run its live runner is still grading is left to it.
         if not store.grades(run.id) and not store.is_live(run):  # type: ignore[arg-type]
@@ -205,72 +394,72 @@ def run_experiment(config: EvalConfig, results: Path, store: Store | None = None
                 failed.append(redact(f"{run.unit_key}: grading failed: {exc}"))
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not show_progress)
+    grid_run = GridRun(config, results, store, experiment.id, grader)  # type: ignore[arg-type]
     with progress:
         task = progress.add_task(f"experiment {config.name}", total=len(units), completed=len(units) - len(todo))
-        for organism in config.organisms:
-            mine = [u for u in todo if u.organism == organism]
-            if not mine:
-                continue
-            progress.update(task, description=f"{config.name}: loading {organism}")
-            url, not_used = _worker_url(config, organism)
-            client = connect(organism, url, config.profile, config.organism_size,
-                             not_used=not_used)
-            progress.update(task, description=f"{config.name}: {organism}")
-            try:
-                with concurrent.futures.ThreadPoolExecutor(config.concurrency) as pool:
-                    futures = {pool.submit(_run_unit, store, experiment.id, unit, client, grader,  # type: ignore[arg-type]
-                                           config, results): unit for unit in mine}
-                    for future in concurrent.futures.as_completed(futures):
-                        unit = futures[future]
-                        try:
-                            if future.result() == "elsewhere":
-                                elsewhere += 1
-                        except Exception as exc:  # noqa: BLE001 - one unit never stops the grid
-                            failed.append(redact(f"{unit.key}: {type(exc).__name__}: {exc}"))
-                            log.error("unit %s failed: %s", unit.key, exc)
-                        progress.advance(task)
-            finally:
-                close = getattr(client, "close", None)
-                if callable(close):
-                    close()
+        if config.executor == "ray":
+            from evals.ray_executor import run_on_ray
+
+            outcome = run_on_ray(grid_run, todo, progress, task)
+        else:
+            outcome = _run_in_process(grid_run, todo, progress, task)
+    failed += outcome.failed
     return ExperimentSummary(experiment=config.name, units=len(units), skipped=len(units) - len(todo),
-                             ran=len(todo) - len(failed) - elsewhere, failed=failed,
-                             elsewhere=elsewhere)
+                             ran=len(todo) - len(outcome.failed) - outcome.elsewhere, failed=failed,
+                             elsewhere=outcome.elsewhere, placements=outcome.placements)
 
 
-def _run_unit(store: Store, experiment_id: int, unit: Unit, client: Any, grader: HypothesisGrader,
-              config: EvalConfig, results: Path) -> Literal["ran", "elsewhere"]:
-    """Claim, run, store and grade one unit; "elsewhere": another runner finished it or holds
-    it (or took it over meanwhile: this runner's result is dropped)."""
-    provider = make_provider(unit.provider, options=config.provider_options)
-    run = store.start_unit(experiment_id, unit.key, organism=unit.organism, agent=unit.agent,
-                           budget=unit.budget, repeat=unit.repeat, provider=provider.name,
-                           provider_is_llm=provider.is_llm)
-    if run is None:
-        return "elsewhere"
-    try:
-        _run_claimed(store, run.id, run.attempt, unit, provider, client, grader, config, results)  # type: ignore[arg-type]
-    except RunTakenOverError as exc:
-        log.warning("unit %s: %s", unit.key, exc)
-        return "elsewhere"
-    finally:
-        store.release(run.id)  # type: ignore[arg-type]
-    return "ran"
+class ExecutorOutcome(BaseModel):
+    """What an executor reports: failed units (redacted), units left to other runners, and
+    where its workers ran."""
+
+    failed: list[str] = Field(default_factory=list)
+    elsewhere: int = 0
+    placements: list[WorkerPlacement] = Field(default_factory=list)
+
+    def settle(self, unit: Unit, future: concurrent.futures.Future[str]) -> None:
+        """Count one finished unit's future: ran, elsewhere or failed (one unit never stops
+        the grid)."""
+        try:
+            if future.result() == "elsewhere":
+                self.elsewhere += 1
+        except Exception as exc:  # noqa: BLE001 - one unit never stops the grid
+            self.failed.append(redact(f"{unit.key}: {type(exc).__name__}: {exc}"))
+            log.error("unit %s failed: %s", unit.key, redact(str(exc)))
 
 
-def _run_claimed(store: Store, run_id: int, attempt: int, unit: Unit, provider: Any, client: Any,
-                 grader: HypothesisGrader, config: EvalConfig, results: Path) -> None:
-    path = results / "transcripts" / config.name / f"{unit.file_stem}.attempt{attempt}.jsonl"
-    store.set_transcript(run_id, path)
-    budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls,
-                      generated_tokens=config.generated_tokens, wall_time_s=config.wall_time_s)
-    # Both agents of a cell share the seed; repeats draw fresh samples.
-    ask = config.ask_models.model_copy(update={"seed": config.ask_models.seed + 1000 * unit.repeat})
-    outcome = investigate(client, provider, unit.agent, budgets, path,  # type: ignore[arg-type]
-                          {"organism": unit.organism, "experiment": config.name, "unit": unit.key},
-                          ask=ask)
-    store.finish_unit(run_id, outcome.model_dump(), None)
-    _grade(store, run_id, unit.organism, outcome.hypothesis, grader)
+def _run_in_process(grid_run: GridRun, todo: list[Unit], progress: Progress,
+                    task: TaskID) -> ExecutorOutcome:
+    """Organism by organism: its worker (by URL or in process), its units `concurrency` at once."""
+    from evals.workers import connect
+
+    config = grid_run.config
+    result = ExecutorOutcome()
+    for organism in config.organisms:
+        mine = [u for u in todo if u.organism == organism]
+        if not mine:
+            continue
+        progress.update(task, description=f"{config.name}: loading {organism}")
+        url, not_used = _worker_url(config, organism)
+        client = connect(organism, url, config.profile, config.organism_size, not_used=not_used,
+                         worker_config=config.worker_config(organism))
+        progress.update(task, description=f"{config.name}: {organism}")
+
+        def agent_run(unit: Unit, provider: Provider, path: Path, budgets: Budgets,
+                      ask: AskSettings, metadata: dict[str, Any], client: Any = client) -> RunOutcome:
+            return investigate(client, provider, unit.agent, budgets, path, metadata, ask=ask)  # type: ignore[arg-type]
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(config.concurrency) as pool:
+                futures = {pool.submit(grid_run.run_unit, unit, agent_run): unit for unit in mine}
+                for future in concurrent.futures.as_completed(futures):
+                    result.settle(futures[future], future)
+                    progress.advance(task)
+        finally:
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+    return result
 
 
 def _grade(store: Store, run_id: int, organism: str, hypothesis: str | None,

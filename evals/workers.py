@@ -54,11 +54,12 @@ def organism_worker_config(
 
 def connect(
     organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full",
-    *, not_used: Sequence[str] = (),
+    *, not_used: Sequence[str] = (), worker_config: WorkerConfig | None = None,
 ) -> WorkerClient:
-    """A worker for `organism`: the one at `worker_url`, or an in-process service of the
-    organism built at `size`. `not_used`: why the worker URLs tried were not used, for the
-    error raised when an in-process worker cannot run (no worker extra)."""
+    """A worker for `organism`: the one at `worker_url`, or an in-process service of
+    `worker_config` (default: the organism's own, built at `size`). `not_used`: why the worker
+    URLs tried were not used, for the error raised when an in-process worker cannot run (no
+    worker extra)."""
     if profile not in PROFILES:
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
     if worker_url:
@@ -78,7 +79,7 @@ def connect(
             "worker extra (pip install 'adl-agent[worker]').")
     from tools.worker.service import AdlService
 
-    return AdlService.start(organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]
+    return AdlService.start(worker_config or organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]
 
 
 def _installed(module: str) -> bool:

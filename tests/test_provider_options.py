@@ -311,8 +311,9 @@ def test_eval_config_applies_provider_options_to_every_provider(
 
     monkeypatch.setattr(runs, "make_provider", fake_make)
     taken = SimpleNamespace(start_unit=lambda *args, **kwargs: None)  # another runner holds it
+    grid_run = runs.GridRun(config, Path(), taken, 1, None)  # type: ignore[arg-type]
     for unit in runs.grid(config):
-        assert runs._run_unit(taken, 1, unit, None, None, config, Path()) == "elsewhere"  # type: ignore[arg-type]
+        assert grid_run.run_unit(unit, None) == "elsewhere"  # type: ignore[arg-type]
     assert {spec for spec, _ in made} == {"heuristic", "openai:gpt-5"}
     assert all(options == config.provider_options for _, options in made)
 

@@ -34,13 +34,21 @@ def run_command(
     config: Path = typer.Argument(..., help="Eval config YAML (see evals/configs/)."),
     database: str | None = typer.Option(None, help=DATABASE_HELP),
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
+    on_ray: bool = typer.Option(False, "--ray", help="Run the grid on Ray (as `executor: ray`): "
+                                "a new local cluster unless an address is given."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="The Ray cluster to join "
+                                           "('auto', host:6379 or ray://host:10001); implies --ray."),
 ) -> None:
-    """Run (or resume) an experiment grid: finished units are skipped, interrupted ones redone."""
+    """Run (or resume) an experiment grid: finished units are skipped, interrupted ones redone.
+    With --ray, on a Ray cluster (README, "Scaling out")."""
     from tools.secrets import install_log_redaction
 
     use_organism_dirs(organism_dirs)
     install_log_redaction()
     eval_config = load_eval_config(config)
+    if on_ray or ray_address:
+        ray_options = eval_config.ray.model_copy(update={"address": ray_address or eval_config.ray.address})
+        eval_config = eval_config.model_copy(update={"executor": "ray", "ray": ray_options})
     summary = run_experiment(eval_config, results_dir(), open_store(database))
     console.print(f"experiment [bold]{escape(summary.experiment)}[/]: {summary.units} units, "
                   f"{summary.skipped} already stored, {summary.ran} run now, "
