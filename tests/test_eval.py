@@ -238,3 +238,28 @@ def test_the_kuberay_example_declares_the_grid_s_custom_resource() -> None:
     grid_config = load_eval_config(root / "evals" / "configs" / "ray_gpu.yaml")
     wanted = {name for worker in grid_config.ray.workers.values() for name in worker.resources}
     assert wanted <= {name for resources in declared for name in resources}
+
+
+def test_eval_run_with_ray_flags_runs_the_grid_on_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--ray` runs the config on a new local cluster; `--ray-address` joins one (and implies
+    --ray); without them the config's executor is used."""
+    from typer.testing import CliRunner
+
+    from evals.cli import app
+    from evals.cli import experiments as cli
+    from evals.runs import ExperimentSummary
+
+    seen: list[EvalConfig] = []
+
+    def fake_run(config: EvalConfig, *args: object, **kwargs: object) -> ExperimentSummary:
+        seen.append(config)
+        return ExperimentSummary(experiment=config.name, units=0, skipped=0, ran=0, failed=[])
+
+    monkeypatch.setattr(cli, "run_experiment", fake_run)
+    monkeypatch.setenv("ADL_RESULTS", str(tmp_path))
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "organisms": ["cake_bake"]}))
+    for flags in ([], ["--ray"], ["--ray-address", "auto"]):
+        result = CliRunner().invoke(app, ["eval", "run", str(path), *flags])
+        assert result.exit_code == 0, result.output
+    assert [(c.executor, c.ray.address) for c in seen] == [("local", None), ("ray", None), ("ray", "auto")]

@@ -119,7 +119,7 @@ def test_a_worker_actor_killed_mid_run_is_restarted_and_the_unit_retried(
         if turn == 0:
             if not in_first_turn.is_set():
                 in_first_turn.set()
-                assert restarted.wait(120)
+                assert restarted.wait(600)
             return FakeReply(tool_calls=[("r", "get_token_readouts", '{"k": 5, "method": "logit_lens"}')])
         return FakeReply(tool_calls=[("s", "submit_hypothesis", '{"description": "cakes"}')])
 
@@ -127,24 +127,28 @@ def test_a_worker_actor_killed_mid_run_is_restarted_and_the_unit_retried(
         server.responders["openai"] = agent
         store = open_store(f"sqlite:///{tmp_path / 'adl.db'}")
         config = _config("killed", worker_configs, organisms=["cake_bake"], agents=["adl"],
-                         budgets=[2], providers=[f"openai-compatible:{server.openai_url}:fake"])
+                         budgets=[2], repeats=2, concurrency=1,
+                         providers=[f"openai-compatible:{server.openai_url}:fake"])
         result: dict[str, ExperimentSummary] = {}
         driver = threading.Thread(target=lambda: result.update(
             summary=run_experiment(config, tmp_path, store, show_progress=False)))
         driver.start()
-        assert in_first_turn.wait(180)
+        assert in_first_turn.wait(300)
         actor = _named_actor("adl-worker-killed-cake_bake")
         first_pid = ray.get(actor.placement.remote()).pid
         ray.kill(actor, no_restart=False)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while _pid(actor) in (first_pid, None):  # calls wait while it restarts
             assert time.monotonic() < deadline
             time.sleep(0.2)
         restarted.set()
-        driver.join(240)
+        driver.join(600)
     summary = result["summary"]
-    assert summary.failed == [] and summary.ran == 1
-    (run,) = store.runs(store.find_experiment("killed").id)  # type: ignore[arg-type, union-attr]
+    assert summary.failed == [] and summary.ran == 2  # the grid completes
+    first_unit, second_unit = sorted(store.runs(store.find_experiment("killed").id),  # type: ignore[arg-type, union-attr]
+                                     key=lambda r: r.repeat)
+    assert (second_unit.status, second_unit.attempt) == ("finished", 1)  # after the restart
+    run = first_unit
     assert (run.status, run.attempt, run.hypothesis) == ("finished", 2, "cakes")
     first = Path(run.transcript_path or "").with_name(
         Path(run.transcript_path or "").name.replace("attempt2", "attempt1"))
