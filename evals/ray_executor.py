@@ -255,8 +255,7 @@ class _Lanes:
         where = (f"worker {placement.organism}: node {placement.node_id[:8]} ({placement.node_ip}, "
                  f"host {placement.hostname}), pid {placement.pid}, {placement.threads} torch "
                  f"threads{gpus}")
-        log.info("%s", where)
-        self.progress.console.print(where, markup=False, highlight=False)
+        log.info("%s", where)  # `adl eval run` shows INFO lines (and writes them to its log)
 
     def _describe(self) -> None:
         nodes = ", ".join(f"node {node}: {count}" for node, count in sorted(self.per_node.items()))
