@@ -47,9 +47,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="small", choices=["small", "full"])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--budgets", type=int, nargs="+", help="Only these budgets (default: the config's).")
     args = parser.parse_args()
     config = load_eval_config(CONFIG).model_copy(update={"organism_size": args.size})
-    report: dict[str, object] = {"config": str(CONFIG.name), "size": args.size,
+    if args.budgets:
+        config = config.model_copy(update={"budgets": args.budgets})
+    report: dict[str, object] = {"config": str(CONFIG.name), "size": args.size, "budgets": config.budgets,
                                  "units": len(config.organisms) * len(config.agents) * len(config.budgets)}
     start = time.perf_counter()
     report["prepare_s"] = prepare(config, args.size)
@@ -63,6 +66,7 @@ def main() -> None:
         summary = run_experiment(local, results, store)
         report["in_process_s"] = round(time.perf_counter() - start, 1)
         report["in_process_failed"] = summary.failed
+        print(json.dumps(report, default=str), flush=True)  # kept if the Ray part fails
 
         import ray
         from ray.cluster_utils import Cluster
