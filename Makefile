@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) "$(TORCH_SPEC)"
-	$(PIP_INSTALL) -e ".[worker,ray,dev]"
+	$(PIP_INSTALL) -e ".[worker,ray,inspect,dev]"
 	$(PIP_INSTALL) --no-deps $(NO_DEPS_ASSETS)
 	touch $(STAMP)
 

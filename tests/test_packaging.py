@@ -82,7 +82,8 @@ CLIENT_MODULES = ("tools.worker.schema", "tools.worker.client", "tools.toolbox",
                   "agent.providers.openai_provider", "agent.providers.anthropic_provider",
                   "agent.providers.heuristic", "agent.providers.scripted", "agent.loop",
                   "agent.judges", "evals.runs", "evals.workers", "evals.grading", "evals.store",
-                  "evals.compare", "evals.viewer", "evals.cli", "evals.ray_executor")
+                  "evals.compare", "evals.viewer", "evals.cli", "evals.ray_executor",
+                  "evals.export", "evals.inspect_logs")
 
 
 def _client_python(code: str, env: dict[str, str] | None = None,

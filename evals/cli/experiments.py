@@ -5,6 +5,7 @@ escaped, in `Text` cells or with `markup=False`, never read as Rich markup."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -179,6 +180,37 @@ def show_command(
     for grade in grades:
         console.print(f"[bold]grade[/] {grade.score:.2f} by {escape(grade.grader)}: ", end="")
         console.print(grade.reasoning, markup=False)
+
+
+@app.command("export")
+def export_command(
+    experiment: str = typer.Argument(..., help="Experiment name."),
+    export_format: str = typer.Option("inspect", "--format", help="inspect (Inspect eval logs, "
+                                      "one per agent, budget and provider), csv or jsonl (one "
+                                      "row per run)."),
+    out: Path | None = typer.Option(None, help="Folder to write into (default: "
+                                    "$ADL_RESULTS/exports/EXPERIMENT/FORMAT)."),
+    database: str | None = typer.Option(None, help=DATABASE_HELP),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
+) -> None:
+    """Export an experiment's runs: Inspect eval logs (`inspect view`, its log API and
+    dataframes) or a CSV / JSON lines table. Read-only on the store; repeat it at any time."""
+    from evals.export import EXPORT_FORMATS, export_experiment
+
+    use_organism_dirs(organism_dirs)
+    check_experiment_name(experiment)  # it names a folder under the results folder
+    if export_format not in EXPORT_FORMATS:
+        raise AdlInputError(f"Unknown export format {export_format!r}; use one of "
+                            f"{', '.join(EXPORT_FORMATS)}.")
+    if export_format == "inspect" and importlib.util.find_spec("inspect_ai") is None:
+        raise AdlInputError("The Inspect export needs inspect_ai: pip install 'adl-agent[inspect]'.")
+    folder = out or results_dir() / "exports" / experiment / export_format
+    paths = export_experiment(open_store(database), experiment, export_format, folder)  # type: ignore[arg-type]
+    for path in paths:
+        console.print(str(path), markup=False)
+    if export_format == "inspect":
+        console.print(f"{len(paths)} Inspect logs; read them with: inspect view --log-dir {folder}",
+                      markup=False)
 
 
 def view_command(

@@ -171,3 +171,68 @@ def validate_command(
         console.print(f"[green]ok[/] {escape(f'{path}: {organism.name}')}, {organism.type_label}, {truth}")
     if problems:
         raise typer.Exit(1)
+
+
+def parse_layer(text: str | None) -> float | int | None:
+    """A layer option: a relative depth with a decimal point (0.5, 1.0) or a block index (12)."""
+    if text is None:
+        return None
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError as exc:
+        raise OrganismConfigError(f"--layer {text!r} is neither a relative depth (0.5) nor a "
+                                  "block index (12).") from exc
+
+
+@app.command("similarity")
+def similarity_command(
+    names: list[str] = typer.Argument(None, help="Organisms (default: every offline organism)."),
+    layer: str | None = typer.Option(None, help="Layer: a relative depth (0.5) or a block index "
+                                     "(12); default: the profile's primary layer."),
+    profile: str = typer.Option("quick", help="ADL settings whose cached pass is read (computed "
+                                "when missing): quick or paper."),
+    size: str = typer.Option("full", help="Build size of offline organisms: full or small."),
+    out: Path | None = typer.Option(None, help="Heatmap PNG (a JSON of the matrix is written next "
+                                    "to it); default $ADL_RESULTS/similarity/similarity.png."),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
+) -> None:
+    """Cosine similarity of the organisms' mean activation differences (positions 1..k-1, one
+    layer): finetunes that share a base model compared, controls labelled; a heatmap PNG."""
+    from evals.cli.agent import results_dir
+    from evals.similarity import (
+        default_organisms,
+        organism_vector,
+        plot_similarity,
+        similarity_report,
+    )
+    from tools.adl.profiles import PROFILES
+
+    use_organism_dirs(organism_dirs)
+    if profile not in PROFILES:
+        raise OrganismConfigError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    if size not in ("full", "small"):
+        raise OrganismConfigError(f"Unknown size {size!r}; choose full or small.")
+    chosen_layer = parse_layer(layer)
+    chosen = names or default_organisms()
+    for name in chosen:
+        get_organism(name)  # an unknown name fails before any model loads
+    vectors = []
+    for name in chosen:
+        console.print(f"ADL differences of {name} ({profile} profile, {size})", markup=False)
+        vectors.append(organism_vector(name, chosen_layer, profile, size))  # type: ignore[arg-type]
+    report = similarity_report(vectors, profile=profile, size=size, layer=layer or "primary")
+    for group in report.groups:
+        labels = [o + (" (control)" if o in group.controls else "") for o in group.organisms]
+        table = Table("", *(escape(label) for label in labels),
+                      title=escape(f"cosine similarity, base {group.base_model}, block {group.layer}"))
+        for label, row in zip(labels, group.cosine, strict=True):
+            table.add_row(Text(label), *(f"{value:+.2f}" for value in row))
+        console.print(table)
+    for organism, base in report.alone.items():
+        console.print(f"{organism}: alone with its base model {base} (not compared)", markup=False)
+    if not report.groups:
+        raise OrganismConfigError("No two of these organisms share a base model: nothing to compare.")
+    path = out or results_dir() / "similarity" / "similarity.png"
+    plot_similarity(report, path)
+    path.with_suffix(".json").write_text(report.model_dump_json(indent=2))
+    console.print(f"heatmap: {path}\nmatrix:  {path.with_suffix('.json')}", markup=False)
