@@ -22,7 +22,7 @@ COPY agent ./agent
 COPY tools ./tools
 COPY evals ./evals
 COPY prompts ./prompts
-RUN pip install --no-cache-dir "./[ray]" \
+RUN pip install --no-cache-dir "./[ray,inspect]" \
     && groupadd --gid 1000 adl \
     && useradd --create-home --uid 1000 --gid 1000 --shell /usr/sbin/nologin adl \
     && mkdir -p /results \

@@ -142,13 +142,13 @@ def test_worker_image_versions_match_make_setup() -> None:
 
 
 def test_runner_image_installs_no_torch() -> None:
-    """The runner image is the core install with the ray extra (`pip install "./[ray]"`, no
-    torch): it runs agents and grids against the worker, or drives a grid on a Ray cluster,
-    without torch or the worker extra's offline assets."""
+    """The runner image is the core install with the ray and inspect extras (`pip install
+    "./[ray,inspect]"`, no torch): it runs agents and grids against the worker, drives a grid
+    on a Ray cluster, and exports Inspect logs, without torch or the worker extra's assets."""
     runs = " ".join(args for keyword, args in _instructions(DOCKER / "runner.Dockerfile")
                     if keyword == "RUN")
     installs = [part.split() for part in re.split(r"&&|;", runs) if "pip install" in part]
-    assert installs == [["pip", "install", "--no-cache-dir", '"./[ray]"']], installs
+    assert installs == [["pip", "install", "--no-cache-dir", '"./[ray,inspect]"']], installs
 
 
 def test_compose_worker_reserves_a_gpu() -> None:

@@ -222,11 +222,12 @@ def similarity_command(
         vectors.append(organism_vector(name, chosen_layer, profile, size))  # type: ignore[arg-type]
     report = similarity_report(vectors, profile=profile, size=size, layer=layer or "primary")
     for group in report.groups:
+        # Columns are numbered (organism names would not fit a terminal's width); row k is #k.
         labels = [o + (" (control)" if o in group.controls else "") for o in group.organisms]
-        table = Table("", *(escape(label) for label in labels),
+        table = Table("#", "organism", *(str(k) for k in range(1, len(labels) + 1)),
                       title=escape(f"cosine similarity, base {group.base_model}, block {group.layer}"))
-        for label, row in zip(labels, group.cosine, strict=True):
-            table.add_row(Text(label), *(f"{value:+.2f}" for value in row))
+        for k, (label, row) in enumerate(zip(labels, group.cosine, strict=True), start=1):
+            table.add_row(str(k), Text(label), *(f"{value:+.2f}" for value in row))
         console.print(table)
     for organism, base in report.alone.items():
         console.print(f"{organism}: alone with its base model {base} (not compared)", markup=False)
