@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,7 +136,7 @@ def replacing(path: Path, mode: Literal["w", "wb"] = "w") -> Iterator[IO[Any]]:
 def replace_with(path: Path, write: Callable[[Path], object]) -> Path:
     """Have `write` write a temporary file next to `path` (same suffix), then rename it over
     `path`: for writers that take a path, not an open file."""
-    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(temporary)

@@ -222,7 +222,8 @@ def experiment_logs(store: Store, experiment: str) -> dict[tuple[str, int, str],
     logs = {}
     for (agent_kind, budget, provider), runs in sorted(groups.items()):
         samples = [run_sample(store, run) for run in sorted(runs, key=lambda r: (r.organism, r.repeat))]
-        graders = {g.grader for run in runs for g in store.grades(run.id)}  # type: ignore[arg-type]
+        graders = {str((s.scores[SCORE_NAME].metadata or {}).get("grader")) for s in samples
+                   if s.scores and SCORE_NAME in s.scores}
         usage: dict[str, ModelUsage] = {}
         for sample in samples:
             _add_usage(usage, sample.model_usage)

@@ -195,13 +195,10 @@ def export_command(
 ) -> None:
     """Export an experiment's runs: Inspect eval logs (`inspect view`, its log API and
     dataframes) or a CSV / JSON lines table. Read-only on the store; repeat it at any time."""
-    from evals.export import EXPORT_FORMATS, export_experiment
+    from evals.export import export_experiment
 
     use_organism_dirs(organism_dirs)
     check_experiment_name(experiment)  # it names a folder under the results folder
-    if export_format not in EXPORT_FORMATS:
-        raise AdlInputError(f"Unknown export format {export_format!r}; use one of "
-                            f"{', '.join(EXPORT_FORMATS)}.")
     if export_format == "inspect" and importlib.util.find_spec("inspect_ai") is None:
         raise AdlInputError("The Inspect export needs inspect_ai: pip install 'adl-agent[inspect]'.")
     folder = out or results_dir() / "exports" / experiment / export_format
