@@ -5,7 +5,8 @@ The mapping:
 - one log per (agent, budget, provider): Inspect's unit of one model on one task;
 - one sample per run: its id is the organism, its epoch the repeat (1-based); the messages are
   the run's system and user messages, the assistant turns with their tool calls, and each tool
-  result as a tool message (an error result carries Inspect's tool-call error);
+  result as a tool message: the result's JSON as stored, or its error (which carries Inspect's
+  tool-call error); the model saw the same result with the budgets left appended;
 - the score (`grade`): the grade, the grader's reasoning as its explanation, the hypothesis as
   its answer; an ungraded run has no score, an unfinished one is exported as far as it got;
 - the sample's target: the organism's ground-truth description (empty when it has none);
