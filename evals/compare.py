@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from evals.organisms import get_organism
 from evals.organisms.schema import OrganismType
 from evals.store import Run, Store
-from tools.errors import AdlError, AdlInputError
+from tools.errors import AdlError
 from tools.toolbox import AGENT_KINDS
 
 SUCCESS_GRADE = 4.0
@@ -112,10 +112,7 @@ def _summary(organism: str, agent: str, budget: int, provider: str,
 
 def compare_experiment(store: Store, experiment: str) -> Comparison:
     """The comparison of one experiment's finished, graded runs."""
-    found = store.find_experiment(experiment)
-    if found is None:
-        names = [e.name for e in store.experiments()]
-        raise AdlInputError(f"No experiment {experiment!r}; stored: {names or 'none'}.")
+    found = store.require_experiment(experiment)
     runs = store.runs(found.id)  # type: ignore[arg-type]
     graded: list[tuple[Run, float]] = []
     ungraded = 0

@@ -64,12 +64,8 @@ class RunRow(BaseModel):
 
 
 def find_experiment(store: Store, name: str) -> Experiment:
-    """The stored experiment `name`; `AdlInputError` lists the stored ones when it is missing."""
-    found = store.find_experiment(name)
-    if found is None:
-        names = [e.name for e in store.experiments()]
-        raise AdlInputError(f"No experiment {name!r}; stored: {', '.join(names) or 'none'}.")
-    return found
+    """The stored experiment `name` (`Store.require_experiment`)."""
+    return store.require_experiment(name)
 
 
 def organism_type(name: str) -> str | None:

@@ -48,7 +48,7 @@ from agent.transcript import (
     ToolCallEvent,
     read_transcript,
 )
-from tools.errors import AdlError
+from tools.errors import AdlError, AdlInputError
 from tools.validation import validation_problems
 
 SCHEMA_VERSION = "0002"
@@ -231,6 +231,14 @@ class Store:
     def find_experiment(self, name: str) -> Experiment | None:
         with self.session() as session:
             return session.exec(select(Experiment).where(Experiment.name == name)).first()
+
+    def require_experiment(self, name: str) -> Experiment:
+        """The experiment `name`; `AdlInputError` lists the stored ones when it is missing."""
+        found = self.find_experiment(name)
+        if found is None:
+            names = [e.name for e in self.experiments()]
+            raise AdlInputError(f"No experiment {name!r}; stored: {', '.join(names) or 'none'}.")
+        return found
 
     def experiments(self) -> list[Experiment]:
         with self.session() as session:
