@@ -82,6 +82,26 @@ def test_generation_equals_plain_hf_generation(adapter_pair: ModelPair, tiny_mod
         assert adapter_pair.generate(side, CHAT, max_new_tokens=12) == expected, side
 
 
+@pytest.mark.parametrize("side", ["base", "finetuned"])
+def test_patching_a_residual_with_itself_changes_no_logit(adapter_pair: ModelPair, side: str) -> None:
+    """Patchscope's pass: at every position (the last included, where the shared prompt's prefix
+    runs once from a KV cache), replacing the residual with its own value gives the plain logits,
+    and a different replacement per row gives each row its own logits."""
+    ids = _ids(adapter_pair)
+    plain = adapter_pair.logits(side, ids)[0]
+    for layer in (0, 2):
+        resid = adapter_pair.residuals(side, ids, [layer])[layer][0]
+        for position in range(ids.shape[1]):
+            own = resid[position].expand(2, -1)
+            patched = adapter_pair.patched_logits(side, ids.expand(2, -1), layer, position, own)
+            torch.testing.assert_close(patched, plain[position].expand(2, -1), atol=1e-4, rtol=1e-4)
+    other = torch.stack([resid[-1], resid[-1] * 4])
+    rows = adapter_pair.patched_logits(side, ids.expand(2, -1), 2, ids.shape[1] - 1, other)
+    alone = adapter_pair.patched_logits(side, ids, 2, ids.shape[1] - 1, other[1:])
+    torch.testing.assert_close(rows[1:], alone, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(rows[0], rows[1], atol=1e-3)
+
+
 def test_backends_agree(tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
     spec = ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir))
     pairs = [load_model_pair(spec, backend=name) for name in sorted(BACKENDS)]

@@ -177,24 +177,46 @@ class ModelPair(ABC):
         self,
         side: Side,
         token_ids: Int[Tensor, "batch seq"],
-        layer: int,
+        layer: int | Sequence[int],
         position: int,
         replacement: Float[Tensor, "batch d_model"],
     ) -> Float[Tensor, "batch vocab"]:
-        """Logits at `position` with that position's `resid_post` of `layer` replaced by
-        `replacement[row]` (Patchscope)."""
-        self._check_layer(layer)
+        """Logits at `position` with that position's `resid_post` of a layer replaced by
+        `replacement[row]` (Patchscope): of `layer`, or of `layer[row]` when it is a sequence
+        (rows patched at different layers share one pass). When every row is the same prompt
+        (Patchscope's one prompt under many replacements), the tokens before `position` run once
+        and their KV cache serves every row: a patch cannot change earlier positions, so only
+        the tokens from `position` on are run per row."""
+        rows = token_ids.shape[0]
+        row_layers = [layer] * rows if isinstance(layer, int) else list(layer)
+        if len(row_layers) != rows or replacement.shape[0] != rows:
+            raise AdlInputError("patched_logits needs one layer (or one for all) and one replacement per row.")
+        for each in set(row_layers):
+            self._check_layer(each)
         replacement = replacement.to(self.device)
+        token_ids = token_ids.to(self.device)
+        shared_prefix = 0 < position < token_ids.shape[1] and bool((token_ids == token_ids[:1]).all())
+        at = 0 if shared_prefix else position
 
-        def replace(resid: Tensor) -> Tensor:
-            if resid.shape[1] > position:
-                resid[:, position] = replacement.to(device=resid.device, dtype=resid.dtype)
-            return resid
+        def replace(selected: Tensor) -> ResidualEdit:
+            def edit(resid: Tensor) -> Tensor:
+                if resid.shape[1] > at:
+                    rows_at = selected.to(resid.device)
+                    resid[rows_at, at] = replacement[selected].to(device=resid.device, dtype=resid.dtype)
+                return resid
+            return edit
 
+        edits = {each: replace(torch.tensor([i for i, x in enumerate(row_layers) if x == each]))
+                 for each in sorted(set(row_layers))}
         with self._exclusive():
-            logits = self._forward(side, token_ids.to(self.device), None, {layer: replace},
-                                   stop_at_layer=None)
-        return logits[:, position]
+            if not shared_prefix:
+                return self._forward(side, token_ids, None, edits, stop_at_layer=None)[:, position]
+            with self._edited(side, {}) as model:
+                cache = model(input_ids=token_ids[:1, :position], use_cache=True).past_key_values
+            cache.batch_repeat_interleave(rows)
+            with self._edited(side, edits) as model:
+                return model(input_ids=token_ids[:, position:], past_key_values=cache,
+                             use_cache=True).logits[:, 0]
 
     @torch.inference_mode()
     def generate(
@@ -268,15 +290,16 @@ class ModelPair(ABC):
         ends early and the return value is unspecified."""
 
     @abstractmethod
-    def _generate(
-        self,
-        side: Side,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        edits: Mapping[int, ResidualEdit],
-        **generation: Any,
-    ) -> Tensor:
+    def _edited(self, side: Side, edits: Mapping[int, ResidualEdit]) -> contextlib.AbstractContextManager[Any]:
+        """The HF model acting as `side`, with `edits` applied to `resid_post` of their layers
+        while the context lasts (hooks scoped to it): for calls that take HF arguments
+        (`generate`, a KV cache)."""
+
+    def _generate(self, side: Side, input_ids: Tensor, attention_mask: Tensor,
+                  edits: Mapping[int, ResidualEdit], **generation: Any) -> Tensor:
         """HF `generate` of `side` with `edits` applied at every step; prompt + new token ids."""
+        with self._edited(side, edits) as model:
+            return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation)
 
     @abstractmethod
     def _unembed(self, side: Side, vectors: Tensor) -> Tensor:
@@ -420,14 +443,13 @@ class BridgeModelPair(ModelPair):
                 return_type=None if stop_at_layer is not None else "logits", **extra,
             )
 
-    def _generate(self, side: Side, input_ids: Tensor, attention_mask: Tensor,
-                  edits: Mapping[int, ResidualEdit], **generation: Any) -> Tensor:
+    @contextlib.contextmanager
+    def _edited(self, side: Side, edits: Mapping[int, ResidualEdit]) -> Iterator[Any]:
         with self._bridge(side) as bridge, bridge.hooks(fwd_hooks=self._hooks(edits)):
             # The bridge's model, with its modules wrapped by the boot: the hooks above fire at
-            # every step. (TransformerBridge.hf_generate would reset pad_token_id to eos.)
-            return bridge.original_model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, **generation
-            )
+            # every call and every generation step. (TransformerBridge.hf_generate would reset
+            # pad_token_id to eos.)
+            yield bridge.original_model
 
     def _unembed(self, side: Side, vectors: Tensor) -> Tensor:
         with self._bridge(side) as bridge:
@@ -487,10 +509,10 @@ class HFHooksModelPair(ModelPair):
                 handle.remove()
             return torch.empty(0)
 
-    def _generate(self, side: Side, input_ids: Tensor, attention_mask: Tensor,
-                  edits: Mapping[int, ResidualEdit], **generation: Any) -> Tensor:
+    @contextlib.contextmanager
+    def _edited(self, side: Side, edits: Mapping[int, ResidualEdit]) -> Iterator[Any]:
         with self._side(side) as model, self._hooked(model, edits):
-            return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation)
+            yield model
 
     def _unembed(self, side: Side, vectors: Tensor) -> Tensor:
         with self._side(side) as model:

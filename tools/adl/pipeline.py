@@ -37,7 +37,12 @@ from tools.adl.differences import (
     select_sample_tokens,
 )
 from tools.adl.embeddings import mean_pairwise_similarity
-from tools.adl.readouts import RandomDirectionBaseline, logit_lens, patchscope
+from tools.adl.readouts import (
+    PatchscopeRequest,
+    RandomDirectionBaseline,
+    logit_lens,
+    patchscope_many,
+)
 from tools.adl.settings import REFERENCE_LAYER, AdlSettings, SteeringSettings, TokenScore
 from tools.adl.steering import PositionSteering, search_and_sample
 from tools.cache import adl_home, ensure_entry, sha256_file
@@ -279,17 +284,21 @@ def compute_readouts(
     """Logit lens (plain and hub-suppressed) and Patchscope for every layer and position."""
     chooser = scale_chooser or OfflineScaleChooser()
     baseline = RandomDirectionBaseline(pair, settings.random_directions, settings.seed)
+    cells = [(layer, position) for layer in difference.layers for position in range(difference.n_positions)]
+    scopes = dict(zip(cells, patchscope_many(
+        pair,
+        [PatchscopeRequest(difference.delta(layer, position), layer, difference.reference_norm(layer))
+         for layer, position in cells],
+        settings.patchscope_scales, settings.patchscope_k, prompts=settings.patchscope_prompts,
+        intersection_k=settings.patchscope_intersection_k,
+    ), strict=True))
     layers: list[LayerReadouts] = []
     for layer in difference.layers:
         reference = difference.reference_norm(layer)
         positions: list[PositionReadout] = []
         for position in range(difference.n_positions):
             delta = difference.delta(layer, position)
-            scales = patchscope(
-                pair, delta, layer, reference, settings.patchscope_scales, settings.patchscope_k,
-                prompts=settings.patchscope_prompts,
-                intersection_k=settings.patchscope_intersection_k,
-            )
+            scales = scopes[(layer, position)]
             positions.append(PositionReadout(
                 position=position,
                 delta_norm=float(delta.norm()),

@@ -16,6 +16,7 @@ dropped (the reference drops them before its judge sees the list; here before an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
@@ -99,6 +100,20 @@ def _readable(token: str) -> bool:
 
 
 @torch.inference_mode()
+@dataclass(frozen=True)
+class PatchscopeRequest:
+    """One direction to read with Patchscope: patched at `layer`, rescaled to `reference_norm`."""
+
+    vector: Float[Tensor, " d_model"]
+    layer: int
+    reference_norm: float
+
+
+# Rows (requests x scales) per patched pass: bounds the probabilities kept per identity prompt
+# (rows x vocabulary floats) for large vocabularies.
+PATCHSCOPE_MAX_ROWS = 256
+
+
 def patchscope(
     pair: ModelPair,
     vector: Float[Tensor, " d_model"],
@@ -113,23 +128,52 @@ def patchscope(
     """Per scale, the top-k readable tokens of the identity prompts with the final `?` residual
     replaced by `scale * unit(vector) * reference_norm` at `layer`: tokens in every prompt's top
     `intersection_k`, ranked by their probability averaged over the prompts."""
+    return patchscope_many(pair, [PatchscopeRequest(vector, layer, reference_norm)], scales, k,
+                           side, prompts, intersection_k)[0]
+
+
+def patchscope_many(
+    pair: ModelPair,
+    requests: Sequence[PatchscopeRequest],
+    scales: Sequence[float] = PATCHSCOPE_SCALES,
+    k: int = 20,
+    side: Side = "finetuned",
+    prompts: Sequence[str] = IDENTITY_PROMPTS,
+    intersection_k: int = PATCHSCOPE_INTERSECTION_K,
+) -> list[dict[float, list[TokenScore]]]:
+    """`patchscope` of many directions (any layers): the same readouts, with every direction and
+    scale of a chunk patched in one pass per identity prompt."""
     if not scales:
         raise AdlInputError("Patchscope needs at least one scale.")
     if not prompts:
         raise AdlInputError("Patchscope needs at least one identity prompt.")
-    unit = vector / vector.norm().clamp_min(1e-12)
-    patches = torch.stack([unit * reference_norm * s for s in scales]).to(pair.device)
-    probabilities: list[Tensor] = []
+    encoded = []
     for prompt in prompts:
         ids = pair.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        position = _query_position(pair, ids)
-        batch = torch.tensor([ids] * len(scales))
-        logits = pair.patched_logits(side, batch, layer, position, patches)
-        probabilities.append(logits.float().softmax(-1))
-    stacked = torch.stack(probabilities)  # prompts x scales x vocab
-    top = min(intersection_k, stacked.shape[-1])
-    in_top = torch.zeros_like(stacked, dtype=torch.bool).scatter_(-1, stacked.topk(top, dim=-1).indices, True)
-    score = stacked.mean(0) * in_top.all(0)
+        encoded.append((ids, _query_position(pair, ids)))
+    per_chunk = max(1, PATCHSCOPE_MAX_ROWS // len(scales))
+    results: list[dict[float, list[TokenScore]]] = []
+    for start in range(0, len(requests), per_chunk):
+        chunk = requests[start : start + per_chunk]
+        patches = torch.cat([
+            torch.stack([r.vector / r.vector.norm().clamp_min(1e-12) * r.reference_norm * s for s in scales])
+            for r in chunk
+        ]).to(pair.device)
+        layers = [r.layer for r in chunk for _ in scales]
+        probabilities: list[Tensor] = []
+        for ids, position in encoded:
+            batch = torch.tensor([ids] * len(layers))
+            probabilities.append(pair.patched_logits(side, batch, layers, position, patches).float().softmax(-1))
+        stacked = torch.stack(probabilities)  # prompts x (requests x scales) x vocab
+        top = min(intersection_k, stacked.shape[-1])
+        in_top = torch.zeros_like(stacked, dtype=torch.bool).scatter_(-1, stacked.topk(top, dim=-1).indices, True)
+        score = (stacked.mean(0) * in_top.all(0)).view(len(chunk), len(scales), -1)
+        results += [_scale_readouts(pair, score[i], scales, k) for i in range(len(chunk))]
+    return results
+
+
+def _scale_readouts(pair: ModelPair, score: Float[Tensor, "scales vocab"], scales: Sequence[float],
+                    k: int) -> dict[float, list[TokenScore]]:
     readouts: dict[float, list[TokenScore]] = {}
     for i, s in enumerate(scales):
         tokens: list[TokenScore] = []
