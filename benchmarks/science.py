@@ -43,6 +43,7 @@ from evals.adl_signal import (
     SIGNAL_ADL,
     SIGNAL_STEERING,
     SIGNAL_STEERING_POSITIONS,
+    RelevanceScores,
     SignalReport,
     coherence_pass_rate,
     domain_above_controls,
@@ -94,6 +95,11 @@ def organisms_table(names: list[str], size: str) -> list[str]:
     return rows
 
 
+def _lenses(scores: RelevanceScores | None) -> str:
+    """'LL / LL-suppressed' relevance of a control, '-' when it was not measured."""
+    return "-" if scores is None else f"{scores.logit_lens:.2f} / {scores.logit_lens_suppressed:.2f}"
+
+
 def signal_tables(names: list[str], size: str) -> list[str]:
     settings = SIGNAL_ADL
     reports: list[SignalReport] = []
@@ -109,9 +115,8 @@ def signal_tables(names: list[str], size: str) -> list[str]:
         by_layer = ", ".join(f"{x.layer}: {x.logit_lens_suppressed:.2f}" for x in r.relevance_by_layer)
         rows.append(
             f"| {r.organism} | {r.relevance.logit_lens:.2f} / {r.relevance.logit_lens_suppressed:.2f}"
-            f" / {r.relevance.patchscope:.2f} | {r.control_self.logit_lens:.2f} / "
-            f"{r.control_self.logit_lens_suppressed:.2f} | {r.control_generic.logit_lens:.2f} / "
-            f"{r.control_generic.logit_lens_suppressed:.2f} | {by_layer} | "
+            f" / {r.relevance.patchscope:.2f} | {_lenses(r.control_self)} | "
+            f"{_lenses(r.control_generic)} | {by_layer} | "
             f"{r.relative_delta_norm:.3f} | {'yes' if domain_above_controls(r) else 'no'} |")
     rows += ["", ("| organism | contrast rule's layer (scores) | best layer in hindsight (LL-s relevance) "
              "| reference 0.5 | profile's primary |"), "|---|---|---|---|---|"]

@@ -10,8 +10,10 @@ organism's finetuning data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from statistics import mean
+from typing import Literal
 
 import torch
 from pydantic import BaseModel
@@ -56,7 +58,7 @@ class SignalReport(BaseModel):
     primary_layer: int
     relevance: RelevanceScores
     relevance_by_layer: list[RelevanceScores]
-    control_self: RelevanceScores
+    control_self: RelevanceScores | None = None  # None: the self-pair was not measured
     control_generic: RelevanceScores
     relative_delta_norm: float  # mean |delta| / mean residual norm, positions 1.., primary layer
     layer_choice: LayerChoice | None = None  # the contrast rule against the generic control
@@ -66,6 +68,9 @@ class SignalReport(BaseModel):
 
 
 SIGNAL_MARGIN = 0.1
+# The controls: the base model diffed with itself, and the generic-text finetune.
+ControlKind = Literal["self", "generic"]
+CONTROL_KINDS: tuple[ControlKind, ...] = ("self", "generic")
 
 
 def best_relevance(scores: RelevanceScores) -> float:
@@ -75,10 +80,10 @@ def best_relevance(scores: RelevanceScores) -> float:
 
 def domain_above_controls(report: SignalReport, margin: float = SIGNAL_MARGIN) -> bool:
     """The signal claim: the organism's readout is more relevant to its ground truth than both
-    controls' readouts, by at least `margin` (share of the top-20 tokens)."""
+    controls' readouts (those measured), by at least `margin` (share of the top-20 tokens)."""
     best = best_relevance(report.relevance)
-    return (best >= best_relevance(report.control_generic) + margin
-            and best >= best_relevance(report.control_self) + margin)
+    controls = [c for c in (report.control_generic, report.control_self) if c is not None]
+    return all(best >= best_relevance(control) + margin for control in controls)
 
 
 def relevance_at(artifact: AdlArtifact, truth: list[str], layer: int) -> RelevanceScores:
@@ -109,7 +114,7 @@ def _relative_norm(artifact: AdlArtifact, layer: int) -> float:
 
 
 @lru_cache(maxsize=2)
-def _control_pair(kind: str, size: OrganismSize) -> ModelPair:
+def _control_pair(kind: ControlKind, size: OrganismSize) -> ModelPair:
     if kind == "self":
         return load_model_pair(ModelPairSpec(base="smollm2-135m-instruct"))
     return load_organism_pair(at_size(get_organism(GENERIC_CONTROL), size))
@@ -128,16 +133,20 @@ def measure_signal(
     steering_prompts: list[str] | None = None,
     show_progress: bool = False,
     size: OrganismSize = "full",
+    controls: Sequence[ControlKind] = CONTROL_KINDS,
 ) -> SignalReport:
-    """ADL of the organism and both controls, scored against the organism's ground truth. The
-    organism and the generic-text control are built at `size`."""
+    """ADL of the organism and the `controls` (default both), scored against the organism's
+    ground truth. The organism and the generic-text control are built at `size`. The generic
+    control is always measured (the layer rule contrasts against it). The self-pair's difference
+    is exactly zero at every layer, so its readouts equal those of a zeroed difference: a caller
+    that checks a zeroed difference itself (the suite) may leave it out."""
     organism = at_size(get_organism(name), size)
     truth = truth_of(organism)
     pair = load_organism_pair(organism)
     artifact = run_adl(pair, settings, show_progress=show_progress)
-    controls = {
+    measured = {
         kind: run_adl(_control_pair(kind, size), settings, show_progress=show_progress)
-        for kind in ("self", "generic")
+        for kind in dict.fromkeys(["generic", *controls])
     }
     primary = artifact.readouts.primary_layer
     report = SignalReport(
@@ -145,10 +154,10 @@ def measure_signal(
         primary_layer=primary,
         relevance=relevance_at(artifact, truth, primary),
         relevance_by_layer=[relevance_at(artifact, truth, entry.layer) for entry in artifact.readouts.layers],
-        control_self=relevance_at(controls["self"], truth, primary),
-        control_generic=relevance_at(controls["generic"], truth, primary),
+        control_self=relevance_at(measured["self"], truth, primary) if "self" in measured else None,
+        control_generic=relevance_at(measured["generic"], truth, primary),
         relative_delta_norm=_relative_norm(artifact, primary),
-        layer_choice=choose_primary_layer(artifact.readouts, controls["generic"].readouts),
+        layer_choice=choose_primary_layer(artifact.readouts, measured["generic"].readouts),
     )
     if steering is not None:
         results = run_steering(pair, artifact, steering, positions=steering_positions,

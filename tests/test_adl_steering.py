@@ -22,5 +22,8 @@ def test_unsteered_answers_pass_and_heavily_steered_ones_fail(suite_organisms: d
     pair = load_organism_pair(at_size(get_organism(SUITE_ORGANISM), SUITE_SIZE))
     artifact = run_adl(pair, SIGNAL_ADL, show_progress=False)
     assert coherence_pass_rate(pair, artifact, 0.0, temperature=1.0) >= 0.9  # full size: 0.96
-    assert coherence_pass_rate(pair, artifact, 0.0, temperature=0.0) >= 0.95  # full size: 1.0
+    # Greedy and unsteered, every sample of a prompt is the same reply whatever the position:
+    # one per prompt.
+    greedy = coherence_pass_rate(pair, artifact, 0.0, temperature=0.0, samples_per_prompt=1, positions=(1,))
+    assert greedy >= 0.95  # full size: 1.0
     assert coherence_pass_rate(pair, artifact, 2.0, temperature=1.0) <= 0.15  # full size: 0.06
