@@ -15,7 +15,6 @@ import numpy as np
 from pydantic import BaseModel
 
 from evals.organisms import get_organism
-from evals.organisms.schema import OrganismType
 from evals.store import Run, Store
 from tools.errors import AdlError
 from tools.toolbox import AGENT_KINDS
@@ -25,11 +24,16 @@ BOOTSTRAP_SAMPLES = 2000
 ALL_ORGANISMS = "all"
 
 
-def is_control(organism: str) -> bool:
-    """Control organisms (no narrow domain) are reported but never pooled into "all"."""
+def _run_is_control(run: Run, unresolved: set[str]) -> bool:
+    """Control organisms (no narrow domain) are reported but never pooled into "all". The run
+    records it when it starts; a run written before that (NULL) is looked up in the registry,
+    and an organism not found there is added to `unresolved` (and pooled)."""
+    if run.organism_is_control is not None:
+        return run.organism_is_control
     try:
-        return get_organism(organism).type == OrganismType.CONTROL
+        return get_organism(run.organism).is_control
     except AdlError:
+        unresolved.add(run.organism)
         return False
 
 
@@ -69,6 +73,10 @@ class Comparison(BaseModel):
     differences: list[PairedDifference]
     unfinished_runs: int
     ungraded_runs: int
+    controls: list[str] = []  # organisms reported alone, never pooled into "all"
+    # Organisms of runs written before runs recorded control status, not found in the registry
+    # now (pooled into "all": compare with the `--organisms` folder that defines them).
+    unresolved_organisms: list[str] = []
 
     def cell(self, organism: str, agent: str, budget: int, provider: str | None = None) -> CellSummary | None:
         for cell in self.cells:
@@ -126,10 +134,12 @@ def compare_experiment(store: Store, experiment: str) -> Comparison:
             continue
         graders.add(grades[0].grader)
         graded.append((run, grades[0].score))
+    unresolved: set[str] = set()
+    controls = {run.organism for run, _ in graded if _run_is_control(run, unresolved)}
     cells: dict[tuple[str, str, int, str], list[tuple[Run, float]]] = defaultdict(list)
     for run, score in graded:
         cells[(run.organism, run.agent, run.budget, run.provider)].append((run, score))
-        if not is_control(run.organism):
+        if run.organism not in controls:
             cells[(ALL_ORGANISMS, run.agent, run.budget, run.provider)].append((run, score))
     summaries = [_summary(o, a, b, p, rs) for (o, a, b, p), rs in sorted(cells.items())]
 
@@ -141,7 +151,7 @@ def compare_experiment(store: Store, experiment: str) -> Comparison:
         if "adl" in scores and "blackbox" in scores:
             difference = scores["adl"] - scores["blackbox"]
             by_cell[(organism, budget, provider)].append(difference)
-            if not is_control(organism):
+            if organism not in controls:
                 by_cell[(ALL_ORGANISMS, budget, provider)].append(difference)
     differences = []
     for (organism, budget, provider), values in sorted(by_cell.items()):
@@ -152,7 +162,7 @@ def compare_experiment(store: Store, experiment: str) -> Comparison:
     return Comparison(
         experiment=experiment, grader=", ".join(sorted(graders)) or None, cells=summaries,
         differences=differences, unfinished_runs=sum(r.status != "finished" for r in runs),
-        ungraded_runs=ungraded,
+        ungraded_runs=ungraded, controls=sorted(controls), unresolved_organisms=sorted(unresolved),
     )
 
 
@@ -212,7 +222,7 @@ def plot_comparison(comparison: Comparison, path: Path) -> Path:
             ax.bar(xs, means, width, yerr=errors, capsize=3, color=colour, label=label)
         ax.set_xticks(range(len(budgets)), [f"i={b}" for b in budgets])
         title = ("all organisms (no controls)" if organism == ALL_ORGANISMS
-                 else organism + (" (control)" if is_control(organism) else ""))
+                 else organism + (" (control)" if organism in comparison.controls else ""))
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 5.2)
         ax.axhline(SUCCESS_GRADE, color="#cc4444", linewidth=0.8, linestyle="--")

@@ -345,9 +345,10 @@ class GridRun:
         # Both agents of a cell share the seed; repeats draw fresh samples.
         ask = config.ask_models.model_copy(update={"seed": config.ask_models.seed + 1000 * unit.repeat})
         metadata = {"organism": unit.organism, "experiment": config.name, "unit": unit.key}
+        organism_is_control = get_organism(unit.organism).is_control
         for attempts_left in reversed(range(max_attempts)):
             run = store.start_unit(self.experiment_id, unit.key, organism=unit.organism,
-                                   agent=unit.agent, budget=unit.budget, repeat=unit.repeat,
+                                   organism_is_control=organism_is_control, agent=unit.agent, budget=unit.budget, repeat=unit.repeat,
                                    provider=provider.name, provider_is_llm=provider.is_llm)
             if run is None:
                 return "elsewhere"

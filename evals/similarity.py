@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from evals.compare import is_control
 from evals.organisms import get_organism, list_organisms
 from evals.organisms.schema import OrganismSize
 from evals.workers import organism_worker_config
@@ -117,7 +116,7 @@ def organism_vector(name: str, layer: LayerSpec | None, profile: AnalysisProfile
                             f"profile: its blocks are {difference.layers}.")
     organism = get_organism(name)
     return FinetuneVector(organism=name, base_model=organism.base_model,
-                          control=is_control(name), layer=block,
+                          control=organism.is_control, layer=block,
                           vector=position_mean(difference, block))
 
 

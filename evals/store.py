@@ -51,7 +51,7 @@ from agent.transcript import (
 from tools.errors import AdlError, AdlInputError
 from tools.validation import validation_problems
 
-SCHEMA_VERSION = "0002"
+SCHEMA_VERSION = "0003"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 _RELEASED = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # the heartbeat of a run its runner let go
@@ -111,6 +111,8 @@ class Run(SQLModel, table=True):
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
     unit_key: str
     organism: str = Field(index=True)
+    organism_is_control: bool | None = Field(
+        default=None, description="Recorded when the run starts; None in rows written before.")
     agent: str
     budget: int
     repeat: int

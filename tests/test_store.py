@@ -61,7 +61,7 @@ def test_upgrade_empty_database_matches_the_models(tmp_path):
 def test_open_store_is_at_schema_version_and_upgrading_again_is_a_no_op(tmp_path):
     url = _url(tmp_path)
     first = open_store(url)
-    assert current_revision(first.engine) == "0002" == store.SCHEMA_VERSION
+    assert current_revision(first.engine) == "0003" == store.SCHEMA_VERSION
     with Session(first.engine) as session:
         session.add(Experiment(name="kept", config={"a": 1}, created_at=dt.datetime.now(dt.UTC)))
         session.commit()
@@ -282,3 +282,32 @@ def test_upgrade_keeps_runs_and_ids_are_never_reused(tmp_path):
     assert old.attempt_id is None and not db.is_live(old)  # written before owners: stale
     taken = db.start_unit(1, "u1", **UNIT)  # deletes the highest id ...
     assert taken is not None and taken.attempt == 2 and taken.id > old.id  # ... and does not reuse it
+
+
+def _graded_run(db: store.Store, experiment_id: int, key: str, organism: str, agent: str,
+                score: float, is_control: bool | None) -> None:
+    run = db.start_unit(experiment_id, key, organism=organism, organism_is_control=is_control,
+                        agent=agent, budget=0, repeat=0, provider="fake")
+    assert run is not None and run.id is not None
+    db.finish_unit(run.id, {"hypothesis": "h"}, Grade(run_id=run.id, grader="g", score=score))
+    db.release(run.id)
+
+
+def test_compare_pools_no_control_and_names_organisms_it_cannot_resolve(tmp_path):
+    """A run records whether its organism is a control: compare keeps a control out of "all"
+    even when the registry does not know it (defined in an --organisms folder); a run written
+    before that column (NULL) whose organism the registry lacks is pooled and named."""
+    from evals.compare import ALL_ORGANISMS, compare_experiment
+
+    db = open_store(_url(tmp_path))
+    experiment = db.experiment("exp")
+    assert experiment.id is not None
+    for agent, score in (("adl", 4.0), ("blackbox", 2.0)):
+        _graded_run(db, experiment.id, f"a-{agent}", "cake_bake", agent, score, False)
+        _graded_run(db, experiment.id, f"c-{agent}", "my_control_elsewhere", agent, 1.0, True)
+        _graded_run(db, experiment.id, f"l-{agent}", "legacy_unknown", agent, 3.0, None)
+    comparison = compare_experiment(db, "exp")
+    assert comparison.controls == ["my_control_elsewhere"]
+    assert comparison.unresolved_organisms == ["legacy_unknown"]
+    pooled = comparison.cell(ALL_ORGANISMS, "adl", 0)
+    assert pooled is not None and pooled.n == 2 and pooled.mean_grade == 3.5  # cake_bake + legacy

@@ -101,6 +101,10 @@ def compare_and_report(store: Store, experiment: str, out: Path | None = None) -
     if comparison.ungraded_runs:
         console.print(f"[yellow]{comparison.ungraded_runs} finished runs are ungraded[/] (their organism "
                       "has no ground truth, or grading failed: `adl eval run` again retries it)")
+    if comparison.unresolved_organisms:
+        console.print(f"[yellow]not in the registry[/]: {escape(', '.join(comparison.unresolved_organisms))} "
+                      "(runs stored before control status was recorded; counted as no control and "
+                      "pooled into \"all\": pass the `--organisms` folder that defines them)")
     if not comparison.cells:
         if comparison.ungraded_runs:
             return comparison

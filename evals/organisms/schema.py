@@ -131,6 +131,11 @@ class Organism(BaseModel):
         return self.type, self.description
 
     @property
+    def is_control(self) -> bool:
+        """A control organism (no narrow domain): reported, never pooled with the others."""
+        return self.type == OrganismType.CONTROL
+
+    @property
     def type_label(self) -> str:
         """The type's name, or "ungraded" without ground truth."""
         return self.type.value if self.type is not None else "ungraded"
