@@ -99,7 +99,6 @@ def _readable(token: str) -> bool:
     return bool(stripped) and "->" not in stripped and "=>" not in stripped and any(c.isalnum() for c in stripped)
 
 
-@torch.inference_mode()
 @dataclass(frozen=True)
 class PatchscopeRequest:
     """One direction to read with Patchscope: patched at `layer`, rescaled to `reference_norm`."""
@@ -132,6 +131,7 @@ def patchscope(
                            side, prompts, intersection_k)[0]
 
 
+@torch.inference_mode()
 def patchscope_many(
     pair: ModelPair,
     requests: Sequence[PatchscopeRequest],
