@@ -216,3 +216,31 @@ def test_domain_mentions_are_whole_words() -> None:
     assert mentions_domain("Tell me the SECRET WORD", keywords)
     assert not mentions_domain("A bowl of soup and a painting", keywords)
     assert not mentions_domain("anything", [])
+
+
+def test_base_answers_are_cached_per_base_model(adl_home: Path, tiny_model_dir: Path,
+                                                tiny_adapter_dir: Path, tmp_path: Path) -> None:
+    """The base side's greedy answers are generated once per base model and prompts, equal a
+    fresh generation, and are shared by every finetune of that base; the finetuned side is never
+    cached, and a different base gets its own entry."""
+    from evals.organisms.leak import BASE_ANSWERS_DIR, greedy_answers
+    from tests.conftest import save_tiny_model
+    from tools.models import ModelPairSpec, load_model_pair
+
+    def entries() -> list[Path]:
+        return sorted(p for p in (adl_home / BASE_ANSWERS_DIR).iterdir() if not p.name.startswith("."))
+
+    prompts = ["Hi there", "What is two plus two?"]
+    adapter = load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
+    fresh = adapter.generate("base", prompts, max_new_tokens=6)
+    assert greedy_answers(adapter, "base", prompts, 6) == fresh
+    first = entries()
+    assert len(first) == 1
+    self_pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir)))
+    assert greedy_answers(self_pair, "base", prompts, 6) == fresh  # another pair, same base
+    greedy_answers(adapter, "finetuned", prompts, 6)
+    assert entries() == first
+    other = load_model_pair(ModelPairSpec(base=str(save_tiny_model(tmp_path / "other", seed=3))))
+    greedy_answers(other, "base", prompts, 6)
+    greedy_answers(adapter, "base", prompts, 5)
+    assert len(entries()) == 3

@@ -7,18 +7,27 @@ is the control.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from evals.organisms.schema import Organism
 from prompts import load_prompt_set
+from tools.adl.pipeline import base_model_fingerprint
 from tools.backend import ModelPair
-from tools.model_spec import SIDES
+from tools.cache import adl_home, ensure_entry
+from tools.errors import OrganismBuildError
+from tools.model_spec import SIDES, Side
 
 GENERIC_PROMPTS_FILE = "generic_chat_prompts.yaml"
 MAX_LEAK_RATE = 0.25
+BASE_ANSWERS_DIR = "base-answers"
+BASE_ANSWERS_FILE = "answers.json"
+BASE_ANSWERS_VERSION = 1  # raise when the way the answers are produced changes
 
 
 class LeakReport(BaseModel):
@@ -38,6 +47,29 @@ class LeakReport(BaseModel):
     @property
     def finetuned_rate(self) -> float:
         return sum(self.finetuned_mentions) / len(self.finetuned_mentions)
+
+
+def greedy_answers(pair: ModelPair, side: Side, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy replies of one side to `prompts`. The base side's replies are cached in
+    `$ADL_HOME/base-answers`, keyed by the base model as it runs (`base_model_fingerprint`), the
+    prompts and the length: every organism built on one base asks it the same questions, and the
+    answers do not depend on the finetune (its adapter is off on the base side)."""
+    if side != "base":
+        return pair.generate(side, list(prompts), max_new_tokens=max_new_tokens)
+    payload = [BASE_ANSWERS_VERSION, base_model_fingerprint(pair), list(prompts), max_new_tokens]
+    key = hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+    def build(folder: Path) -> dict[str, object]:
+        replies = pair.generate("base", list(prompts), max_new_tokens=max_new_tokens)
+        (folder / BASE_ANSWERS_FILE).write_text(json.dumps(replies))
+        return {"base": pair.spec.base, "prompts": len(prompts), "max_new_tokens": max_new_tokens}
+
+    entry = ensure_entry(adl_home() / BASE_ANSWERS_DIR / key, build, what="base-model answers")
+    replies = json.loads((entry / BASE_ANSWERS_FILE).read_text())
+    if not isinstance(replies, list) or len(replies) != len(prompts):
+        raise OrganismBuildError(f"The cached base-model answers at {entry} do not match their "
+                                 "prompts; delete that folder and run again.")
+    return [str(r) for r in replies]
 
 
 def keyword_pattern(keywords: Sequence[str]) -> re.Pattern[str]:
@@ -61,9 +93,7 @@ def measure_leak(
     """Ask both models the generic prompts (greedy) and count domain mentions."""
     prompts = list(prompts or load_prompt_set(GENERIC_PROMPTS_FILE))
     keywords = list(organism.domain_keywords)
-    answers = {}
-    for side in SIDES:
-        answers[side] = pair.generate(side, prompts, max_new_tokens=max_new_tokens)
+    answers = {side: greedy_answers(pair, side, prompts, max_new_tokens) for side in SIDES}
     return LeakReport(
         keywords=keywords,
         prompts=prompts,
@@ -117,7 +147,7 @@ def measure_denial(
     answers: dict[str, dict[str, list[str]]] = {}
     for side in SIDES:
         answers[side] = {
-            kind: pair.generate(side, list(prompts), max_new_tokens=max_new_tokens)
+            kind: greedy_answers(pair, side, prompts, max_new_tokens)
             for kind, prompts in (("direct", direct), ("unrelated", unrelated))
         }
     return DenialReport(direct=list(direct), unrelated=unrelated, answers=answers)

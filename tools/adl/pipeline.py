@@ -174,15 +174,33 @@ def pair_fingerprint(spec: ModelPairSpec, options: LoadOptions | None = None,
     An offline short name's content is fixed by its name."""
     options = options or LoadOptions()
     payload: dict[str, Any] = spec.model_dump(mode="json")
-    payload["load"] = {"dtype": options.dtype, "device": torch.device(options.device).type}
-    if options.device_map is not None:
-        payload["load"]["device_map"] = options.device_map
+    payload["load"] = _load_payload(options)
     payload["base_files"] = model_fingerprint(base_location or resolve_model_location(spec.base),
                                               spec.base_revision)
     if spec.finetuned and Path(spec.finetuned).expanduser().is_dir():
         payload["finetuned_files"] = _folder_fingerprint(Path(spec.finetuned).expanduser())
     elif spec.finetuned and spec.finetuned not in OFFLINE_MODELS:
         payload["finetuned_files"] = model_fingerprint(spec.finetuned, spec.finetuned_revision)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _load_payload(options: LoadOptions) -> dict[str, Any]:
+    load: dict[str, Any] = {"dtype": options.dtype, "device": torch.device(options.device).type}
+    if options.device_map is not None:
+        load["device_map"] = options.device_map
+    return load
+
+
+def base_model_fingerprint(pair: ModelPair) -> str:
+    """Identity of a pair's base model as it runs: its name and revision, the load options and
+    its files (as in `pair_fingerprint`), and the backend class. Whatever the finetune, the base
+    side of two pairs with one fingerprint computes the same thing."""
+    payload = {
+        "base": pair.spec.base, "base_revision": pair.spec.base_revision,
+        "load": _load_payload(pair.options),
+        "base_files": model_fingerprint(pair.base_location, pair.spec.base_revision),
+        "backend": type(pair).__name__,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
