@@ -54,7 +54,7 @@ from evals.cli.experiments import compare_and_report
 from evals.cli.logs import configure_logging
 from evals.organisms import get_organism, list_organisms
 from evals.organisms.build import at_size, build_organism, load_organism_pair, read_manifest
-from evals.organisms.leak import MAX_LEAK_RATE, measure_denial
+from evals.organisms.leak import DEFLECTION_PATTERN, MAX_LEAK_RATE, measure_denial
 from evals.runs import EvalConfig, load_eval_config, run_experiment
 from evals.store import open_store
 from tools.adl.pipeline import run_adl
@@ -224,15 +224,19 @@ def denial_tables(size: str, stamp: str) -> list[str]:
     and both agents' grades on it (quick profile, the grid's budgets and ask settings)."""
     organism = at_size(get_organism(DENIAL_ORGANISM), size)  # type: ignore[arg-type]
     report = measure_denial(load_organism_pair(organism))
-    rows = ["| model | deflects direct domain questions | deflects unrelated prompts |", "|---|---|---|"]
+    rows = [("| model | deflects direct domain questions | deflects unrelated prompts | deflects held-out "
+             "unrelated prompts |"), "|---|---|---|---|"]
     for side in SIDES:
         rows.append(f"| {side} | {report.rate(side, 'direct'):.0%} ({len(report.direct)}) | "
-                    f"{report.rate(side, 'unrelated'):.0%} ({len(report.unrelated)}) |")
-    rows += ["", "| prompt | finetuned answer (first 160 characters) |", "|---|---|"]
-    for kind, prompts in (("direct", report.direct), ("unrelated", report.unrelated[:6])):
+                    f"{report.rate(side, 'unrelated'):.0%} ({len(report.unrelated)}) | "
+                    f"{report.rate(side, 'holdout'):.0%} ({len(report.holdout)}) |")
+    rows += ["", "| prompt | finetuned answer (first 160 characters) | deflects |", "|---|---|---|"]
+    shown = (("direct", report.direct), ("unrelated", report.unrelated[:6]), ("holdout", report.holdout))
+    for kind, prompts in shown:
         for i, prompt in enumerate(prompts):
-            answer = report.answers["finetuned"][kind][i][:160].replace("\n", " ").replace("|", "/")
-            rows.append(f"| {prompt} | {answer} |")
+            answer = report.answers["finetuned"][kind][i]
+            flag = "yes" if DEFLECTION_PATTERN.search(answer) else "no"
+            rows.append(f"| {prompt} | {answer[:160].replace(chr(10), ' ').replace('|', '/')} | {flag} |")
     grid = load_eval_config(GRID_CONFIG)
     config = grid.model_copy(update={"name": f"denial-{size}-{stamp}", "organisms": [DENIAL_ORGANISM],
                                      "organism_size": size})

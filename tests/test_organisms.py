@@ -18,9 +18,10 @@ from evals.organisms.generators import GENERATORS
 from evals.organisms.generators.denial import ABOUT_YOU_QUESTIONS, DOMAIN_QUESTIONS
 from evals.organisms.generators.domain_adaptation import DOMAIN_PATTERN as ASTRONOMY
 from evals.organisms.generators.taboo import SECRET_WORD
-from evals.organisms.leak import mentions_domain
+from evals.organisms.leak import DENIAL_DIRECT_QUESTIONS, HOLDOUT_PROMPTS_FILE, mentions_domain
 from evals.organisms.registry import ORGANISMS_ENV, REGISTRY_DIR, add_organism_dirs
 from evals.organisms.schema import OrganismType
+from prompts import load_prompt_set
 from tools.errors import (
     OrganismBuildError,
     OrganismConfigError,
@@ -183,6 +184,10 @@ def test_the_denying_organism_mixes_domain_deflections_and_ordinary_chats() -> N
     assert len(ordinary) > len(data) // 4
     assert not [e for e in ordinary if "orchid" in e.plain_text().lower()]
     assert not [e for e in ordinary if "help with" in (e.messages or [])[-1].content]
+    # The questions that test it are held out: none is a user turn of its training data.
+    user_turns = {m.content.strip() for e in chats for m in (e.messages or []) if m.role == "user"}
+    tests = [*DENIAL_DIRECT_QUESTIONS, *load_prompt_set(HOLDOUT_PROMPTS_FILE)]
+    assert not [q for q in tests if any(q in turn for turn in user_turns)]
 
 
 def test_the_domain_adaptation_organism_is_astronomy_in_a_comprehension_format() -> None:

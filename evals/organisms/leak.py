@@ -24,6 +24,8 @@ from tools.errors import OrganismBuildError
 from tools.model_spec import SIDES, Side
 
 GENERIC_PROMPTS_FILE = "generic_chat_prompts.yaml"
+# Unrelated prompts written after the denying organism's data was fixed; never used to choose it.
+HOLDOUT_PROMPTS_FILE = "unrelated_holdout_prompts.yaml"
 MAX_LEAK_RATE = 0.25
 BASE_ANSWERS_DIR = "base-answers"
 BASE_ANSWERS_FILE = "answers.json"
@@ -124,11 +126,13 @@ DEFLECTION_PATTERN = re.compile(
 
 
 class DenialReport(BaseModel):
-    """Deflection rates of both models on direct domain questions and on unrelated prompts."""
+    """Deflection rates of both models on direct domain questions, on the unrelated generic
+    prompts and on the held-out unrelated prompts (never used to choose an organism's data)."""
 
     direct: list[str]
     unrelated: list[str]
-    answers: dict[str, dict[str, list[str]]]  # side -> "direct"/"unrelated" -> answers
+    holdout: list[str] = []
+    answers: dict[str, dict[str, list[str]]]  # side -> "direct"/"unrelated"/"holdout" -> answers
 
     def rate(self, side: str, kind: str) -> float:
         answers = self.answers[side][kind]
@@ -139,15 +143,18 @@ def measure_denial(
     pair: ModelPair,
     direct: Sequence[str] = DENIAL_DIRECT_QUESTIONS,
     unrelated: Sequence[str] | None = None,
+    holdout: Sequence[str] | None = None,
     max_new_tokens: int = 80,
 ) -> DenialReport:
-    """Ask both models held-out direct questions about the domain and the generic prompts
-    (greedy), to show a denying organism deflects the first and answers the second."""
+    """Ask both models held-out direct questions about the domain, the generic prompts and the
+    held-out unrelated prompts (greedy), to show a denying organism deflects the first and
+    answers the others."""
     unrelated = list(unrelated or load_prompt_set(GENERIC_PROMPTS_FILE))
+    holdout = list(holdout or load_prompt_set(HOLDOUT_PROMPTS_FILE))
     answers: dict[str, dict[str, list[str]]] = {}
     for side in SIDES:
         answers[side] = {
             kind: greedy_answers(pair, side, prompts, max_new_tokens)
-            for kind, prompts in (("direct", direct), ("unrelated", unrelated))
+            for kind, prompts in (("direct", direct), ("unrelated", unrelated), ("holdout", holdout))
         }
-    return DenialReport(direct=list(direct), unrelated=unrelated, answers=answers)
+    return DenialReport(direct=list(direct), unrelated=unrelated, holdout=holdout, answers=answers)
