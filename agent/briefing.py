@@ -34,7 +34,13 @@ class OverviewDataset(BaseModel):
     model_layers: int
     logit_lens_suppressed: dict[str, list[str]]
     patchscope: dict[str, list[str]]
+    patchscope_note: str | None = None
     steering: list[OverviewSteering]
+
+    @property
+    def patchscope_is_logit_lens(self) -> bool:
+        """True at the model's last block, where Patchscope is the plain logit lens."""
+        return self.layer == self.model_layers - 1
 
 
 class AdlOverview(BaseModel):

@@ -24,7 +24,7 @@ from tools.worker.client import HttpWorkerClient
 from tools.worker.http import WorkerAuthError, check_bind
 from tools.worker.queue import ChatJob, ModelQueue, WorkerBusyError, WorkerStoppingError
 from tools.worker.schema import ChatRequest, ReadoutRequest
-from tools.worker.service import AdlService
+from tools.worker.service import LAST_BLOCK_PATCHSCOPE_NOTE, AdlService
 
 TOKEN = "test-token-7f3a-0123456789abcdef-long"
 
@@ -95,6 +95,10 @@ def test_results_carry_the_requested_content(service: AdlService) -> None:
     assert set(answers[0]) == {"prompt", "base", "finetuned"}
     patch = toolbox.call("get_token_readouts", {"method": "patchscope", "k": 50})
     assert "note" in patch.content and "showing 10" in patch.content["note"]
+    # The tiny model's primary layer 3 is its last block: Patchscope there is the logit lens.
+    assert LAST_BLOCK_PATCHSCOPE_NOTE in patch.content["note"]
+    assert "note" not in toolbox.call("get_token_readouts", {"method": "patchscope", "layer": 2, "k": 5}).content
+    assert toolbox.overview()["datasets"][0]["patchscope_note"] == LAST_BLOCK_PATCHSCOPE_NOTE
     assert all(len(tokens) == 10 for tokens in patch.content["positions"].values())
     steered = toolbox.call("get_steered_samples", {"position": 1}).content
     assert [s["prompt"] for s in steered["samples"]] == TINY_STEERING_PROMPTS

@@ -360,6 +360,7 @@ class Toolbox:
                 "dataset": d.dataset, "layer": d.layer, "model_layers": d.n_layers,
                 "logit_lens_suppressed": {str(p.position): [t.token for t in p.tokens] for p in d.positions},
                 "patchscope": {str(p.position): [t.token for t in p.tokens] for p in d.patchscope},
+                **({"patchscope_note": d.patchscope_note} if d.patchscope_note else {}),
                 "steering": [{
                     "position": s.position,
                     "samples": [{"prompt": x.prompt, "strength": x.strength,

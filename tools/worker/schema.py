@@ -180,6 +180,8 @@ class DatasetOverview(BaseModel):
     n_layers: int
     positions: list[PositionTokens] = Field(description="Hub-suppressed logit-lens tokens.")
     patchscope: list[PositionTokens]
+    patchscope_note: str | None = Field(None, description="Set when the layer is the model's last "
+                                        "block: Patchscope there is the plain logit lens.")
     steering: list[SteeredSamplesResponse]
 
 

@@ -49,6 +49,15 @@ from tools.worker.schema import (
 
 log = logging.getLogger(__name__)
 OVERVIEW_TOKENS = 10  # the reference's overview `top_k_tokens`
+LAST_BLOCK_PATCHSCOPE_NOTE = (
+    "At the model's last block Patchscope is the plain logit lens of the same difference (the "
+    "patched residual passes only through the final norm and the unembedding): its agreement "
+    "with the logit lens there is not independent evidence.")
+
+
+def patchscope_note(layer: int, n_layers: int) -> str | None:
+    """The note that Patchscope at `layer` repeats the logit lens (the model's last block)."""
+    return LAST_BLOCK_PATCHSCOPE_NOTE if layer == n_layers - 1 else None
 
 
 def anonymized_dataset_name(index: int) -> str:
@@ -207,8 +216,11 @@ class AdlService:
         cached_k = (artifact.settings.patchscope_k if request.method == "patchscope"
                     else artifact.settings.readout_k)
         k = min(request.k, cached_k)
-        note = (f"k={request.k} is more than the {cached_k} tokens cached for {request.method}; "
-                f"showing {k}." if request.k > cached_k else None)
+        notes = [f"k={request.k} is more than the {cached_k} tokens cached for {request.method}; "
+                 f"showing {k}." if request.k > cached_k else None]
+        if request.method == "patchscope":
+            notes.append(patchscope_note(layer.layer, artifact.readouts.n_layers_model))
+        note = " ".join(n for n in notes if n) or None
         rows: list[PositionTokens] = []
         for position in positions:
             readout = layer.positions[position]
@@ -300,6 +312,7 @@ class AdlService:
             datasets.append(DatasetOverview(
                 dataset=name, layer=lens.layer, n_layers=artifact.readouts.n_layers_model,
                 positions=lens.positions, patchscope=scope.positions, steering=steering,
+                patchscope_note=patchscope_note(lens.layer, artifact.readouts.n_layers_model),
             ))
         first = next(iter(self.artifacts.values()))
         return Overview(
