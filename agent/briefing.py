@@ -37,11 +37,6 @@ class OverviewDataset(BaseModel):
     patchscope_note: str | None = None
     steering: list[OverviewSteering]
 
-    @property
-    def patchscope_is_logit_lens(self) -> bool:
-        """True at the model's last block, where Patchscope is the plain logit lens."""
-        return self.layer == self.model_layers - 1
-
 
 class AdlOverview(BaseModel):
     """What the ADL agent sees first (`Toolbox.overview`)."""

@@ -174,7 +174,7 @@ def _final(policy: HeuristicProvider, history: list[ChatTurn]) -> str:
 
 
 OVERVIEW = {"available_layers": [1], "positions": 3,
-            "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 3,
+            "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 2,
                           "logit_lens_suppressed": {"0": ["the"], "1": [" cake", " oven"], "2": [" oven", " cake"]},
                           "patchscope": {"1": [" baking", " oven"]},
                           "steering": [{"position": 1, "samples": [{"prompt": "Tell me a story.", "strength": 1.0,
@@ -220,21 +220,9 @@ def test_words_the_finetuned_model_says_to_every_question_do_not_outrank_the_rea
     assert "helpful" not in hypothesis and "child" not in hypothesis  # said to every question
 
 
-def test_patchscope_at_the_last_block_is_no_second_family() -> None:
-    """At the model's last block Patchscope is the plain logit lens: a word that one logit-lens
-    position and Patchscope show leads below the last block (two families), not at it."""
-    overview = {"available_layers": [1], "positions": 3,
-                "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 3,
-                              "logit_lens_suppressed": {"1": [" harbor"], "2": [" table"]},
-                              "patchscope": {"1": [" harbor"]}, "steering": []}]}
-    assert _final(HeuristicProvider(), [_kickoff(overview)]).startswith("The finetune concerns harbor.")
-    overview["datasets"][0]["model_layers"] = 2
-    assert _final(HeuristicProvider(), [_kickoff(overview)]).startswith("No narrow domain found")
-
-
 def test_heuristic_policy_without_agreeing_sources_finds_no_narrow_domain() -> None:
     spiky = {"available_layers": [1], "positions": 3,
-             "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 3,
+             "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 2,
                            "logit_lens_suppressed": {"1": [" river"], "2": [" table"]},
                            "patchscope": {"1": [" music"]}, "steering": []}]}
     hypothesis = _final(HeuristicProvider(), [_kickoff(spiky)])

@@ -5,8 +5,7 @@ provider name `heuristic:...`). It uses the same tools through the same loop and
 evidence guidance of the LLM agents' prompt (prompts/agent_system.md):
 
 1. Evidence comes from independent *sources*, grouped in families: logit-lens and Patchscope
-   readouts (one source per token position; Patchscope only below the model's last block, where
-   it is the plain logit lens and no second family), steered samples (words a steered sample uses and its
+   readouts (one source per token position), steered samples (words a steered sample uses and its
    unsteered twin does not; one source per position), the finetuned model's unsteered samples
    that both agents' first message holds (one source per prompt), and answers to questions
    (words the finetuned model's answer uses; one source per question). Position 0 of a readout
@@ -218,10 +217,8 @@ class _State:
 
         for dataset in self.overview_datasets:
             name = dataset.dataset
-            # At the model's last block Patchscope is the plain logit lens: not a second family.
-            patchscope = {} if dataset.patchscope_is_logit_lens else dataset.patchscope
             for method, positions in (("logit_lens_suppressed", dataset.logit_lens_suppressed),
-                                      ("patchscope", patchscope)):
+                                      ("patchscope", dataset.patchscope)):
                 for position, tokens in positions.items():
                     readout(READOUT_FAMILIES[method], name, position, tokens)
             for entry in dataset.steering:
