@@ -16,17 +16,17 @@ import pytest
 from agent.loop import Budgets, investigate
 from agent.providers import make_provider
 from agent.transcript import read_transcript
+from evals.cli.demo import DEMO_ASK
 from evals.grading import OfflineGrader
 from evals.organisms import get_organism
 from evals.workers import connect
 from tests.conftest import SUITE_ORGANISM, SUITE_SIZE
 from tests.worker_fixtures import free_port
-from tools.toolbox import AskSettings
 from tools.worker.client import wait_for_worker
 
-# ask_models in the suite: answers cut at 128 new tokens to fit 2 CPU cores (the reference and
-# EvalConfig default: 1024); temperature 0.8 as the reference.
-SUITE_ASK = AskSettings(max_new_tokens=128)
+# ask_models in the suite: answers cut at 64 new tokens, as the demo's, to fit 2 CPU cores (the
+# reference and EvalConfig default: 1024); temperature 0.8 as the reference.
+SUITE_ASK = DEMO_ASK
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,8 @@ def test_more_interactions_never_lower_the_policys_grade(suite_organisms, tmp_pa
     no lower at i = 5 than at i = 0, nor at i = 50 than at i = 5, and keeps its top lead.
     Tolerance GRADE_NOISE: the hypothesis quotes sentences of sampled answers, which move the
     offline grade by a few hundredths with the same claim (measured 2.46 / 2.50 / 2.46 on the
-    suite organism under the quick profile). The baseline's loop runs once on the same model."""
+    suite organism under the quick profile). The baseline's loop, asking questions, runs in
+    `test_heuristic_agents_against_a_worker` (over HTTP)."""
     service = connect(SUITE_ORGANISM, None, "quick", SUITE_SIZE)
     organism = get_organism(SUITE_ORGANISM)
     grader, grades, hypotheses = OfflineGrader(), [], []
@@ -72,9 +73,6 @@ def test_more_interactions_never_lower_the_policys_grade(suite_organisms, tmp_pa
             assert outcome.interactions_used <= budget and read_transcript(path)[-1].kind == "run_ended"
             hypotheses.append(outcome.hypothesis)
             grades.append(grader.grade(organism, outcome.hypothesis).score)
-        outcome = investigate(service, make_provider("heuristic"), "blackbox", Budgets(interactions=5),
-                              tmp_path / "blackbox.jsonl", {"organism": SUITE_ORGANISM}, ask=SUITE_ASK)
-        assert outcome.end_reason == "submitted" and 0 < outcome.interactions_used <= 5
     finally:
         service.close()  # type: ignore[attr-defined]
     steps = list(itertools.pairwise(grades))
@@ -92,12 +90,17 @@ def test_heuristic_agents_against_a_worker(suite_organisms, tmp_path: Path) -> N
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_worker(url, 600, worker)
-        # The ADL agent asks the real model over HTTP; the baseline at i = 0 only connects.
-        for agent, budget in (("adl", "5"), ("blackbox", "0")):
+        # The baseline asks the real models over HTTP; the ADL agent at i = 0 reads the overview
+        # and the readouts over HTTP (ask_models is one tool for both agents).
+        for agent, budget in (("adl", "0"), ("blackbox", "5")):
             out = _run_cli([SUITE_ORGANISM, "--agent", agent, "--provider", "heuristic", "--budget",
                             budget, "--worker-url", url, "--ask-max-new-tokens",
                             str(SUITE_ASK.max_new_tokens)], tmp_path)
             assert "end: submitted" in out
+            (path,) = [line.split(":", 1)[1].strip() for line in out.splitlines()
+                       if line.startswith("transcript:")]
+            calls = [e.data.name for e in read_transcript(Path(path)) if e.kind == "tool_call"]
+            assert ("ask_models" in calls) == (budget != "0"), calls
     finally:
         worker.terminate()
         worker.wait(timeout=60)
