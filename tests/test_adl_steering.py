@@ -21,9 +21,11 @@ pytestmark = pytest.mark.slow
 def test_unsteered_answers_pass_and_heavily_steered_ones_fail(suite_organisms: dict[str, Path]) -> None:
     pair = load_organism_pair(at_size(get_organism(SUITE_ORGANISM), SUITE_SIZE))
     artifact = run_adl(pair, SIGNAL_ADL, show_progress=False)
-    assert coherence_pass_rate(pair, artifact, 0.0, temperature=1.0) >= 0.9  # full size: 0.96
+    # 4 samples per prompt and position (24 in all, one generate call; the benchmark takes 8):
+    # the suite organism measured 1.0 unsteered and 0.0 at strength 2 with 8.
+    assert coherence_pass_rate(pair, artifact, 0.0, temperature=1.0, samples_per_prompt=4) >= 0.9  # full size: 0.96
     # Greedy and unsteered, every sample of a prompt is the same reply whatever the position:
     # one per prompt.
     greedy = coherence_pass_rate(pair, artifact, 0.0, temperature=0.0, samples_per_prompt=1, positions=(1,))
     assert greedy >= 0.95  # full size: 1.0
-    assert coherence_pass_rate(pair, artifact, 2.0, temperature=1.0) <= 0.15  # full size: 0.06
+    assert coherence_pass_rate(pair, artifact, 2.0, temperature=1.0, samples_per_prompt=4) <= 0.15  # full size: 0.06
