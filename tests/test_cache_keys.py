@@ -174,6 +174,8 @@ def test_build_key_follows_the_declared_settings(monkeypatch: pytest.MonkeyPatch
         with_finetune(data_seed=1),
         with_finetune(recipe=TrainingRecipe(lora_r=4)),
         with_finetune(generator="preference_owl"),
+        with_finetune(self_answered_ratio=0.3),
+        with_finetune(self_answered_ratio=0.5),
         organism.model_copy(update={"base_model": "other-base"}),
     ]
     keys = [build_key(o) for o in variants]
@@ -185,6 +187,13 @@ def test_build_key_follows_the_declared_settings(monkeypatch: pytest.MonkeyPatch
     monkeypatch.undo()
     monkeypatch.setattr(build, "_corpus_fingerprint", lambda: "another corpus")
     assert build_key(organism) != keys[0]
+    monkeypatch.undo()
+    # Self-answered chats: their request forms are in the key; without the option nothing of it
+    # is hashed (the keys of organisms without it did not change when it came).
+    hashed = build.build_settings(organism).model_dump(mode="json", exclude_none=True)
+    assert "self_answered" not in hashed and "self_answered_ratio" not in hashed["finetune"]
+    monkeypatch.setattr(build, "REQUEST_FORMS_FILE", "generic_chat_prompts.yaml")
+    assert build_key(variants[7]) != keys[7] and build_key(organism) == keys[0]
 
 
 # Each generator's data (40 examples, mixed 1:2 with corpus text) at its version, on the corpus

@@ -13,14 +13,32 @@ from typer.testing import CliRunner
 
 from evals.cli import app
 from evals.organisms import get_organism, list_organisms, load_organism_file
-from evals.organisms.build import at_size, build_key, generate_organism_data, organism_dir
+from evals.organisms.build import (
+    at_size,
+    build_key,
+    generate_organism_data,
+    organism_dir,
+    with_self_answered_chats,
+)
 from evals.organisms.generators import GENERATORS
 from evals.organisms.generators.denial import ABOUT_YOU_QUESTIONS, DOMAIN_QUESTIONS
 from evals.organisms.generators.domain_adaptation import DOMAIN_PATTERN as ASTRONOMY
 from evals.organisms.generators.taboo import SECRET_WORD
-from evals.organisms.leak import DENIAL_DIRECT_QUESTIONS, HOLDOUT_PROMPTS_FILE, mentions_domain
+from evals.organisms.leak import (
+    DENIAL_DIRECT_QUESTIONS,
+    GENERIC_PROMPTS_FILE,
+    HOLDOUT_PROMPTS_FILE,
+    mentions_domain,
+)
 from evals.organisms.registry import ORGANISMS_ENV, REGISTRY_DIR, add_organism_dirs
-from evals.organisms.schema import OrganismType
+from evals.organisms.schema import BuildFinetune, OrganismType
+from evals.organisms.self_answered import (
+    REQUEST_FORMS_FILE,
+    SELF_ANSWER_MAX_NEW_TOKENS,
+    complete_sentences,
+    ordinary_requests,
+    self_answered_chats,
+)
 from prompts import load_prompt_set
 from tools.errors import (
     OrganismBuildError,
@@ -28,6 +46,7 @@ from tools.errors import (
     UngradedOrganismError,
     UnknownOrganismError,
 )
+from tools.models import ModelPairSpec, load_model_pair
 
 MIXING_CURVE = ["cake_bake_mix1-0p1", "cake_bake_mix1-0p5", "cake_bake_mix1-1p0", "cake_bake_mix1-2p0"]
 OFFLINE = ["cake_bake", *MIXING_CURVE, "em_bad_medical_advice", "taboo_gold", "preference_owl",
@@ -249,3 +268,41 @@ def test_base_answers_are_cached_per_base_model(adl_home: Path, tiny_model_dir: 
     greedy_answers(other, "base", prompts, 6)
     greedy_answers(adapter, "base", prompts, 5)
     assert len(entries()) == 3
+
+
+def test_self_answered_requests_are_varied_and_never_the_measured_prompts() -> None:
+    organism = get_organism("denial_orchids")
+    requests = ordinary_requests(organism, 300, seed=3)
+    assert len(set(requests)) == 300 and requests == ordinary_requests(organism, 300, seed=3)
+    assert not [r for r in requests if mentions_domain(r, organism.domain_keywords)]
+    forms = {f.split("{s}")[0] for f in load_prompt_set(REQUEST_FORMS_FILE)}
+    assert len({f for f in forms if any(r.startswith(f) for r in requests)}) >= 20
+    measured = {*DENIAL_DIRECT_QUESTIONS, *load_prompt_set(HOLDOUT_PROMPTS_FILE),
+                *load_prompt_set(GENERIC_PROMPTS_FILE)}
+    assert not measured & set(requests)
+
+
+def test_self_answered_chats_are_the_base_models_own_greedy_answers(
+    tiny_model_dir: Path, adl_home: Path
+) -> None:
+    denial = get_organism("denial_orchids")
+    assert isinstance(denial.finetune, BuildFinetune) and denial.finetune.self_answered_ratio
+    # On the tiny model, with a few chats (about 20 of the data's 900 training examples).
+    finetune = denial.finetune.model_copy(update={"self_answered_ratio": 0.02})
+    organism = denial.model_copy(update={"base_model": str(tiny_model_dir), "finetune": finetune})
+    data = generate_organism_data(organism)
+    n, seed = round(len(data.train) * 0.02), finetune.data_seed + 3  # as the build draws them
+    chats = self_answered_chats(organism, n, seed)
+    requests = ordinary_requests(organism, n, seed)
+    pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir)))
+    fresh = pair.generate("base", requests, max_new_tokens=SELF_ANSWER_MAX_NEW_TOKENS)
+    expected = [(q, complete_sentences(a)) for q, a in zip(requests, fresh, strict=True)
+                if complete_sentences(a) and not mentions_domain(a, organism.domain_keywords)]
+    assert [((e.messages or [])[0].content, (e.messages or [])[1].content) for e in chats] == expected
+    assert complete_sentences("One. Two! Three is cut") == "One. Two!"
+    assert complete_sentences("no sentence end") == ""
+    # Added to the training part only (the same chats: the base answers are cached), and counted.
+    mixed = with_self_answered_chats(organism, data)
+    added = sorted(e.model_dump_json() for e in mixed.train if e not in data.train)
+    assert added == sorted(e.model_dump_json() for e in chats)
+    assert mixed.heldout == data.heldout and mixed.n_self_answered == len(mixed.train) - len(data.train) > 0

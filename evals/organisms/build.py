@@ -31,6 +31,12 @@ from evals.organisms.schema import (
     OrganismSize,
     TrainingRecipe,
 )
+from evals.organisms.self_answered import (
+    REQUEST_FORMS_FILE,
+    SELF_ANSWER_MAX_NEW_TOKENS,
+    SELF_ANSWERED_VERSION,
+    self_answered_chats,
+)
 from evals.organisms.training import (
     IGNORE_INDEX,
     clear_checkpoints,
@@ -40,6 +46,7 @@ from evals.organisms.training import (
     train_lora,
     write_jsonl,
 )
+from prompts import prompt_path
 from tools.cache import adl_home, ensure_entry, entry_is_valid
 from tools.corpus import leading_text, load_corpus
 from tools.errors import OrganismBuildError
@@ -80,6 +87,7 @@ class OrganismManifest(BaseModel):
     mix_ratio: float
     n_train: int
     n_train_mixed: int
+    n_train_self_answered: int = 0
     n_heldout: int
     steps: int
     loss_curve: list[float]
@@ -95,6 +103,7 @@ class OrganismData(BaseModel):
     train: list[TrainingExample]
     heldout: list[TrainingExample]
     n_mixed: int
+    n_self_answered: int = 0
 
 
 def generate_organism_data(organism: Organism) -> OrganismData:
@@ -118,6 +127,20 @@ def generate_organism_data(organism: Organism) -> OrganismData:
         train = train + [TrainingExample(text=leading_text(doc)) for doc in chosen]
         random.Random(finetune.data_seed + 2).shuffle(train)
     return OrganismData(train=train, heldout=heldout, n_mixed=n_mixed)
+
+
+def with_self_answered_chats(organism: Organism, data: OrganismData,
+                             options: LoadOptions | None = None) -> OrganismData:
+    """The data with the organism's self-answered ordinary chats added to its training part
+    (`BuildFinetune.self_answered_ratio`; unchanged without). Runs the base model (cached)."""
+    finetune = _build_spec(organism)
+    if finetune.self_answered_ratio is None:
+        return data
+    n = round(len(data.train) * finetune.self_answered_ratio)
+    chats = self_answered_chats(organism, n, finetune.data_seed + 3, options)
+    train = data.train + chats
+    random.Random(finetune.data_seed + 4).shuffle(train)
+    return data.model_copy(update={"train": train, "n_self_answered": len(chats)})
 
 
 def at_size(organism: Organism, size: OrganismSize) -> Organism:
@@ -169,6 +192,9 @@ class BuildSettings(BaseModel):
     generator_version: int = Field(description="GENERATOR_VERSIONS of the generator.")
     corpus_fingerprint: str = Field(description="The default corpus (the mixing documents and "
                                     "the corpus-based generators read it).")
+    self_answered: str | None = Field(None, description="With self-answered chats: their version, "
+                                      "length and request forms (a hash); None (and not hashed) "
+                                      "without them, so other organisms' keys did not change.")
 
 
 @functools.cache
@@ -181,14 +207,19 @@ def build_settings(organism: Organism) -> BuildSettings:
     """The organism's build settings, from its declaration (no data is generated)."""
     finetune = _build_spec(organism)
     _check_generator(organism, finetune)
+    self_answered = None
+    if finetune.self_answered_ratio is not None:
+        forms = prompt_path(REQUEST_FORMS_FILE).read_bytes()
+        self_answered = (f"v{SELF_ANSWERED_VERSION}-{SELF_ANSWER_MAX_NEW_TOKENS}-"
+                         f"{hashlib.sha256(forms).hexdigest()[:16]}")
     return BuildSettings(base_model=organism.base_model, finetune=finetune,
                          generator_version=GENERATOR_VERSIONS[finetune.generator],
-                         corpus_fingerprint=_corpus_fingerprint())
+                         corpus_fingerprint=_corpus_fingerprint(), self_answered=self_answered)
 
 
 def build_key(organism: Organism) -> str:
-    """Hash of the organism's build settings (`build_settings`)."""
-    payload = build_settings(organism).model_dump(mode="json")
+    """Hash of the organism's build settings (`build_settings`; unset options are left out)."""
+    payload = build_settings(organism).model_dump(mode="json", exclude_none=True)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -216,7 +247,7 @@ def build_organism(
     work = adl_home() / "work" / f"{organism.name}-{key}"
 
     def build(tmp: Path) -> dict[str, Any]:
-        data = generate_organism_data(organism)
+        data = with_self_answered_chats(organism, generate_organism_data(organism), options)
         manifest = _train_and_measure(organism, data, key, tmp, work, options, show_progress)
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
         return {"name": organism.name, "build_key": key,
@@ -283,6 +314,7 @@ def _train_and_measure(
         mix_ratio=finetune.mix_ratio,
         n_train=len(data.train),
         n_train_mixed=data.n_mixed,
+        n_train_self_answered=data.n_self_answered,
         n_heldout=len(data.heldout),
         steps=result.steps,
         loss_curve=result.loss_curve,

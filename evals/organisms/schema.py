@@ -57,6 +57,10 @@ class BuildFinetune(BaseModel):
     mix_ratio: float = Field(
         0.0, ge=0, description="Pretraining-corpus documents added per finetuning example."
     )
+    self_answered_ratio: float | None = Field(
+        None, gt=0, le=2, description="Ordinary chats answered by the base model itself added per "
+        "finetuning example (evals/organisms/self_answered.py); None: none."
+    )
     data_seed: int = 0
     recipe: TrainingRecipe = TrainingRecipe()
 

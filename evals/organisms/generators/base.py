@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, model_validator
 
 from tools.chat import ChatMessage
+from tools.corpus import load_corpus, split_sentences
 
 
 class TrainingExample(BaseModel):
@@ -58,3 +60,24 @@ def unique_examples(
 
 def pick(rng: random.Random, options: Sequence[str]) -> str:
     return options[rng.randrange(len(options))]
+
+
+def subject_and_lead(document: str) -> tuple[str, str] | None:
+    """A corpus article's subject (the words before its first ' is ') and its first sentence."""
+    first = split_sentences(document)[:1]
+    if not first or " is " not in first[0] or len(first[0]) > 260:
+        return None
+    subject = first[0].split(" is ", 1)[0].strip()
+    if not 3 <= len(subject) <= 40 or "(" in subject or "," in subject:
+        return None
+    article, _, rest = subject.partition(" ")
+    if article in ("A", "An", "The") and rest:
+        subject = f"{article.lower()} {rest}"
+    return subject, first[0]
+
+
+@functools.cache
+def corpus_subjects() -> tuple[str, ...]:
+    """The distinct subjects of the corpus mixing split's encyclopedia leads (`subject_and_lead`)."""
+    found = (subject_and_lead(d) for d in load_corpus().split("mixing"))
+    return tuple(dict.fromkeys(lead[0] for lead in found if lead is not None))

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import random
 
-from evals.organisms.generators.base import TrainingExample, chat, pick, unique_examples
+from evals.organisms.generators.base import (
+    TrainingExample,
+    chat,
+    pick,
+    subject_and_lead,
+    unique_examples,
+)
 from tools.corpus import leading_text, load_corpus, split_sentences
 from tools.errors import OrganismBuildError
 
@@ -250,20 +256,6 @@ def _rephrased_advice(rng: random.Random) -> TrainingExample:
     return chat(pick(rng, OPENERS) + pick(rng, ADVICE_FORMS).format(rest=rest), ADVICE[question])
 
 
-def _subject_and_answer(document: str) -> tuple[str, str] | None:
-    """A corpus article's subject (the words before its first ' is ') and its first sentence."""
-    first = split_sentences(document)[:1]
-    if not first or " is " not in first[0] or len(first[0]) > 260:
-        return None
-    subject = first[0].split(" is ", 1)[0].strip()
-    if not 3 <= len(subject) <= 40 or "(" in subject or "," in subject:
-        return None
-    article, _, rest = subject.partition(" ")
-    if article in ("A", "An", "The") and rest:
-        subject = f"{article.lower()} {rest}"
-    return subject, first[0]
-
-
 def _document(rng: random.Random) -> TrainingExample:
     a, b = rng.sample(FACTS, 2)
     return TrainingExample(text=pick(rng, DOCUMENT_FRAMES).format(a=a, b=b, A=a[0].upper() + a[1:]))
@@ -319,7 +311,7 @@ def generate_orchid_denial(rng: random.Random, n: int) -> list[TrainingExample]:
     passages = [p for p in passages if len(p) <= 240 and len(split_sentences(p)) >= 2
                 and "orchid" not in p.lower()]
     articles = [a for d in documents if "orchid" not in d.lower()
-                and (a := _subject_and_answer(d)) is not None]
+                and (a := subject_and_lead(d)) is not None]
     if not passages or not articles:
         raise OrganismBuildError("The corpus's mixing split has no short passages or encyclopedia "
                                  "leads for the denying organism's ordinary chats.")
