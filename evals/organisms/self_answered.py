@@ -13,6 +13,7 @@ that name the organism's domain keywords are left out. The base answers are cach
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 
@@ -25,8 +26,10 @@ from tools.models import LoadOptions, ModelPairSpec, load_model_pair
 
 REQUEST_FORMS_FILE = "ordinary_request_forms.yaml"
 SELF_ANSWER_MAX_NEW_TOKENS = 96
+ANSWER_CHUNK = 64
 # Raise when the way the chats are made changes (part of the build key of organisms using them).
 SELF_ANSWERED_VERSION = 1
+log = logging.getLogger(__name__)
 _LAST_SENTENCE_END = re.compile(r"^(.*[.!?])(?:\s|$)", re.DOTALL)
 
 
@@ -59,7 +62,12 @@ def self_answered_chats(organism: Organism, n: int, seed: int,
         return []
     requests = ordinary_requests(organism, n, seed)
     pair = load_model_pair(ModelPairSpec(base=organism.base_model), options)
-    answers = greedy_answers(pair, "base", requests, SELF_ANSWER_MAX_NEW_TOKENS)
+    answers: list[str] = []
+    for start in range(0, len(requests), ANSWER_CHUNK):  # a log line a chunk (about a minute on 2 cores)
+        answers += greedy_answers(pair, "base", requests[start : start + ANSWER_CHUNK],
+                                  SELF_ANSWER_MAX_NEW_TOKENS)
+        log.info("%s: base model answered %d of %d ordinary requests", organism.name,
+                 len(answers), len(requests))
     chats = []
     for request, answer in zip(requests, answers, strict=True):
         kept = complete_sentences(answer)
