@@ -23,9 +23,11 @@ def load_text(name: str) -> str:
     return prompt_path(name).read_text(encoding="utf-8")
 
 
-def load_prompt_set(name: str) -> list[str]:
-    """A YAML prompt set: a mapping with a `prompts` list of strings."""
-    data: Any = yaml.safe_load(prompt_path(name).read_text(encoding="utf-8"))
+def load_prompt_set(name: str | Path) -> list[str]:
+    """A YAML prompt set: a mapping with a `prompts` list of strings (a file in prompts/ by
+    name, or any file by path)."""
+    path = name if isinstance(name, Path) else prompt_path(name)
+    data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     prompts = data.get("prompts") if isinstance(data, dict) else None
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"{name}: expected a mapping with a 'prompts' list of strings.")

@@ -22,6 +22,7 @@ from evals.organisms.build import build_key, generate_organism_data, is_built, o
 from evals.organisms.generators import GENERATOR_VERSIONS, GENERATORS, TrainingExample
 from evals.organisms.registry import get_organism
 from evals.organisms.schema import BuildFinetune, Organism, TrainingDataInfo, TrainingRecipe
+from prompts import prompt_path
 from tools.adl.coherence import OfflineCoherenceGrader, OfflineCoherenceSettings
 from tools.adl.pipeline import (
     METHOD_VERSION,
@@ -192,7 +193,7 @@ def test_build_key_follows_the_declared_settings(monkeypatch: pytest.MonkeyPatch
     # is hashed (the keys of organisms without it did not change when it came).
     hashed = build.build_settings(organism).model_dump(mode="json", exclude_none=True)
     assert "self_answered" not in hashed and "self_answered_ratio" not in hashed["finetune"]
-    monkeypatch.setattr(build, "REQUEST_FORMS_FILE", "generic_chat_prompts.yaml")
+    monkeypatch.setattr(build, "REQUEST_FORMS_FILE", prompt_path("generic_chat_prompts.yaml"))
     assert build_key(variants[7]) != keys[7] and build_key(organism) == keys[0]
 
 

@@ -46,7 +46,6 @@ from evals.organisms.training import (
     train_lora,
     write_jsonl,
 )
-from prompts import prompt_path
 from tools.cache import adl_home, ensure_entry, entry_is_valid
 from tools.corpus import leading_text, load_corpus
 from tools.errors import OrganismBuildError
@@ -209,7 +208,7 @@ def build_settings(organism: Organism) -> BuildSettings:
     _check_generator(organism, finetune)
     self_answered = None
     if finetune.self_answered_ratio is not None:
-        forms = prompt_path(REQUEST_FORMS_FILE).read_bytes()
+        forms = REQUEST_FORMS_FILE.read_bytes()
         self_answered = (f"v{SELF_ANSWERED_VERSION}-{SELF_ANSWER_MAX_NEW_TOKENS}-"
                          f"{hashlib.sha256(forms).hexdigest()[:16]}")
     return BuildSettings(base_model=organism.base_model, finetune=finetune,

@@ -3,10 +3,10 @@
 A small model finetuned on a narrow set of chats learns their form along with their content: an
 organism trained to refuse one topic starts refusing requests that merely look like the trained
 ones. Hand-written ordinary chats cover a few forms of request. These cover many: request forms
-(`prompts/ordinary_request_forms.yaml`) on subjects drawn from the corpus's encyclopedia leads,
-answered greedily by the base model (self-distillation). Trained on its own answers, the finetune
-keeps answering such requests as the base model does, so what it learns stays specific to its
-domain. `BuildFinetune.self_answered_ratio` sets how many chats per finetuning example; subjects
+(`ordinary_request_forms.yaml` next to this module: training data, shown to no agent or
+grader) on subjects drawn from the corpus's encyclopedia leads, answered greedily by the base
+model (self-distillation). Trained on its own answers, the finetune keeps answering such
+requests as the base model does, so what it learns stays specific to its domain. `BuildFinetune.self_answered_ratio` sets how many chats per finetuning example; subjects
 that name the organism's domain keywords are left out. The base answers are cached per base model
 (`evals.organisms.leak.greedy_answers`).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from pathlib import Path
 
 from evals.organisms.generators.base import TrainingExample, chat, corpus_subjects
 from evals.organisms.leak import greedy_answers, mentions_domain
@@ -24,7 +25,7 @@ from prompts import load_prompt_set
 from tools.errors import OrganismBuildError
 from tools.models import LoadOptions, ModelPairSpec, load_model_pair
 
-REQUEST_FORMS_FILE = "ordinary_request_forms.yaml"
+REQUEST_FORMS_FILE = Path(__file__).with_name("ordinary_request_forms.yaml")
 SELF_ANSWER_MAX_NEW_TOKENS = 96
 ANSWER_CHUNK = 64
 # Raise when the way the chats are made changes (part of the build key of organisms using them).
