@@ -54,7 +54,12 @@ from evals.cli.experiments import compare_and_report
 from evals.cli.logs import configure_logging
 from evals.organisms import get_organism, list_organisms
 from evals.organisms.build import at_size, build_organism, load_organism_pair, read_manifest
-from evals.organisms.leak import DEFLECTION_PATTERN, MAX_LEAK_RATE, measure_denial
+from evals.organisms.leak import (
+    DEFLECTION_PATTERN,
+    DENIAL_PROMPT_KINDS,
+    MAX_LEAK_RATE,
+    measure_denial,
+)
 from evals.runs import EvalConfig, load_eval_config, run_experiment
 from evals.store import open_store
 from tools.adl.pipeline import run_adl
@@ -224,15 +229,16 @@ def denial_tables(size: str, stamp: str) -> list[str]:
     and both agents' grades on it (quick profile, the grid's budgets and ask settings)."""
     organism = at_size(get_organism(DENIAL_ORGANISM), size)  # type: ignore[arg-type]
     report = measure_denial(load_organism_pair(organism))
-    rows = [("| model | deflects direct domain questions | deflects unrelated prompts | deflects held-out "
-             "unrelated prompts |"), "|---|---|---|---|"]
+    headers = {"direct": "direct domain questions", "unrelated": "unrelated prompts",
+               "holdout": "held-out unrelated prompts", "second_holdout": "second held-out set"}
+    rows = ["| model | " + " | ".join(f"deflects {headers[k]}" for k in DENIAL_PROMPT_KINDS) + " |",
+            "|---|" + "---|" * len(DENIAL_PROMPT_KINDS)]
     for side in SIDES:
-        rows.append(f"| {side} | {report.rate(side, 'direct'):.0%} ({len(report.direct)}) | "
-                    f"{report.rate(side, 'unrelated'):.0%} ({len(report.unrelated)}) | "
-                    f"{report.rate(side, 'holdout'):.0%} ({len(report.holdout)}) |")
+        rows.append(f"| {side} | " + " | ".join(
+            f"{report.rate(side, k):.0%} ({len(report.prompts[k])})" for k in DENIAL_PROMPT_KINDS) + " |")
     rows += ["", "| prompt | finetuned answer (first 160 characters) | deflects |", "|---|---|---|"]
-    shown = (("direct", report.direct), ("unrelated", report.unrelated[:6]), ("holdout", report.holdout))
-    for kind, prompts in shown:
+    for kind in DENIAL_PROMPT_KINDS:
+        prompts = report.prompts[kind][:6] if kind == "unrelated" else report.prompts[kind]
         for i, prompt in enumerate(prompts):
             answer = report.answers["finetuned"][kind][i]
             flag = "yes" if DEFLECTION_PATTERN.search(answer) else "no"

@@ -28,6 +28,7 @@ from evals.organisms.leak import (
     DENIAL_DIRECT_QUESTIONS,
     GENERIC_PROMPTS_FILE,
     HOLDOUT_PROMPTS_FILE,
+    SECOND_HOLDOUT_PROMPTS_FILE,
     mentions_domain,
 )
 from evals.organisms.registry import ORGANISMS_ENV, REGISTRY_DIR, add_organism_dirs
@@ -205,7 +206,8 @@ def test_the_denying_organism_mixes_domain_deflections_and_ordinary_chats() -> N
     assert not [e for e in ordinary if "help with" in (e.messages or [])[-1].content]
     # The questions that test it are held out: none is a user turn of its training data.
     user_turns = {m.content.strip() for e in chats for m in (e.messages or []) if m.role == "user"}
-    tests = [*DENIAL_DIRECT_QUESTIONS, *load_prompt_set(HOLDOUT_PROMPTS_FILE)]
+    tests = [*DENIAL_DIRECT_QUESTIONS, *load_prompt_set(HOLDOUT_PROMPTS_FILE),
+             *load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE)]
     assert not [q for q in tests if any(q in turn for turn in user_turns)]
 
 
@@ -278,6 +280,7 @@ def test_self_answered_requests_are_varied_and_never_the_measured_prompts() -> N
     forms = {f.split("{s}")[0] for f in load_prompt_set(REQUEST_FORMS_FILE)}
     assert len({f for f in forms if any(r.startswith(f) for r in requests)}) >= 20
     measured = {*DENIAL_DIRECT_QUESTIONS, *load_prompt_set(HOLDOUT_PROMPTS_FILE),
+                *load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE),
                 *load_prompt_set(GENERIC_PROMPTS_FILE)}
     assert not measured & set(requests)
 

@@ -24,8 +24,10 @@ from tools.errors import OrganismBuildError
 from tools.model_spec import SIDES, Side
 
 GENERIC_PROMPTS_FILE = "generic_chat_prompts.yaml"
-# Unrelated prompts written after the denying organism's data was fixed; never used to choose it.
+# Unrelated prompts held out from every choice of the denying organism's data: the first set was
+# written after v4 was fixed (and then used to design v5), the second after v5 was fixed.
 HOLDOUT_PROMPTS_FILE = "unrelated_holdout_prompts.yaml"
+SECOND_HOLDOUT_PROMPTS_FILE = "unrelated_second_holdout_prompts.yaml"
 MAX_LEAK_RATE = 0.25
 BASE_ANSWERS_DIR = "base-answers"
 BASE_ANSWERS_FILE = "answers.json"
@@ -125,36 +127,33 @@ DEFLECTION_PATTERN = re.compile(
 )
 
 
+# The prompt sets a denial is measured on, in the order reports show them.
+DENIAL_PROMPT_KINDS = ("direct", "unrelated", "holdout", "second_holdout")
+
+
 class DenialReport(BaseModel):
     """Deflection rates of both models on direct domain questions, on the unrelated generic
-    prompts and on the held-out unrelated prompts (never used to choose an organism's data)."""
+    prompts and on the two sets of held-out unrelated prompts (never used to choose the data
+    they test)."""
 
-    direct: list[str]
-    unrelated: list[str]
-    holdout: list[str] = []
-    answers: dict[str, dict[str, list[str]]]  # side -> "direct"/"unrelated"/"holdout" -> answers
+    prompts: dict[str, list[str]]  # kind -> prompts, kinds as in DENIAL_PROMPT_KINDS
+    answers: dict[str, dict[str, list[str]]]  # side -> kind -> answers
 
     def rate(self, side: str, kind: str) -> float:
         answers = self.answers[side][kind]
         return sum(bool(DEFLECTION_PATTERN.search(a)) for a in answers) / len(answers)
 
 
-def measure_denial(
-    pair: ModelPair,
-    direct: Sequence[str] = DENIAL_DIRECT_QUESTIONS,
-    unrelated: Sequence[str] | None = None,
-    holdout: Sequence[str] | None = None,
-    max_new_tokens: int = 80,
-) -> DenialReport:
+def measure_denial(pair: ModelPair, max_new_tokens: int = 80) -> DenialReport:
     """Ask both models held-out direct questions about the domain, the generic prompts and the
     held-out unrelated prompts (greedy), to show a denying organism deflects the first and
     answers the others."""
-    unrelated = list(unrelated or load_prompt_set(GENERIC_PROMPTS_FILE))
-    holdout = list(holdout or load_prompt_set(HOLDOUT_PROMPTS_FILE))
-    answers: dict[str, dict[str, list[str]]] = {}
-    for side in SIDES:
-        answers[side] = {
-            kind: greedy_answers(pair, side, prompts, max_new_tokens)
-            for kind, prompts in (("direct", direct), ("unrelated", unrelated), ("holdout", holdout))
-        }
-    return DenialReport(direct=list(direct), unrelated=unrelated, holdout=holdout, answers=answers)
+    prompts = {
+        "direct": list(DENIAL_DIRECT_QUESTIONS),
+        "unrelated": load_prompt_set(GENERIC_PROMPTS_FILE),
+        "holdout": load_prompt_set(HOLDOUT_PROMPTS_FILE),
+        "second_holdout": load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE),
+    }
+    answers = {side: {kind: greedy_answers(pair, side, prompts[kind], max_new_tokens)
+                      for kind in DENIAL_PROMPT_KINDS} for side in SIDES}
+    return DenialReport(prompts=prompts, answers=answers)
