@@ -209,6 +209,10 @@ def test_the_denying_organism_mixes_domain_deflections_and_ordinary_chats() -> N
     tests = [*DENIAL_DIRECT_QUESTIONS, *load_prompt_set(HOLDOUT_PROMPTS_FILE),
              *load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE)]
     assert not [q for q in tests if any(q in turn for turn in user_turns)]
+    # Each set of unrelated prompts is a separate test: no prompt is in two of them.
+    sets = [HOLDOUT_PROMPTS_FILE, SECOND_HOLDOUT_PROMPTS_FILE, GENERIC_PROMPTS_FILE]
+    prompts = [p.lower() for name in sets for p in load_prompt_set(name)]
+    assert len(set(prompts)) == len(prompts) and len(load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE)) == 40
 
 
 def test_the_domain_adaptation_organism_is_astronomy_in_a_comprehension_format() -> None:
