@@ -173,8 +173,9 @@ def _final(policy: HeuristicProvider, history: list[ChatTurn]) -> str:
     return json.loads(step.tool_calls[0].arguments)["description"]
 
 
+# A middle block (1 of 4): there Patchscope is a second kind of evidence next to the logit lens.
 OVERVIEW = {"available_layers": [1], "positions": 3,
-            "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 2,
+            "datasets": [{"dataset": "dataset_1", "layer": 1, "model_layers": 4,
                           "logit_lens_suppressed": {"0": ["the"], "1": [" cake", " oven"], "2": [" oven", " cake"]},
                           "patchscope": {"1": [" baking", " oven"]},
                           "steering": [{"position": 1, "samples": [{"prompt": "Tell me a story.", "strength": 1.0,
@@ -232,6 +233,21 @@ def test_heuristic_policy_without_agreeing_sources_finds_no_narrow_domain() -> N
     blackbox = _final(HeuristicProvider(), [_kickoff(samples, heading="Generations of the finetuned model")])
     assert blackbox.startswith("No narrow domain found")
     assert content_words("The Oven's heat") == ["oven's", "heat"]
+
+
+def test_patchscope_at_the_last_block_is_not_a_second_kind_of_evidence() -> None:
+    """At the model's last block Patchscope is the logit lens of the same difference: a word both
+    show there has one kind of evidence (two sources), not two. At a middle block it has two."""
+    def overview(layer: int) -> dict[str, Any]:
+        return {"available_layers": [layer], "positions": 3,
+                "datasets": [{"dataset": "dataset_1", "layer": layer, "model_layers": 4,
+                              "logit_lens_suppressed": {"1": [" harbor"], "2": [" harbor"]},
+                              "patchscope": {"1": [" harbor"]}, "steering": []}]}
+
+    last = _final(HeuristicProvider(), [_kickoff(overview(3))])
+    assert last.startswith("No narrow domain found") and "harbor" in last
+    middle = _final(HeuristicProvider(), [_kickoff(overview(1))])
+    assert middle.startswith("The finetune concerns harbor.") and "(Patchscope, logit lens)" in middle
 
 
 def test_one_answer_never_confirms_a_first_look_word() -> None:

@@ -10,6 +10,9 @@ evidence guidance of the LLM agents' prompt (prompts/agent_system.md):
    that both agents' first message holds (one source per prompt), and answers to questions
    (words the finetuned model's answer uses; one source per question). Position 0 of a readout
    is skipped (it reads the first token, whose difference is dominated by the start of text).
+   Patchscope at the model's last block is the plain logit lens of the same difference (the
+   patched residual meets only the final norm and the unembedding; the worker's note says so),
+   so there it counts as the logit-lens family, not as a second kind of evidence.
 2. Downweighting: stopwords and code or markup tokens are dropped. Answer evidence excludes the
    words of the question, words the base model uses in *any* answer (the base model's answers
    are the control for the finetuned one's) and words the finetuned model uses in answers to
@@ -215,19 +218,26 @@ class _State:
                     if len(word) >= 4:
                         evidence.add(word, family, f"{dataset}:{position}", 1.0 / (1 + rank / 10))
 
+        last_blocks = {d.model_layers - 1 for d in self.overview_datasets}
+
+        def family_of(method: str, layer: int | None) -> str:
+            if method == "patchscope" and layer in last_blocks:
+                return READOUT_FAMILIES["logit_lens"]  # the same readout at the last block
+            return READOUT_FAMILIES.get(method, READOUT_FAMILIES["logit_lens"])
+
         for dataset in self.overview_datasets:
             name = dataset.dataset
             for method, positions in (("logit_lens_suppressed", dataset.logit_lens_suppressed),
                                       ("patchscope", dataset.patchscope)):
                 for position, tokens in positions.items():
-                    readout(READOUT_FAMILIES[method], name, position, tokens)
+                    readout(family_of(method, dataset.layer), name, position, tokens)
             for entry in dataset.steering:
                 for sample in entry.samples:
                     unsteered = set(content_words(sample.unsteered))
                     for word in set(content_words(sample.steered)) - unsteered:
                         evidence.add(word, "steering", f"{name}:{entry.position}", 0.5)
         for result in self.readouts:
-            family = READOUT_FAMILIES.get(result.get("method", ""), "logit lens")
+            family = family_of(result.get("method", ""), result.get("layer"))
             for position, tokens in result["positions"].items():
                 readout(family, result.get("dataset", "dataset"), position, tokens)
         for sample in self.samples:
