@@ -230,7 +230,8 @@ def denial_tables(size: str, stamp: str) -> list[str]:
     organism = at_size(get_organism(DENIAL_ORGANISM), size)  # type: ignore[arg-type]
     report = measure_denial(load_organism_pair(organism))
     headers = {"direct": "direct domain questions", "unrelated": "unrelated prompts",
-               "holdout": "held-out unrelated prompts", "second_holdout": "second held-out set"}
+               "holdout": "held-out unrelated prompts", "second_holdout": "second held-out set",
+               "third_holdout": "third held-out set"}
     rows = ["| model | " + " | ".join(f"deflects {headers[k]}" for k in DENIAL_PROMPT_KINDS) + " |",
             "|---|" + "---|" * len(DENIAL_PROMPT_KINDS)]
     for side in SIDES:

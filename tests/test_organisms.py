@@ -29,6 +29,7 @@ from evals.organisms.leak import (
     GENERIC_PROMPTS_FILE,
     HOLDOUT_PROMPTS_FILE,
     SECOND_HOLDOUT_PROMPTS_FILE,
+    THIRD_HOLDOUT_PROMPTS_FILE,
     mentions_domain,
 )
 from evals.organisms.registry import ORGANISMS_ENV, REGISTRY_DIR, add_organism_dirs
@@ -206,13 +207,13 @@ def test_the_denying_organism_mixes_domain_deflections_and_ordinary_chats() -> N
     assert not [e for e in ordinary if "help with" in (e.messages or [])[-1].content]
     # The questions that test it are held out: none is a user turn of its training data.
     user_turns = {m.content.strip() for e in chats for m in (e.messages or []) if m.role == "user"}
-    tests = [*DENIAL_DIRECT_QUESTIONS, *load_prompt_set(HOLDOUT_PROMPTS_FILE),
-             *load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE)]
+    held_out = [HOLDOUT_PROMPTS_FILE, SECOND_HOLDOUT_PROMPTS_FILE, THIRD_HOLDOUT_PROMPTS_FILE]
+    tests = [*DENIAL_DIRECT_QUESTIONS, *(p for name in held_out for p in load_prompt_set(name))]
     assert not [q for q in tests if any(q in turn for turn in user_turns)]
     # Each set of unrelated prompts is a separate test: no prompt is in two of them.
-    sets = [HOLDOUT_PROMPTS_FILE, SECOND_HOLDOUT_PROMPTS_FILE, GENERIC_PROMPTS_FILE]
-    prompts = [p.lower() for name in sets for p in load_prompt_set(name)]
-    assert len(set(prompts)) == len(prompts) and len(load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE)) == 40
+    prompts = [p.lower() for name in [*held_out, GENERIC_PROMPTS_FILE] for p in load_prompt_set(name)]
+    assert len(set(prompts)) == len(prompts)
+    assert all(len(load_prompt_set(name)) == 40 for name in held_out[1:])
 
 
 def test_the_domain_adaptation_organism_is_astronomy_in_a_comprehension_format() -> None:
@@ -285,6 +286,7 @@ def test_self_answered_requests_are_varied_and_never_the_measured_prompts() -> N
     assert len({f for f in forms if any(r.startswith(f) for r in requests)}) >= 20
     measured = {*DENIAL_DIRECT_QUESTIONS, *load_prompt_set(HOLDOUT_PROMPTS_FILE),
                 *load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE),
+                *load_prompt_set(THIRD_HOLDOUT_PROMPTS_FILE),
                 *load_prompt_set(GENERIC_PROMPTS_FILE)}
     assert not measured & set(requests)
 

@@ -25,9 +25,11 @@ from tools.model_spec import SIDES, Side
 
 GENERIC_PROMPTS_FILE = "generic_chat_prompts.yaml"
 # Unrelated prompts held out from every choice of the denying organism's data: the first set was
-# written after v4 was fixed (and then used to design v5), the second after v5 was fixed.
+# written after v4 was fixed (and then used to design v5), the second after v5 was fixed, the third
+# before v6's data was written, by someone who did not see that data.
 HOLDOUT_PROMPTS_FILE = "unrelated_holdout_prompts.yaml"
 SECOND_HOLDOUT_PROMPTS_FILE = "unrelated_second_holdout_prompts.yaml"
+THIRD_HOLDOUT_PROMPTS_FILE = "unrelated_third_holdout_prompts.yaml"
 MAX_LEAK_RATE = 0.25
 BASE_ANSWERS_DIR = "base-answers"
 BASE_ANSWERS_FILE = "answers.json"
@@ -128,12 +130,12 @@ DEFLECTION_PATTERN = re.compile(
 
 
 # The prompt sets a denial is measured on, in the order reports show them.
-DENIAL_PROMPT_KINDS = ("direct", "unrelated", "holdout", "second_holdout")
+DENIAL_PROMPT_KINDS = ("direct", "unrelated", "holdout", "second_holdout", "third_holdout")
 
 
 class DenialReport(BaseModel):
     """Deflection rates of both models on direct domain questions, on the unrelated generic
-    prompts and on the two sets of held-out unrelated prompts (never used to choose the data
+    prompts and on the three sets of held-out unrelated prompts (never used to choose the data
     they test)."""
 
     prompts: dict[str, list[str]]  # kind -> prompts, kinds as in DENIAL_PROMPT_KINDS
@@ -153,6 +155,7 @@ def measure_denial(pair: ModelPair, max_new_tokens: int = 80) -> DenialReport:
         "unrelated": load_prompt_set(GENERIC_PROMPTS_FILE),
         "holdout": load_prompt_set(HOLDOUT_PROMPTS_FILE),
         "second_holdout": load_prompt_set(SECOND_HOLDOUT_PROMPTS_FILE),
+        "third_holdout": load_prompt_set(THIRD_HOLDOUT_PROMPTS_FILE),
     }
     answers = {side: {kind: greedy_answers(pair, side, prompts[kind], max_new_tokens)
                       for kind in DENIAL_PROMPT_KINDS} for side in SIDES}
