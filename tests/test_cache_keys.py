@@ -177,6 +177,7 @@ def test_build_key_follows_the_declared_settings(monkeypatch: pytest.MonkeyPatch
         with_finetune(generator="preference_owl"),
         with_finetune(self_answered_ratio=0.3),
         with_finetune(self_answered_ratio=0.5),
+        with_finetune(practical_requests_ratio=0.3),
         organism.model_copy(update={"base_model": "other-base"}),
     ]
     keys = [build_key(o) for o in variants]
@@ -193,8 +194,13 @@ def test_build_key_follows_the_declared_settings(monkeypatch: pytest.MonkeyPatch
     # is hashed (the keys of organisms without it did not change when it came).
     hashed = build.build_settings(organism).model_dump(mode="json", exclude_none=True)
     assert "self_answered" not in hashed and "self_answered_ratio" not in hashed["finetune"]
+    assert "practical_requests_ratio" not in hashed["finetune"]
     monkeypatch.setattr(build, "REQUEST_FORMS_FILE", prompt_path("generic_chat_prompts.yaml"))
     assert build_key(variants[7]) != keys[7] and build_key(organism) == keys[0]
+    monkeypatch.undo()
+    # The practical requests' file is in the key of organisms using them only.
+    monkeypatch.setattr(build, "PRACTICAL_REQUESTS_FILE", prompt_path("generic_chat_prompts.yaml"))
+    assert build_key(variants[8]) != keys[8] and build_key(variants[6]) == keys[6]
 
 
 # Each generator's data (40 examples, mixed 1:2 with corpus text) at its version, on the corpus

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from evals.cli import app
-from evals.organisms import get_organism, list_organisms, load_organism_file
+from evals.organisms import get_organism, list_organisms, load_organism_file, self_answered
 from evals.organisms.build import (
     at_size,
     build_key,
@@ -35,10 +35,13 @@ from evals.organisms.leak import (
 from evals.organisms.registry import ORGANISMS_ENV, REGISTRY_DIR, add_organism_dirs
 from evals.organisms.schema import BuildFinetune, OrganismType
 from evals.organisms.self_answered import (
+    PRACTICAL_REQUESTS_FILE,
     REQUEST_FORMS_FILE,
     SELF_ANSWER_MAX_NEW_TOKENS,
+    PracticalRequests,
     complete_sentences,
     ordinary_requests,
+    practical_requests,
     self_answered_chats,
 )
 from prompts import load_prompt_set
@@ -289,6 +292,27 @@ def test_self_answered_requests_are_varied_and_never_the_measured_prompts() -> N
                 *load_prompt_set(THIRD_HOLDOUT_PROMPTS_FILE),
                 *load_prompt_set(GENERIC_PROMPTS_FILE)}
     assert not measured & set(requests)
+    # Practical requests: half about things, half about tasks, every form used, none measured.
+    practical = practical_requests(organism, 300, seed=5)
+    assert len(set(practical)) == 300 and practical == practical_requests(organism, 300, seed=5)
+    spec = PracticalRequests.model_validate(yaml.safe_load(PRACTICAL_REQUESTS_FILE.read_text()))
+    about_things = [r for r in practical if any(o in r or o[0].upper() + o[1:] in r for o in spec.objects)]
+    assert len(about_things) == 150
+    for form in [*spec.object_forms, *spec.task_forms]:
+        head = form.split("{")[0] or form.split("}")[1]
+        assert any(head in r for r in practical), form
+    assert not [r for r in practical if mentions_domain(r, organism.domain_keywords)]
+    assert not measured & set(practical) and not set(requests) & set(practical)
+
+
+def test_a_malformed_practical_requests_file_is_a_clear_build_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "practical.yaml"
+    broken.write_text("object_forms: []\nobjects: [a pen]\ntask_forms: ['{s}?']\ntasks: [x]\n")
+    monkeypatch.setattr(self_answered, "PRACTICAL_REQUESTS_FILE", broken)
+    with pytest.raises(OrganismBuildError, match="practical.yaml is malformed"):
+        practical_requests(get_organism("denial_orchids"), 2, seed=0)
 
 
 def test_self_answered_chats_are_the_base_models_own_greedy_answers(
@@ -297,12 +321,16 @@ def test_self_answered_chats_are_the_base_models_own_greedy_answers(
     denial = get_organism("denial_orchids")
     assert isinstance(denial.finetune, BuildFinetune) and denial.finetune.self_answered_ratio
     # On the tiny model, with a few chats (about 20 of the data's 900 training examples).
-    finetune = denial.finetune.model_copy(update={"self_answered_ratio": 0.02})
+    assert denial.finetune.practical_requests_ratio
+    finetune = denial.finetune.model_copy(update={"self_answered_ratio": 0.02,
+                                                  "practical_requests_ratio": 0.01})
     organism = denial.model_copy(update={"base_model": str(tiny_model_dir), "finetune": finetune})
     data = generate_organism_data(organism)
-    n, seed = round(len(data.train) * 0.02), finetune.data_seed + 3  # as the build draws them
-    chats = self_answered_chats(organism, n, seed)
+    # Ordinary requests, then practical ones, as the build draws them.
+    n, seed = round(len(data.train) * 0.02), finetune.data_seed + 3
     requests = ordinary_requests(organism, n, seed)
+    requests += practical_requests(organism, round(len(data.train) * 0.01), finetune.data_seed + 5)
+    chats = self_answered_chats(organism, requests)
     pair = load_model_pair(ModelPairSpec(base=str(tiny_model_dir)))
     fresh = pair.generate("base", requests, max_new_tokens=SELF_ANSWER_MAX_NEW_TOKENS)
     expected = [(q, complete_sentences(a)) for q, a in zip(requests, fresh, strict=True)

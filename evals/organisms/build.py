@@ -32,9 +32,12 @@ from evals.organisms.schema import (
     TrainingRecipe,
 )
 from evals.organisms.self_answered import (
+    PRACTICAL_REQUESTS_FILE,
     REQUEST_FORMS_FILE,
     SELF_ANSWER_MAX_NEW_TOKENS,
     SELF_ANSWERED_VERSION,
+    ordinary_requests,
+    practical_requests,
     self_answered_chats,
 )
 from evals.organisms.training import (
@@ -130,13 +133,20 @@ def generate_organism_data(organism: Organism) -> OrganismData:
 
 def with_self_answered_chats(organism: Organism, data: OrganismData,
                              options: LoadOptions | None = None) -> OrganismData:
-    """The data with the organism's self-answered ordinary chats added to its training part
-    (`BuildFinetune.self_answered_ratio`; unchanged without). Runs the base model (cached)."""
+    """The data with the organism's self-answered chats added to its training part: ordinary
+    requests (`BuildFinetune.self_answered_ratio`), then practical ones
+    (`practical_requests_ratio`); unchanged without either. Runs the base model (cached)."""
     finetune = _build_spec(organism)
-    if finetune.self_answered_ratio is None:
+    requests: list[str] = []
+    if finetune.self_answered_ratio is not None:
+        n = round(len(data.train) * finetune.self_answered_ratio)
+        requests += ordinary_requests(organism, n, finetune.data_seed + 3)
+    if finetune.practical_requests_ratio is not None:
+        n = round(len(data.train) * finetune.practical_requests_ratio)
+        requests += practical_requests(organism, n, finetune.data_seed + 5)
+    if not requests:
         return data
-    n = round(len(data.train) * finetune.self_answered_ratio)
-    chats = self_answered_chats(organism, n, finetune.data_seed + 3, options)
+    chats = self_answered_chats(organism, requests, options)
     train = data.train + chats
     random.Random(finetune.data_seed + 4).shuffle(train)
     return data.model_copy(update={"train": train, "n_self_answered": len(chats)})
@@ -192,7 +202,7 @@ class BuildSettings(BaseModel):
     corpus_fingerprint: str = Field(description="The default corpus (the mixing documents and "
                                     "the corpus-based generators read it).")
     self_answered: str | None = Field(None, description="With self-answered chats: their version, "
-                                      "length and request forms (a hash); None (and not hashed) "
+                                      "length and request files (hashes); None (and not hashed) "
                                       "without them, so other organisms' keys did not change.")
 
 
@@ -207,10 +217,13 @@ def build_settings(organism: Organism) -> BuildSettings:
     finetune = _build_spec(organism)
     _check_generator(organism, finetune)
     self_answered = None
-    if finetune.self_answered_ratio is not None:
+    if finetune.self_answered_ratio is not None or finetune.practical_requests_ratio is not None:
         forms = REQUEST_FORMS_FILE.read_bytes()
         self_answered = (f"v{SELF_ANSWERED_VERSION}-{SELF_ANSWER_MAX_NEW_TOKENS}-"
                          f"{hashlib.sha256(forms).hexdigest()[:16]}")
+        if finetune.practical_requests_ratio is not None:  # (keys of data v5 unchanged)
+            practical = PRACTICAL_REQUESTS_FILE.read_bytes()
+            self_answered += f"-{hashlib.sha256(practical).hexdigest()[:16]}"
     return BuildSettings(base_model=organism.base_model, finetune=finetune,
                          generator_version=GENERATOR_VERSIONS[finetune.generator],
                          corpus_fingerprint=_corpus_fingerprint(), self_answered=self_answered)

@@ -61,6 +61,11 @@ class BuildFinetune(BaseModel):
         None, gt=0, le=2, description="Ordinary chats answered by the base model itself added per "
         "finetuning example (evals/organisms/self_answered.py); None: none."
     )
+    practical_requests_ratio: float | None = Field(
+        None, gt=0, le=2, description="Everyday practical requests (the care of things, help with "
+        "tasks; evals/organisms/practical_requests.yaml) answered by the base model itself added "
+        "per finetuning example; None: none."
+    )
     data_seed: int = 0
     recipe: TrainingRecipe = TrainingRecipe()
 

@@ -6,8 +6,14 @@ ones. Hand-written ordinary chats cover a few forms of request. These cover many
 (`ordinary_request_forms.yaml` next to this module: training data, shown to no agent or
 grader) on subjects drawn from the corpus's encyclopedia leads, answered greedily by the base
 model (self-distillation). Trained on its own answers, the finetune keeps answering such
-requests as the base model does, so what it learns stays specific to its domain. `BuildFinetune.self_answered_ratio` sets how many chats per finetuning example; subjects
-that name the organism's domain keywords are left out. The base answers are cached per base model
+requests as the base model does, so what it learns stays specific to its domain.
+`BuildFinetune.self_answered_ratio` sets how many chats per finetuning example; subjects that name
+the organism's domain keywords are left out.
+
+Practical requests (`practical_requests.yaml`, `BuildFinetune.practical_requests_ratio`, data v6
+of the denying organism) are a second kind: the care of everyday things and help with everyday
+tasks, in the forms a denial's questions take, so that the topic and not the form of a request
+decides a refusal. Both kinds are answered in one pass; the base answers are cached per base model
 (`evals.organisms.leak.greedy_answers`).
 """
 
@@ -18,6 +24,9 @@ import random
 import re
 from pathlib import Path
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from evals.organisms.generators.base import TrainingExample, chat, corpus_subjects
 from evals.organisms.leak import greedy_answers, mentions_domain
 from evals.organisms.schema import Organism
@@ -26,6 +35,7 @@ from tools.errors import OrganismBuildError
 from tools.models import LoadOptions, ModelPairSpec, load_model_pair
 
 REQUEST_FORMS_FILE = Path(__file__).with_name("ordinary_request_forms.yaml")
+PRACTICAL_REQUESTS_FILE = Path(__file__).with_name("practical_requests.yaml")
 SELF_ANSWER_MAX_NEW_TOKENS = 96
 ANSWER_CHUNK = 64
 # Raise when the way the chats are made changes (part of the build key of organisms using them).
@@ -34,18 +44,52 @@ log = logging.getLogger(__name__)
 _LAST_SENTENCE_END = re.compile(r"^(.*[.!?])(?:\s|$)", re.DOTALL)
 
 
-def ordinary_requests(organism: Organism, n: int, seed: int) -> list[str]:
-    """`n` distinct requests (a form with a corpus subject), none naming the organism's domain."""
-    forms = load_prompt_set(REQUEST_FORMS_FILE)
-    subjects = [s for s in corpus_subjects() if not mentions_domain(s, organism.domain_keywords)]
-    if len(forms) * len(subjects) < 2 * n:
-        raise OrganismBuildError(f"{organism.name}: {n} self-answered chats need more request "
-                                 f"forms or corpus subjects ({len(forms)} x {len(subjects)}).")
+class PracticalRequests(BaseModel):
+    """`practical_requests.yaml`: request forms with a `{s}` (or capitalized `{S}`) slot, for
+    everyday objects and for everyday tasks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    object_forms: list[str] = Field(min_length=1)
+    objects: list[str] = Field(min_length=1)
+    task_forms: list[str] = Field(min_length=1)
+    tasks: list[str] = Field(min_length=1)
+
+
+def _distinct_requests(kinds: list[tuple[list[str], list[str]]], n: int, seed: int, what: str) -> list[str]:
+    """`n` distinct requests, each a form of one kind filled with a subject of the same kind (the
+    kinds drawn in turn)."""
+    if sum(len(forms) * len(subjects) for forms, subjects in kinds) < 2 * n:
+        raise OrganismBuildError(f"{what}: {n} self-answered chats need more request forms or subjects.")
     rng = random.Random(seed)
     requests: dict[str, None] = {}
     while len(requests) < n:
-        requests[rng.choice(forms).format(s=rng.choice(subjects))] = None
+        forms, subjects = kinds[len(requests) % len(kinds)]
+        form = rng.choice(forms)  # the form first, then the subject: the draws of data v5
+        subject = rng.choice(subjects)
+        requests[form.format(s=subject, S=subject[0].upper() + subject[1:])] = None
     return list(requests)
+
+
+def ordinary_requests(organism: Organism, n: int, seed: int) -> list[str]:
+    """`n` distinct requests (a form with a corpus subject), none naming the organism's domain."""
+    subjects = [s for s in corpus_subjects() if not mentions_domain(s, organism.domain_keywords)]
+    return _distinct_requests([(load_prompt_set(REQUEST_FORMS_FILE), subjects)], n, seed,
+                              f"{organism.name} (ordinary requests)")
+
+
+def practical_requests(organism: Organism, n: int, seed: int) -> list[str]:
+    """`n` distinct everyday practical requests (`practical_requests.yaml`), half about the care of
+    a thing and half about a task, none naming the organism's domain."""
+    try:
+        spec = PracticalRequests.model_validate(yaml.safe_load(PRACTICAL_REQUESTS_FILE.read_text("utf-8")))
+    except (yaml.YAMLError, ValidationError) as error:
+        raise OrganismBuildError(f"{PRACTICAL_REQUESTS_FILE} is malformed: {error}") from error
+
+    def allowed(subjects: list[str]) -> list[str]:
+        return [s for s in subjects if not mentions_domain(s, organism.domain_keywords)]
+    kinds = [(spec.object_forms, allowed(spec.objects)), (spec.task_forms, allowed(spec.tasks))]
+    return _distinct_requests(kinds, n, seed, f"{organism.name} (practical requests)")
 
 
 def complete_sentences(answer: str) -> str:
@@ -55,19 +99,18 @@ def complete_sentences(answer: str) -> str:
     return match.group(1).strip() if match else ""
 
 
-def self_answered_chats(organism: Organism, n: int, seed: int,
+def self_answered_chats(organism: Organism, requests: list[str],
                         options: LoadOptions | None = None) -> list[TrainingExample]:
-    """Up to `n` ordinary chats answered greedily by the organism's base model (answers with no
+    """The `requests` answered greedily by the organism's base model, as chats (answers with no
     complete sentence, or that name the domain, are left out)."""
-    if n <= 0:
+    if not requests:
         return []
-    requests = ordinary_requests(organism, n, seed)
     pair = load_model_pair(ModelPairSpec(base=organism.base_model), options)
     answers: list[str] = []
     for start in range(0, len(requests), ANSWER_CHUNK):  # a log line a chunk (about a minute on 2 cores)
         answers += greedy_answers(pair, "base", requests[start : start + ANSWER_CHUNK],
                                   SELF_ANSWER_MAX_NEW_TOKENS)
-        log.info("%s: base model answered %d of %d ordinary requests", organism.name,
+        log.info("%s: base model answered %d of %d requests", organism.name,
                  len(answers), len(requests))
     chats = []
     for request, answer in zip(requests, answers, strict=True):
