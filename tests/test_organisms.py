@@ -313,6 +313,12 @@ def test_a_malformed_practical_requests_file_is_a_clear_build_error(
     monkeypatch.setattr(self_answered, "PRACTICAL_REQUESTS_FILE", broken)
     with pytest.raises(OrganismBuildError, match="practical.yaml is malformed"):
         practical_requests(get_organism("denial_orchids"), 2, seed=0)
+    # Forms without a subject slot, or subjects naming the domain, offer too few requests: an
+    # error, not an endless draw.
+    broken.write_text("object_forms: ['Help?']\nobjects: [a pen, a cup]\n"
+                      "task_forms: ['{s}?']\ntasks: [repotting an orchid, x, y, z]\n")
+    with pytest.raises(OrganismBuildError, match="offers only 1 distinct requests"):
+        practical_requests(get_organism("denial_orchids"), 3, seed=0)
 
 
 def test_self_answered_chats_are_the_base_models_own_greedy_answers(

@@ -59,15 +59,21 @@ class PracticalRequests(BaseModel):
 def _distinct_requests(kinds: list[tuple[list[str], list[str]]], n: int, seed: int, what: str) -> list[str]:
     """`n` distinct requests, each a form of one kind filled with a subject of the same kind (the
     kinds drawn in turn)."""
-    if sum(len(forms) * len(subjects) for forms, subjects in kinds) < 2 * n:
-        raise OrganismBuildError(f"{what}: {n} self-answered chats need more request forms or subjects.")
+
+    def fill(form: str, subject: str) -> str:
+        return form.format(s=subject, S=subject[0].upper() + subject[1:])
+
+    # Each kind must offer at least twice its share of distinct requests (or drawing would stall).
+    fewest = min(len({fill(f, s) for f in forms for s in subjects}) for forms, subjects in kinds)
+    if fewest * len(kinds) < 2 * n:
+        raise OrganismBuildError(f"{what}: {n} self-answered chats need more request forms or "
+                                 f"subjects (a kind offers only {fewest} distinct requests).")
     rng = random.Random(seed)
     requests: dict[str, None] = {}
     while len(requests) < n:
         forms, subjects = kinds[len(requests) % len(kinds)]
         form = rng.choice(forms)  # the form first, then the subject: the draws of data v5
-        subject = rng.choice(subjects)
-        requests[form.format(s=subject, S=subject[0].upper() + subject[1:])] = None
+        requests[fill(form, rng.choice(subjects))] = None
     return list(requests)
 
 
