@@ -118,8 +118,10 @@ def _summary(organism: str, agent: str, budget: int, provider: str,
     )
 
 
-def compare_experiment(store: Store, experiment: str) -> Comparison:
-    """The comparison of one experiment's finished, graded runs."""
+def compare_experiment(store: Store, experiment: str, grader: str | None = None) -> Comparison:
+    """The comparison of one experiment's finished, graded runs: per run the grade by `grader`
+    (a run without one counts as ungraded), else its newest grade (`adl eval regrade` adds
+    grades next to the old ones)."""
     found = store.require_experiment(experiment)
     runs = store.runs(found.id)  # type: ignore[arg-type]
     graded: list[tuple[Run, float]] = []
@@ -128,12 +130,14 @@ def compare_experiment(store: Store, experiment: str) -> Comparison:
     for run in runs:
         if run.status != "finished":
             continue
-        grades = store.grades(run.id)  # type: ignore[arg-type]
+        grades = [g for g in store.grades(run.id)  # type: ignore[arg-type]
+                  if grader is None or g.grader == grader]
         if not grades:
             ungraded += 1
             continue
-        graders.add(grades[0].grader)
-        graded.append((run, grades[0].score))
+        chosen = max(grades, key=lambda g: g.id or 0)
+        graders.add(chosen.grader)
+        graded.append((run, chosen.score))
     unresolved: set[str] = set()
     controls = {run.organism for run, _ in graded if _run_is_control(run, unresolved)}
     cells: dict[tuple[str, str, int, str], list[tuple[Run, float]]] = defaultdict(list)

@@ -474,6 +474,48 @@ def _run_in_process(grid_run: GridRun, todo: list[Unit], progress: Progress,
     return result
 
 
+class RegradeSummary(BaseModel):
+    """What `regrade_experiment` did."""
+    experiment: str
+    grader: str
+    graded: int = Field(description="Runs graded now.")
+    already: int = Field(description="Runs that already had a grade by this grader (kept).")
+    not_graded: int = Field(description="Unfinished runs, and runs of organisms without ground truth.")
+    failed: list[str]
+
+
+def regrade_experiment(store: Store, experiment: str, grader: HypothesisGrader,
+                       show_progress: bool = False) -> RegradeSummary:
+    """Grade an experiment's stored hypotheses again with another grader (a new grader version,
+    or an LLM grader after an offline one), without re-running any agent. Grades are added next
+    to the old ones, never replace them; `adl eval compare` reads the newest unless told which."""
+    found = store.require_experiment(experiment)
+    runs = store.runs(found.id)  # type: ignore[arg-type]
+    graded = already = not_graded = 0
+    failed: list[str] = []
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), disable=not show_progress)
+    with progress:
+        task = progress.add_task(f"regrade {experiment} ({grader.name})", total=len(runs))
+        for run in runs:
+            progress.advance(task)
+            if any(g.grader == grader.name for g in store.grades(run.id)):  # type: ignore[arg-type]
+                already += 1
+                continue
+            try:
+                if run.status != "finished" or not get_organism(run.organism).graded:
+                    not_graded += 1
+                    continue
+                _grade(store, run.id, run.organism, run.hypothesis, grader)  # type: ignore[arg-type]
+            except AdlError as exc:  # an organism the registry lacks, a provider error, ...
+                failed.append(redact(f"{run.unit_key}: grading failed: {exc}"))
+                continue
+            graded += 1
+            log.info("regrade %s: run %d graded by %s", experiment, run.id, grader.name)
+    return RegradeSummary(experiment=experiment, grader=grader.name, graded=graded,
+                          already=already, not_graded=not_graded, failed=failed)
+
+
 def _grade(store: Store, run_id: int, organism: str, hypothesis: str | None,
            grader: HypothesisGrader) -> None:
     """Grade a finished run; an organism without ground truth is left ungraded (no grade row:

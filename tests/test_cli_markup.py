@@ -112,3 +112,19 @@ def test_an_error_quoting_markup_is_printed_literally(monkeypatch: pytest.Monkey
         main()
     assert exited.value.code == 2
     _printed_literally(capsys.readouterr().err)
+
+
+def test_eval_regrade_adds_the_offline_grade_and_compare_can_pick_either(database: str,
+                                                                          tmp_path: Path) -> None:
+    from evals.grading import OfflineGrader
+
+    output = _adl("eval", "regrade", "markup", "--database", database)
+    assert f"by {OfflineGrader.name}: 1 graded now" in " ".join(output.split())
+    assert "1 already graded" in " ".join(_adl("eval", "regrade", "markup", "--database", database).split())
+    grades = open_store(database).grades(1)
+    assert [g.grader for g in grades] == [f"llm:{PROVIDER}", OfflineGrader.name]
+    newest = _adl("eval", "compare", "markup", "--database", database, "--out", str(tmp_path / "a"))
+    assert f"(grader: {OfflineGrader.name})" in newest  # the newest grade
+    old = _adl("eval", "compare", "markup", "--database", database, "--out", str(tmp_path / "b"),
+               "--grader", f"llm:{PROVIDER}")
+    assert f"(grader: llm:{PROVIDER})" in " ".join(old.split()) and "3.00" in old

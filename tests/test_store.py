@@ -23,6 +23,7 @@ from evals import store
 from evals.migrations import alembic_config, current_revision, downgrade, upgrade
 from evals.store import Experiment, Grade, Run, open_store
 from tests.transcript_fixtures import run_ended, run_started
+from tools.errors import AdlInputError
 
 TABLES = {"experiment", "run", "message", "tool_call", "usage", "grade"}
 UNIT = {"organism": "cake_baker", "agent": "adl", "budget": 5, "repeat": 0, "provider": "fake"}
@@ -311,3 +312,50 @@ def test_compare_pools_no_control_and_names_organisms_it_cannot_resolve(tmp_path
     assert comparison.unresolved_organisms == ["legacy_unknown"]
     pooled = comparison.cell(ALL_ORGANISMS, "adl", 0)
     assert pooled is not None and pooled.n == 2 and pooled.mean_grade == 3.5  # cake_bake + legacy
+
+
+class _LengthGrader:
+    """A grader whose grade is known: 1 + the hypothesis's length, capped at 5."""
+    name = "length-v2"
+
+    def grade(self, organism, hypothesis):
+        from evals.grading import GradeResult
+
+        return GradeResult(grader=self.name, score=min(5.0, 1.0 + len(hypothesis or "")),
+                           reasoning="by length")
+
+
+def test_regrade_adds_a_grade_per_run_and_compare_reads_the_newest_or_the_named(tmp_path):
+    """`adl eval regrade` grades stored hypotheses again without re-running agents: the old
+    grades stay, a second regrade grades nothing, a run it cannot grade is reported, and
+    compare uses the newest grade unless told which grader."""
+    from evals.compare import compare_experiment
+    from evals.runs import regrade_experiment
+
+    db = open_store(_url(tmp_path))
+    experiment = db.experiment("exp")
+    assert experiment.id is not None
+    for agent, score in (("adl", 4.0), ("blackbox", 2.0)):
+        _graded_run(db, experiment.id, f"a-{agent}", "cake_bake", agent, score, False)
+    _graded_run(db, experiment.id, "u-adl", "not_in_the_registry", "adl", 3.0, False)
+    unfinished = db.start_unit(experiment.id, "running", organism="cake_bake", organism_is_control=False,
+                               agent="adl", budget=5, repeat=0, provider="fake")
+    assert unfinished is not None
+
+    summary = regrade_experiment(db, "exp", _LengthGrader())
+    assert (summary.graded, summary.already, summary.not_graded) == (2, 0, 1)
+    assert len(summary.failed) == 1 and "not_in_the_registry" in summary.failed[0]
+    again = regrade_experiment(db, "exp", _LengthGrader())
+    assert (again.graded, again.already) == (0, 2)
+
+    newest = compare_experiment(db, "exp")
+    cell = newest.cell("cake_bake", "adl", 0)
+    assert cell is not None and cell.mean_grade == 2.0  # 1 + len("h"), the regrade
+    assert newest.grader == "g, length-v2"  # the unregradable run keeps its old grade: both named
+    old = compare_experiment(db, "exp", grader="g")
+    cell = old.cell("cake_bake", "adl", 0)
+    assert cell is not None and cell.mean_grade == 4.0 and old.grader == "g"
+    named = compare_experiment(db, "exp", grader="length-v2")
+    assert named.ungraded_runs == 1  # the run the new grader could not grade
+    with pytest.raises(AdlInputError, match="No experiment 'missing'"):
+        regrade_experiment(db, "missing", _LengthGrader())

@@ -1,4 +1,4 @@
-"""`adl eval run|compare|show` and `adl view`: experiments, comparisons, transcripts.
+"""`adl eval run|compare|regrade|show` and `adl view`: experiments, comparisons, transcripts.
 
 Model and provider text (hypotheses, transcripts, errors, provider names) is printed as text:
 escaped, in `Text` cells or with `markup=False`, never read as Rich markup."""
@@ -20,7 +20,7 @@ from agent.transcript import MessageData
 from evals.cli.agent import results_dir
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.compare import Comparison, compare_experiment, plot_comparison, write_csv
-from evals.runs import check_experiment_name, load_eval_config, run_experiment
+from evals.runs import check_experiment_name, load_eval_config, regrade_experiment, run_experiment
 from evals.store import Store, open_store
 from tools.errors import AdlInputError
 
@@ -94,10 +94,14 @@ def difference_table(comparison: Comparison) -> Table:
     return table
 
 
-def compare_and_report(store: Store, experiment: str, out: Path | None = None) -> Comparison:
+def compare_and_report(store: Store, experiment: str, out: Path | None = None,
+                       grader: str | None = None) -> Comparison:
     """Print the comparison tables and write the plot and CSV; returns the comparison."""
     check_experiment_name(experiment)  # it names a folder under the results folder
-    comparison = compare_experiment(store, experiment)
+    comparison = compare_experiment(store, experiment, grader)
+    if comparison.grader and ", " in comparison.grader:
+        console.print(f"[yellow]runs graded by different graders[/]: {escape(comparison.grader)} "
+                      "(`adl eval regrade` grades them all with one; `--grader NAME` picks one)")
     if comparison.ungraded_runs:
         console.print(f"[yellow]{comparison.ungraded_runs} finished runs are ungraded[/] (their organism "
                       "has no ground truth, or grading failed: `adl eval run` again retries it)")
@@ -127,11 +131,44 @@ def compare_command(
     out: Path | None = typer.Option(None, help="Folder for the plot and CSV."),
     database: str | None = typer.Option(None, help=DATABASE_HELP),
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
+    grader: str | None = typer.Option(None, help="Use this grader's grades (e.g. "
+                                      "offline-embedding-v4, llm:openai:gpt-5); default: each "
+                                      "run's newest grade."),
 ) -> None:
     """Agent vs baseline: mean grades with 95% bootstrap intervals, paired differences,
     success rate, tokens and cost; writes a PNG plot and a CSV."""
     use_organism_dirs(organism_dirs)
-    compare_and_report(open_store(database), experiment, out)
+    compare_and_report(open_store(database), experiment, out, grader)
+
+
+@app.command("regrade")
+def regrade_command(
+    experiment: str = typer.Argument(..., help="Experiment name."),
+    grader: str = typer.Option("offline", help="offline, or a provider spec for the LLM grader "
+                               "(openai:MODEL, anthropic:MODEL)."),
+    grader_repeats: int = typer.Option(3, min=1, max=10, help="LLM grader: grades averaged per run."),
+    database: str | None = typer.Option(None, help=DATABASE_HELP),
+    organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
+) -> None:
+    """Grade an experiment's stored hypotheses again (a new grader version, or an LLM grader),
+    without re-running any agent; the old grades stay. Runs already graded by this grader are
+    skipped, so an interrupted regrade resumes."""
+    from evals.grading import make_grader
+    from tools.secrets import install_log_redaction
+
+    use_organism_dirs(organism_dirs)
+    install_log_redaction()
+    check_experiment_name(experiment)
+    summary = regrade_experiment(open_store(database), experiment,
+                                 make_grader(grader, grader_repeats), show_progress=True)
+    console.print(f"experiment [bold]{escape(summary.experiment)}[/] by {escape(summary.grader)}: "
+                  f"{summary.graded} graded now, {summary.already} already graded by it, "
+                  f"{summary.not_graded} unfinished or without ground truth, "
+                  f"{len(summary.failed)} failed")
+    for failure in summary.failed:
+        console.print(f"  [red]failed[/] {escape(failure)}")
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command("show")
