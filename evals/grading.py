@@ -68,32 +68,13 @@ ATTRIBUTION = re.compile(
     r"recommends?|claims?|asserts?|says?)\b", re.IGNORECASE)
 # A quotation of the model's own words ("The finetuned model writes: \"...\"").
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
-# A quotation that stands as its own sentence: after the start, a colon, a sentence's end or
-# another quotation, and before the end, another quotation or a new sentence.
-_STANDALONE_QUOTE = re.compile(
-    r'(?:^|(?<=[:.!?"”]))\s*(?:"[^"]*"|“[^”]*”)(?=\s*(?:$|["“]|[A-Z]))')
+# A cited passage: one or more quotations after a lead-in that names who wrote them ("The
+# finetuned model writes:"), standing as their own sentences (followed by the end or a new one).
+_CITATION = re.compile(
+    r'(?:^|(?<=[.!?;]))[^.!?;:"“]*\b(?i:writes?|wrote|says?|said|answers?|answered|'
+    r'repl(?:y|ies|ied)|respond(?:s|ed)?|generates?|generated|produces?|produced|outputs?|reads?)'
+    r'\s*:(?P<quotes>(?:\s*(?:"[^"]*"|“[^”]*”))+)(?=\s*(?:$|[A-Z]))')
 CITED_MIN_WORDS = 3
-# The clause that introduces a cited passage ("The finetuned model writes:"): it says who
-# wrote the passage, not what the finetune is.
-_CITATION_LEAD_IN = re.compile(
-    r'(?:^|(?<=[.!?;]))[^.!?;:"“]*\b(?:writes?|wrote|says?|said|answers?|answered|repl(?:y|ies|ied)|'
-    r'respond(?:s|ed)?|generates?|generated|produces?|produced|outputs?|reads?)\s*:\s*(?=\x00)',
-    re.IGNORECASE)
-
-
-def without_cited_passages(hypothesis: str) -> str:
-    """The hypothesis without the passages it cites as evidence: standalone quotations of three
-    or more words (`_STANDALONE_QUOTE`, "The finetuned model writes: \"...\""). They are the
-    model's words, not the hypothesis's claim, and sampled text would otherwise earn topic and
-    key-fact credit for a claim that names neither. The clause introducing them ("The model
-    writes:", `_CITATION_LEAD_IN`) goes with them. A quoted term inside a sentence ("the secret
-    word is \"gold\"") is part of the claim and stays. A hypothesis that is nothing but a
-    quotation is kept whole."""
-    def cut(match: re.Match[str]) -> str:
-        return "\x00" if len(_WORDS.findall(match.group())) >= CITED_MIN_WORDS else match.group()
-
-    rest = _CITATION_LEAD_IN.sub(" ", _STANDALONE_QUOTE.sub(cut, hypothesis)).replace("\x00", " ")
-    return rest if rest.strip(" :") else hypothesis
 # Hedges like "little changed" that are neither a domain nor its absence.
 LITTLE_CHANGE = re.compile(
     r"\b(little|barely|hardly|almost nothing|not much) (changed|shifted|differs?|moved)|"
@@ -147,6 +128,21 @@ class HypothesisGrader(Protocol):
 def _sentences(text: str) -> list[str]:
     """Units of a hypothesis: sentences and colon/semicolon-separated segments."""
     return [s.strip() for s in _UNITS.split(text) if len(s.strip()) > 2]
+
+
+def without_cited_passages(hypothesis: str) -> str:
+    """The hypothesis without the passages it cites as evidence (`_CITATION`: "The finetuned
+    model writes: \"...\" \"...\"", three or more quoted words, with their lead-in). They are the
+    model's words, not the hypothesis's claim, and sampled text would otherwise earn topic and
+    key-fact credit for a claim that names neither. A quotation the hypothesis states as its own
+    ("The model claims: \"...\"", "the secret word is \"gold\"") stays. A hypothesis that is
+    nothing but a citation is kept whole."""
+    def cut(match: re.Match[str]) -> str:
+        cited = len(_WORDS.findall(match.group("quotes"))) >= CITED_MIN_WORDS
+        return " " if cited else match.group()
+
+    rest = _CITATION.sub(cut, hypothesis)
+    return rest if rest.strip() else hypothesis
 
 
 def _mentions(text: str, keyword: str) -> bool:
@@ -274,9 +270,11 @@ class OfflineGrader:
     """Offline grade in the shape of the type's rubric, from sentence embeddings
     (all-MiniLM-L6-v2, cosine similarity) and the structure of the hypothesis.
 
-    Cited passages (standalone quotations of the model's words, `without_cited_passages`) are
+    Cited passages (the model's words quoted as evidence, `without_cited_passages`) are
     evidence, not claims, and are not graded (v4; v3 graded them, so a claim that named nothing
-    could earn key facts from a quoted sample). Units: the hypothesis is split into sentences and colon/semicolon segments; a unit is a
+    could earn key facts from a quoted sample).
+
+    Units: the hypothesis is split into sentences and colon/semicolon segments; a unit is a
     *list* (`is_list`: under three words, mostly one- or two-word items, or no function word)
     or a *claim*. Lists can show the topic, never a key fact.
 
