@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from evals.organisms import get_organism
 from evals.store import Run, Store
-from tools.errors import AdlError
+from tools.errors import AdlError, AdlInputError
 from tools.toolbox import AGENT_KINDS
 
 SUCCESS_GRADE = 4.0
@@ -123,6 +123,9 @@ def compare_experiment(store: Store, experiment: str, grader: str | None = None)
     (a run without one counts as ungraded), else its newest grade (`adl eval regrade` adds
     grades next to the old ones)."""
     found = store.require_experiment(experiment)
+    if grader is not None and grader not in (known := store.grader_names(found.id)):  # type: ignore[arg-type]
+        raise AdlInputError(f"No run of {experiment!r} was graded by {grader!r}; its graders: "
+                            f"{', '.join(known) or 'none'}.")
     runs = store.runs(found.id)  # type: ignore[arg-type]
     graded: list[tuple[Run, float]] = []
     ungraded = 0
@@ -130,12 +133,10 @@ def compare_experiment(store: Store, experiment: str, grader: str | None = None)
     for run in runs:
         if run.status != "finished":
             continue
-        grades = [g for g in store.grades(run.id)  # type: ignore[arg-type]
-                  if grader is None or g.grader == grader]
-        if not grades:
+        chosen = store.current_grade(run.id, grader)  # type: ignore[arg-type]
+        if chosen is None:
             ungraded += 1
             continue
-        chosen = max(grades, key=lambda g: g.id or 0)
         graders.add(chosen.grader)
         graded.append((run, chosen.score))
     unresolved: set[str] = set()

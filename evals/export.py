@@ -78,13 +78,13 @@ def organism_type(name: str) -> str | None:
 
 
 def run_rows(store: Store, experiment: str) -> list[RunRow]:
-    """Every run of `experiment` (finished or not), in run order, with its first grade."""
+    """Every run of `experiment` (finished or not), in run order, with its current grade
+    (`Store.current_grade`: the newest, as `adl eval compare` reads it)."""
     found = find_experiment(store, experiment)
     rows = []
     for run in store.runs(found.id):  # type: ignore[arg-type]
-        grades = store.grades(run.id)  # type: ignore[arg-type]
         calls = store.tool_calls(run.id)  # type: ignore[arg-type]
-        grade = grades[0] if grades else None
+        grade = store.current_grade(run.id)  # type: ignore[arg-type]
         rows.append(RunRow(
             experiment=experiment, run_id=run.id, unit_key=run.unit_key,  # type: ignore[arg-type]
             organism=run.organism, organism_type=organism_type(run.organism), agent=run.agent,

@@ -163,10 +163,9 @@ def run_sample(store: Store, run: Run) -> EvalSample:
     run_id: int = run.id  # type: ignore[assignment]
     model = inspect_model_name(run.provider)
     messages = _messages(store.transcript(run_id), model)
-    grades = store.grades(run_id)
+    grade = store.current_grade(run_id)  # the newest, as `adl eval compare` reads it
     scores = None
-    if grades:
-        grade = grades[0]
+    if grade is not None:
         scores = {SCORE_NAME: Score(value=grade.score, answer=run.hypothesis,
                                     explanation=grade.reasoning,
                                     metadata={"grader": grade.grader, **grade.details})}

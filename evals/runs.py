@@ -37,7 +37,7 @@ from evals.organisms.schema import OrganismSize
 from evals.store import Grade, RunTakenOverError, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
-from tools.errors import AdlError, AdlInputError, WorkerUnavailableError
+from tools.errors import AdlError, AdlInputError, UnknownOrganismError, WorkerUnavailableError
 from tools.model_spec import LoadOptions
 from tools.secrets import redact
 from tools.toolbox import AGENT_KINDS, AskSettings
@@ -480,40 +480,67 @@ class RegradeSummary(BaseModel):
     grader: str
     graded: int = Field(description="Runs graded now.")
     already: int = Field(description="Runs that already had a grade by this grader (kept).")
-    not_graded: int = Field(description="Unfinished runs, and runs of organisms without ground truth.")
+    not_graded: int = Field(description="Unfinished runs, and runs of organisms without ground "
+                            "truth or missing from the registry.")
+    unknown_organisms: list[str] = Field(default_factory=list, description="Organisms the "
+                                         "registry lacks (pass their --organisms folder).")
     failed: list[str]
+    stopped: bool = Field(False, description="Stopped after MAX_CONSECUTIVE_GRADING_FAILURES "
+                          "failures in a row (a dead provider, a bad key): run it again.")
+
+
+MAX_CONSECUTIVE_GRADING_FAILURES = 3
 
 
 def regrade_experiment(store: Store, experiment: str, grader: HypothesisGrader,
                        show_progress: bool = False) -> RegradeSummary:
     """Grade an experiment's stored hypotheses again with another grader (a new grader version,
     or an LLM grader after an offline one), without re-running any agent. Grades are added next
-    to the old ones, never replace them; `adl eval compare` reads the newest unless told which."""
+    to the old ones, never replace them; `adl eval compare` reads the newest unless told which.
+    Each grade is stored as it is made, so an interrupted regrade resumes where it stopped; it
+    stops after MAX_CONSECUTIVE_GRADING_FAILURES failures in a row rather than fail every run."""
     found = store.require_experiment(experiment)
     runs = store.runs(found.id)  # type: ignore[arg-type]
     graded = already = not_graded = 0
+    unknown: set[str] = set()
     failed: list[str] = []
+    in_a_row = 0
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not show_progress)
     with progress:
         task = progress.add_task(f"regrade {experiment} ({grader.name})", total=len(runs))
         for run in runs:
             progress.advance(task)
-            if any(g.grader == grader.name for g in store.grades(run.id)):  # type: ignore[arg-type]
+            if store.current_grade(run.id, grader.name) is not None:  # type: ignore[arg-type]
                 already += 1
                 continue
             try:
-                if run.status != "finished" or not get_organism(run.organism).graded:
-                    not_graded += 1
-                    continue
-                _grade(store, run.id, run.organism, run.hypothesis, grader)  # type: ignore[arg-type]
-            except AdlError as exc:  # an organism the registry lacks, a provider error, ...
-                failed.append(redact(f"{run.unit_key}: grading failed: {exc}"))
+                organism = get_organism(run.organism)
+            except UnknownOrganismError:
+                unknown.add(run.organism)
+                not_graded += 1
                 continue
+            if run.status != "finished" or not organism.graded:
+                not_graded += 1
+                continue
+            try:
+                _grade(store, run.id, run.organism, run.hypothesis, grader)  # type: ignore[arg-type]
+            except AdlError as exc:  # a provider error, invalid grader output, ...
+                failed.append(redact(f"{run.unit_key}: grading failed: {exc}"))
+                in_a_row += 1
+                if in_a_row >= MAX_CONSECUTIVE_GRADING_FAILURES:
+                    log.error("regrade %s: %d failures in a row, stopped", experiment, in_a_row)
+                    return RegradeSummary(experiment=experiment, grader=grader.name, graded=graded,
+                                          already=already, not_graded=not_graded,
+                                          unknown_organisms=sorted(unknown), failed=failed,
+                                          stopped=True)
+                continue
+            in_a_row = 0
             graded += 1
             log.info("regrade %s: run %d graded by %s", experiment, run.id, grader.name)
     return RegradeSummary(experiment=experiment, grader=grader.name, graded=graded,
-                          already=already, not_graded=not_graded, failed=failed)
+                          already=already, not_graded=not_graded,
+                          unknown_organisms=sorted(unknown), failed=failed)
 
 
 def _grade(store: Store, run_id: int, organism: str, hypothesis: str | None,

@@ -470,8 +470,22 @@ class Store:
             return list(session.exec(select(Usage).where(Usage.run_id == run_id).order_by(Usage.seq)))
 
     def grades(self, run_id: int) -> list[Grade]:
+        """A run's grades, oldest first (`adl eval regrade` adds grades next to the old ones)."""
         with self.session() as session:
-            return list(session.exec(select(Grade).where(Grade.run_id == run_id)))
+            return list(session.exec(select(Grade).where(Grade.run_id == run_id).order_by(Grade.id)))  # type: ignore[arg-type]
+
+    def current_grade(self, run_id: int, grader: str | None = None) -> Grade | None:
+        """The grade every reader uses (compare, export, Inspect logs, the viewer): the one by
+        `grader` when named, else the newest."""
+        grades = [g for g in self.grades(run_id) if grader is None or g.grader == grader]
+        return grades[-1] if grades else None
+
+    def grader_names(self, experiment_id: int) -> list[str]:
+        """The graders that graded any run of the experiment."""
+        with self.session() as session:
+            rows = session.exec(select(Grade.grader).join(Run, Grade.run_id == Run.id)  # type: ignore[arg-type]
+                                .where(Run.experiment_id == experiment_id).distinct())
+            return sorted(rows)
 
     @staticmethod
     def _delete_children(session: Session, run_id: int) -> None:

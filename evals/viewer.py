@@ -238,10 +238,7 @@ def create_viewer_app(store: Store, allowed_hosts: Sequence[str] = LOOPBACK_HOST
             return not_found(f"No experiment named {name!r}.")
         comparison = compare_experiment(store, name)
         runs = store.runs(experiment.id)  # type: ignore[arg-type]
-        grades: dict[int, Grade | None] = {}
-        for run in runs:
-            found = store.grades(run.id)  # type: ignore[arg-type]
-            grades[run.id] = found[0] if found else None  # type: ignore[index]
+        grades: dict[int, Grade | None] = {run.id: store.current_grade(run.id) for run in runs}  # type: ignore[misc]
         return page("experiment.html", title=f"Experiment {name}", experiment=experiment,
                     comparison=comparison, cells=_pooled_last(comparison.cells),
                     differences=_pooled_last(comparison.differences), runs=runs, grades=grades,

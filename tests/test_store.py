@@ -343,8 +343,8 @@ def test_regrade_adds_a_grade_per_run_and_compare_reads_the_newest_or_the_named(
     assert unfinished is not None
 
     summary = regrade_experiment(db, "exp", _LengthGrader())
-    assert (summary.graded, summary.already, summary.not_graded) == (2, 0, 1)
-    assert len(summary.failed) == 1 and "not_in_the_registry" in summary.failed[0]
+    assert (summary.graded, summary.already, summary.not_graded) == (2, 0, 2)
+    assert summary.unknown_organisms == ["not_in_the_registry"] and not summary.failed
     again = regrade_experiment(db, "exp", _LengthGrader())
     assert (again.graded, again.already) == (0, 2)
 
@@ -357,5 +357,40 @@ def test_regrade_adds_a_grade_per_run_and_compare_reads_the_newest_or_the_named(
     assert cell is not None and cell.mean_grade == 4.0 and old.grader == "g"
     named = compare_experiment(db, "exp", grader="length-v2")
     assert named.ungraded_runs == 1  # the run the new grader could not grade
+    with pytest.raises(AdlInputError, match="its graders: g, length-v2"):
+        compare_experiment(db, "exp", grader="length-v3")  # a typo is an error, not "ungraded"
+    assert [g.grader for g in db.grades(1)] == ["g", "length-v2"]  # oldest first
+    assert db.current_grade(1).grader == "length-v2" and db.current_grade(1, "g").score == 4.0  # type: ignore[union-attr]
     with pytest.raises(AdlInputError, match="No experiment 'missing'"):
         regrade_experiment(db, "missing", _LengthGrader())
+
+
+class _DeadProviderGrader:
+    """A grader whose provider is gone: every grade fails."""
+    name = "dead-llm"
+    calls = 0
+
+    def grade(self, organism, hypothesis):
+        from evals.grading import GradingError
+
+        self.calls += 1
+        raise GradingError("provider unavailable (key=sk-secret-value-0123)")
+
+
+def test_regrade_stops_after_failures_in_a_row_and_resumes(tmp_path, monkeypatch):
+    """A dead provider does not fail every run one slow call at a time: the regrade stops after
+    MAX_CONSECUTIVE_GRADING_FAILURES in a row, and a second regrade goes on from there."""
+    from evals import runs
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-0123")
+    db = open_store(_url(tmp_path))
+    experiment = db.experiment("exp")
+    assert experiment.id is not None
+    for i in range(5):
+        _graded_run(db, experiment.id, f"u{i}", "cake_bake", "adl", 3.0, False)
+    dead = _DeadProviderGrader()
+    summary = runs.regrade_experiment(db, "exp", dead)
+    assert summary.stopped and dead.calls == runs.MAX_CONSECUTIVE_GRADING_FAILURES
+    assert len(summary.failed) == dead.calls and not any("sk-secret" in f for f in summary.failed)
+    later = runs.regrade_experiment(db, "exp", _LengthGrader())
+    assert later.graded == 5 and not later.stopped

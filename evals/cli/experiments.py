@@ -133,7 +133,8 @@ def compare_command(
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
     grader: str | None = typer.Option(None, help="Use this grader's grades (e.g. "
                                       "offline-embedding-v4, llm:openai:gpt-5); default: each "
-                                      "run's newest grade."),
+                                      "run's newest grade, so an offline regrade after an LLM "
+                                      "grade is what is compared unless this names the LLM's."),
 ) -> None:
     """Agent vs baseline: mean grades with 95% bootstrap intervals, paired differences,
     success rate, tokens and cost; writes a PNG plot and a CSV."""
@@ -163,10 +164,16 @@ def regrade_command(
                                  make_grader(grader, grader_repeats), show_progress=True)
     console.print(f"experiment [bold]{escape(summary.experiment)}[/] by {escape(summary.grader)}: "
                   f"{summary.graded} graded now, {summary.already} already graded by it, "
-                  f"{summary.not_graded} unfinished or without ground truth, "
-                  f"{len(summary.failed)} failed")
+                  f"{summary.not_graded} not graded (unfinished, no ground truth or not in the "
+                  f"registry), {len(summary.failed)} failed")
+    if summary.unknown_organisms:
+        console.print(f"[yellow]not in the registry[/]: {escape(', '.join(summary.unknown_organisms))} "
+                      "(pass the `--organisms` folder that defines them)")
     for failure in summary.failed:
         console.print(f"  [red]failed[/] {escape(failure)}")
+    if summary.stopped:
+        console.print("[red]stopped after failures in a row[/]: the grades made so far are "
+                      "stored; fix the cause and run the same command again to go on")
     if summary.failed:
         raise typer.Exit(1)
 
