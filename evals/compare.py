@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from evals.organisms import get_organism
 from evals.store import Run, Store
-from tools.errors import AdlError, AdlInputError
+from tools.errors import AdlError
 from tools.toolbox import AGENT_KINDS
 
 SUCCESS_GRADE = 4.0
@@ -123,9 +123,8 @@ def compare_experiment(store: Store, experiment: str, grader: str | None = None)
     (a run without one counts as ungraded), else its newest grade (`adl eval regrade` adds
     grades next to the old ones)."""
     found = store.require_experiment(experiment)
-    if grader is not None and grader not in (known := store.grader_names(found.id)):  # type: ignore[arg-type]
-        raise AdlInputError(f"No run of {experiment!r} was graded by {grader!r}; its graders: "
-                            f"{', '.join(known) or 'none'}.")
+    if grader is not None:
+        store.require_grader(experiment, grader)
     runs = store.runs(found.id)  # type: ignore[arg-type]
     graded: list[tuple[Run, float]] = []
     ungraded = 0

@@ -77,14 +77,14 @@ def organism_type(name: str) -> str | None:
     return None if kind is None else str(kind)
 
 
-def run_rows(store: Store, experiment: str) -> list[RunRow]:
+def run_rows(store: Store, experiment: str, grader: str | None = None) -> list[RunRow]:
     """Every run of `experiment` (finished or not), in run order, with its current grade
-    (`Store.current_grade`: the newest, as `adl eval compare` reads it)."""
+    (`Store.current_grade`: by `grader`, else the newest, as `adl eval compare` reads it)."""
     found = find_experiment(store, experiment)
     rows = []
     for run in store.runs(found.id):  # type: ignore[arg-type]
         calls = store.tool_calls(run.id)  # type: ignore[arg-type]
-        grade = store.current_grade(run.id)  # type: ignore[arg-type]
+        grade = store.current_grade(run.id, grader)  # type: ignore[arg-type]
         rows.append(RunRow(
             experiment=experiment, run_id=run.id, unit_key=run.unit_key,  # type: ignore[arg-type]
             organism=run.organism, organism_type=organism_type(run.organism), agent=run.agent,
@@ -164,15 +164,16 @@ def file_slug(text: str) -> str:
 
 
 def export_experiment(store: Store, experiment: str, export_format: ExportFormat,
-                      out: Path) -> list[Path]:
-    """Write the experiment's export in `export_format` into the folder `out`; the paths
-    written (Inspect: one log per agent, budget and provider)."""
+                      out: Path, grader: str | None = None) -> list[Path]:
+    """Write the experiment's export in `export_format` into the folder `out`, each run with
+    its grade by `grader` (default: its newest); the paths written (Inspect: one log per agent,
+    budget and provider)."""
     if export_format not in EXPORT_FORMATS:
         raise AdlInputError(f"Unknown export format {export_format!r}; use one of "
                             f"{', '.join(EXPORT_FORMATS)}.")
     if export_format == "inspect":
         from evals.inspect_logs import write_inspect_logs
 
-        return write_inspect_logs(store, experiment, out)
-    rows = run_rows(store, experiment)
+        return write_inspect_logs(store, experiment, out, grader)
+    rows = run_rows(store, experiment, grader)
     return [write_rows(rows, out / f"{file_slug(experiment)}_runs.{export_format}", export_format)]

@@ -158,12 +158,13 @@ def _target(organism: str) -> str:
         return ""
 
 
-def run_sample(store: Store, run: Run) -> EvalSample:
-    """One run as an Inspect sample (id: the organism; epoch: the repeat, 1-based)."""
+def run_sample(store: Store, run: Run, grader: str | None = None) -> EvalSample:
+    """One run as an Inspect sample (id: the organism; epoch: the repeat, 1-based), scored by
+    its current grade (`Store.current_grade`)."""
     run_id: int = run.id  # type: ignore[assignment]
     model = inspect_model_name(run.provider)
     messages = _messages(store.transcript(run_id), model)
-    grade = store.current_grade(run_id)  # the newest, as `adl eval compare` reads it
+    grade = store.current_grade(run_id, grader)
     scores = None
     if grade is not None:
         scores = {SCORE_NAME: Score(value=grade.score, answer=run.hypothesis,
@@ -212,7 +213,8 @@ def eval_results(samples: list[EvalSample], graders: set[str]) -> EvalResults:
     return EvalResults(total_samples=len(samples), completed_samples=finished, scores=[score])
 
 
-def experiment_logs(store: Store, experiment: str) -> dict[tuple[str, int, str], EvalLog]:
+def experiment_logs(store: Store, experiment: str,
+                    grader: str | None = None) -> dict[tuple[str, int, str], EvalLog]:
     """The experiment's Inspect logs, one per (agent, budget, provider)."""
     found = find_experiment(store, experiment)
     groups: dict[tuple[str, int, str], list[Run]] = defaultdict(list)
@@ -221,7 +223,8 @@ def experiment_logs(store: Store, experiment: str) -> dict[tuple[str, int, str],
     created = _when(found.created_at) or dt.datetime.now(dt.UTC).isoformat()
     logs = {}
     for (agent_kind, budget, provider), runs in sorted(groups.items()):
-        samples = [run_sample(store, run) for run in sorted(runs, key=lambda r: (r.organism, r.repeat))]
+        samples = [run_sample(store, run, grader)
+                   for run in sorted(runs, key=lambda r: (r.organism, r.repeat))]
         graders = {str((s.scores[SCORE_NAME].metadata or {}).get("grader")) for s in samples
                    if s.scores and SCORE_NAME in s.scores}
         usage: dict[str, ModelUsage] = {}
@@ -265,11 +268,12 @@ def _version() -> str:
         return "unknown"
 
 
-def write_inspect_logs(store: Store, experiment: str, out: Path) -> list[Path]:
+def write_inspect_logs(store: Store, experiment: str, out: Path,
+                       grader: str | None = None) -> list[Path]:
     """Write the experiment's logs into `out` as `.eval` files (an existing one is replaced
     atomically); the paths written."""
     paths = []
-    for (agent_kind, budget, provider), log in experiment_logs(store, experiment).items():
+    for (agent_kind, budget, provider), log in experiment_logs(store, experiment, grader).items():
         name = f"{file_slug(experiment)}_{agent_kind}_i{budget}_{file_slug(provider)}.eval"
         paths.append(replace_with(out / name, lambda path, log=log: write_eval_log(log, path, format="eval")))
     return paths

@@ -487,6 +487,15 @@ class Store:
                                 .where(Run.experiment_id == experiment_id).distinct())
             return sorted(rows)
 
+    def require_grader(self, experiment: str, grader: str) -> None:
+        """`AdlInputError`, listing the experiment's graders, unless `grader` graded one of its
+        runs (a misspelt grader must not read as "every run ungraded")."""
+        found = self.require_experiment(experiment)
+        known = self.grader_names(found.id)  # type: ignore[arg-type]
+        if grader not in known:
+            raise AdlInputError(f"No run of {experiment!r} was graded by {grader!r}; its graders: "
+                                f"{', '.join(known) or 'none'}.")
+
     @staticmethod
     def _delete_children(session: Session, run_id: int) -> None:
         for table in (Message, ToolCallRecord, Usage, Grade):

@@ -361,6 +361,10 @@ def test_regrade_adds_a_grade_per_run_and_compare_reads_the_newest_or_the_named(
         compare_experiment(db, "exp", grader="length-v3")  # a typo is an error, not "ungraded"
     assert [g.grader for g in db.grades(1)] == ["g", "length-v2"]  # oldest first
     assert db.current_grade(1).grader == "length-v2" and db.current_grade(1, "g").score == 4.0  # type: ignore[union-attr]
+    from evals.export import run_rows
+
+    assert [r.grade for r in run_rows(db, "exp")][:2] == [2.0, 2.0]  # export reads what compare reads
+    assert [r.grade for r in run_rows(db, "exp", "g")][:2] == [4.0, 2.0]
     with pytest.raises(AdlInputError, match="No experiment 'missing'"):
         regrade_experiment(db, "missing", _LengthGrader())
 

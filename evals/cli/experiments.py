@@ -225,8 +225,9 @@ def show_command(
             console.print(f"    {'result' if item.ok else 'error'}: {(body or '')[:1500]}", markup=False)
     console.print("[bold]hypothesis[/]: ", end="")
     console.print(str(run.hypothesis), markup=False)
-    for grade in grades:
-        console.print(f"[bold]grade[/] {grade.score:.2f} by {escape(grade.grader)}: ", end="")
+    for grade in grades:  # oldest first; the last is the one compare and export read
+        current = " (current)" if len(grades) > 1 and grade is grades[-1] else ""
+        console.print(f"[bold]grade[/] {grade.score:.2f} by {escape(grade.grader)}{current}: ", end="")
         console.print(grade.reasoning, markup=False)
 
 
@@ -240,6 +241,8 @@ def export_command(
                                     "$ADL_RESULTS/exports/EXPERIMENT/FORMAT)."),
     database: str | None = typer.Option(None, help=DATABASE_HELP),
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
+    grader: str | None = typer.Option(None, help="Export this grader's grades; default: each "
+                                      "run's newest (as `adl eval compare`)."),
 ) -> None:
     """Export an experiment's runs: Inspect eval logs (`inspect view`, its log API and
     dataframes) or a CSV / JSON lines table. Read-only on the store; repeat it at any time."""
@@ -250,7 +253,10 @@ def export_command(
     if export_format == "inspect" and importlib.util.find_spec("inspect_ai") is None:
         raise AdlInputError("The Inspect export needs inspect_ai: pip install 'adl-agent[inspect]'.")
     folder = out or results_dir() / "exports" / experiment / export_format
-    paths = export_experiment(open_store(database), experiment, export_format, folder)  # type: ignore[arg-type]
+    store = open_store(database)
+    if grader is not None:
+        store.require_grader(experiment, grader)
+    paths = export_experiment(store, experiment, export_format, folder, grader)  # type: ignore[arg-type]
     for path in paths:
         console.print(str(path), markup=False)
     if export_format == "inspect":
