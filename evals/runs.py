@@ -504,7 +504,7 @@ def regrade_experiment(store: Store, experiment: str, grader: HypothesisGrader,
     graded = already = not_graded = 0
     unknown: set[str] = set()
     failed: list[str] = []
-    in_a_row = 0
+    in_a_row, stopped = 0, False
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), disable=not show_progress)
     with progress:
@@ -530,17 +530,15 @@ def regrade_experiment(store: Store, experiment: str, grader: HypothesisGrader,
                 in_a_row += 1
                 if in_a_row >= MAX_CONSECUTIVE_GRADING_FAILURES:
                     log.error("regrade %s: %d failures in a row, stopped", experiment, in_a_row)
-                    return RegradeSummary(experiment=experiment, grader=grader.name, graded=graded,
-                                          already=already, not_graded=not_graded,
-                                          unknown_organisms=sorted(unknown), failed=failed,
-                                          stopped=True)
+                    stopped = True
+                    break
                 continue
             in_a_row = 0
             graded += 1
             log.info("regrade %s: run %d graded by %s", experiment, run.id, grader.name)
     return RegradeSummary(experiment=experiment, grader=grader.name, graded=graded,
                           already=already, not_graded=not_graded,
-                          unknown_organisms=sorted(unknown), failed=failed)
+                          unknown_organisms=sorted(unknown), failed=failed, stopped=stopped)
 
 
 def _grade(store: Store, run_id: int, organism: str, hypothesis: str | None,
