@@ -141,9 +141,9 @@ def without_cited_passages(hypothesis: str) -> str:
     """The hypothesis without the passages it cites as evidence (`_CITATION`: "The finetuned
     model writes: \"...\" \"...\"", three or more quoted words, with their short lead-in). They
     are the model's words, not the hypothesis's claim, and sampled text would otherwise earn
-    topic and key-fact credit for a claim that names neither. A quotation the hypothesis states as its own
-    ("The model claims: \"...\"", "the secret word is \"gold\"") stays. A hypothesis that is
-    nothing but a citation is kept whole."""
+    topic and key-fact credit for a claim that names neither. A quotation the hypothesis states
+    as its own ("The model claims: \"...\"", "the secret word is \"gold\"") stays. A hypothesis
+    that is nothing but a citation is kept whole."""
     def cut(match: re.Match[str]) -> str:
         cited = len(_WORDS.findall(match.group("quotes"))) >= CITED_MIN_WORDS
         return " " if cited else match.group()

@@ -253,10 +253,7 @@ def export_command(
     if export_format == "inspect" and importlib.util.find_spec("inspect_ai") is None:
         raise AdlInputError("The Inspect export needs inspect_ai: pip install 'adl-agent[inspect]'.")
     folder = out or results_dir() / "exports" / experiment / export_format
-    store = open_store(database)
-    if grader is not None:
-        store.require_grader(experiment, grader)
-    paths = export_experiment(store, experiment, export_format, folder, grader)  # type: ignore[arg-type]
+    paths = export_experiment(open_store(database), experiment, export_format, folder, grader)  # type: ignore[arg-type]
     for path in paths:
         console.print(str(path), markup=False)
     if export_format == "inspect":
