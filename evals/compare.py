@@ -124,7 +124,7 @@ def compare_experiment(store: Store, experiment: str, grader: str | None = None)
     grades next to the old ones)."""
     found = store.require_experiment(experiment)
     if grader is not None:
-        store.require_grader(experiment, grader)
+        grader = store.require_grader(experiment, grader)
     runs = store.runs(found.id)  # type: ignore[arg-type]
     graded: list[tuple[Run, float]] = []
     ungraded = 0

@@ -172,7 +172,7 @@ def export_experiment(store: Store, experiment: str, export_format: ExportFormat
         raise AdlInputError(f"Unknown export format {export_format!r}; use one of "
                             f"{', '.join(EXPORT_FORMATS)}.")
     if grader is not None:
-        store.require_grader(experiment, grader)
+        grader = store.require_grader(experiment, grader)
     if export_format == "inspect":
         from evals.inspect_logs import write_inspect_logs
 

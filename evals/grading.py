@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -517,14 +518,30 @@ def rubric_for(kind: OrganismType) -> str:
     return load_text(f"rubrics/{kind.value}.md").strip()
 
 
+GRADER_PROMPT_FILES = ("grader_system.md", "grader_task.md",
+                       *(f"rubrics/{kind.value}.md" for kind in OrganismType))
+PROMPT_VERSION_LENGTH = 12
+
+
+def grader_prompts_version() -> str:
+    """The LLM grader's prompt version: the first hex digits of a hash over its system prompt,
+    task template and every rubric. It is part of the grader's name, so grades made after a
+    prompt change never pass for the old grader's (`adl eval regrade` adds them as new)."""
+    digest = hashlib.sha256()
+    for name in GRADER_PROMPT_FILES:
+        digest.update(name.encode() + b"\0" + load_text(name).encode() + b"\0")
+    return digest.hexdigest()[:PROMPT_VERSION_LENGTH]
+
+
 class LLMGrader:
-    """Structured grades from a provider, repeated and averaged; invalid output is retried."""
+    """Structured grades from a provider, repeated and averaged; invalid output is retried.
+    Its name is `llm:PROVIDER:MODEL@prompts-VERSION` (`grader_prompts_version`)."""
 
     def __init__(self, provider: Provider, repeats: int = 3, max_invalid: int = 2) -> None:
         self.provider = provider
         self.repeats = repeats
         self.max_invalid = max_invalid
-        self.name = f"llm:{provider.name}"
+        self.name = f"llm:{provider.name}@prompts-{grader_prompts_version()}"
 
     def _prompt(self, organism: Organism, hypothesis: str) -> str:
         kind, description = organism.require_ground_truth()

@@ -487,14 +487,23 @@ class Store:
                                 .where(Run.experiment_id == experiment_id).distinct())
             return sorted(rows)
 
-    def require_grader(self, experiment: str, grader: str) -> None:
-        """`AdlInputError`, listing the experiment's graders, unless `grader` graded one of its
-        runs (a misspelt grader must not read as "every run ungraded")."""
+    def require_grader(self, experiment: str, grader: str) -> str:
+        """The full name of the grader `grader` that graded runs of the experiment: the name
+        itself, or the one name that adds a version to it (`llm:openai:gpt-5` for
+        `llm:openai:gpt-5@prompts-…`). `AdlInputError`, listing the experiment's graders, when
+        none or several match (a misspelt grader must not read as "every run ungraded")."""
         found = self.require_experiment(experiment)
         known = self.grader_names(found.id)  # type: ignore[arg-type]
-        if grader not in known:
-            raise AdlInputError(f"No run of {experiment!r} was graded by {grader!r}; its graders: "
-                                f"{', '.join(known) or 'none'}.")
+        if grader in known:
+            return grader
+        versions = [name for name in known if name.startswith(f"{grader}@")]
+        if len(versions) == 1:
+            return versions[0]
+        if versions:
+            raise AdlInputError(f"{grader!r} names several graders of {experiment!r}; pick one: "
+                                f"{', '.join(versions)}.")
+        raise AdlInputError(f"No run of {experiment!r} was graded by {grader!r}; its graders: "
+                            f"{', '.join(known) or 'none'}.")
 
     @staticmethod
     def _delete_children(session: Session, run_id: int) -> None:

@@ -5,6 +5,7 @@ server (invalid structured output is retried)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -147,6 +148,23 @@ def test_llm_grader_retries_invalid_output_and_averages(api: str) -> None:
     assert "Preheat the oven to 450" in prompt and "Synthetic document finetuning" in prompt
     assert "record_grade" in prompt and "lowest qualifying score" in prompt
     assert "FINETUNE_DOMAIN" in prompt and "False cake facts." in prompt
+
+
+def test_the_llm_graders_name_changes_with_any_of_its_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grades made after a change to the grader's system prompt, task or any rubric carry
+    another name, so a regrade adds them instead of passing them off as the old grader's."""
+    from evals import grading
+
+    provider = OpenAIProvider("gpt-5", api_key="sk-test", base_url="http://127.0.0.1:9/v1", retry=FAST_RETRY)
+    name = LLMGrader(provider).name
+    assert re.fullmatch(r"llm:openai:gpt-5@prompts-[0-9a-f]{12}", name)
+    assert LLMGrader(provider).name == name  # stable
+    original = grading.load_text
+    for changed in grading.GRADER_PROMPT_FILES:
+        monkeypatch.setattr(grading, "load_text",
+                            lambda n, changed=changed: original(n) + ("\n" if n == changed else ""))
+        assert LLMGrader(provider).name != name, changed
+    assert "rubrics/Control.md" in grading.GRADER_PROMPT_FILES
 
 
 def test_llm_grader_gives_up_after_repeated_invalid_output() -> None:

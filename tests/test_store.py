@@ -369,6 +369,30 @@ def test_regrade_adds_a_grade_per_run_and_compare_reads_the_newest_or_the_named(
         regrade_experiment(db, "missing", _LengthGrader())
 
 
+def test_a_grader_named_without_its_prompt_version_is_found_when_one_version_graded(tmp_path):
+    """`--grader llm:openai:gpt-5` picks `llm:openai:gpt-5@prompts-…` when that is the only
+    version that graded the experiment; with two versions it names both instead of guessing."""
+    from evals.compare import compare_experiment
+
+    db = open_store(_url(tmp_path))
+    experiment = db.experiment("exp")
+    assert experiment.id is not None
+    old_prompts = "llm:openai:gpt-5@prompts-aaaaaaaaaaaa"
+    for agent in ("adl", "blackbox"):
+        run = db.start_unit(experiment.id, agent, organism="cake_bake", organism_is_control=False,
+                            agent=agent, budget=0, repeat=0, provider="fake")
+        assert run is not None and run.id is not None
+        db.finish_unit(run.id, {"hypothesis": "h"}, Grade(run_id=run.id, grader=old_prompts, score=3.0))
+        db.release(run.id)
+    assert db.require_grader("exp", "llm:openai:gpt-5") == old_prompts
+    assert compare_experiment(db, "exp", grader="llm:openai:gpt-5").grader == old_prompts
+    db.add_grade(1, Grade(run_id=1, grader="llm:openai:gpt-5@prompts-bbbbbbbbbbbb", score=4.0))
+    with pytest.raises(AdlInputError, match="several graders.*aaaaaaaaaaaa, .*bbbbbbbbbbbb"):
+        compare_experiment(db, "exp", grader="llm:openai:gpt-5")
+    with pytest.raises(AdlInputError, match="No run of 'exp' was graded by 'llm:openai'"):
+        db.require_grader("exp", "llm:openai")  # a prefix short of the version is not a match
+
+
 class _DeadProviderGrader:
     """A grader whose provider is gone: every grade fails."""
     name = "dead-llm"

@@ -132,7 +132,8 @@ def compare_command(
     database: str | None = typer.Option(None, help=DATABASE_HELP),
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
     grader: str | None = typer.Option(None, help="Use this grader's grades (e.g. "
-                                      "offline-embedding-v4, llm:openai:gpt-5); default: each "
+                                      "offline-embedding-v4, llm:openai:gpt-5, which picks its one "
+                                      "prompt version @prompts-…); default: each "
                                       "run's newest grade, so an offline regrade after an LLM "
                                       "grade is what is compared unless this names the LLM's."),
 ) -> None:
