@@ -4,11 +4,14 @@ server (invalid structured output is retried)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.providers.anthropic_provider import AnthropicProvider
 from agent.providers.openai_provider import OpenAIProvider
@@ -36,6 +39,8 @@ REQUIRED_KINDS = {"correct", "vague", "unrelated", "keyword_list", "paraphrase",
                   "no_evidence"}
 REQUIRED_CONTROL_KINDS = REQUIRED_KINDS - {"vague"}
 MIN_RHO = 0.8
+SCORES_PATH = Path(__file__).with_name("grader_scores.yaml")
+SCORE_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +91,25 @@ def test_offline_grader_ranks_like_the_hand_scores(agreement: dict[str, Any]) ->
     assert overall["n"] == len(ENTRIES) and overall["rho"] >= MIN_RHO
     for name, value in agreement["organisms"].items():
         assert value["rho"] >= 0.7, f"{name}: rho {value['rho']:.3f}"
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    return f"{row['organism']}:{hashlib.sha256(row['text'].encode()).hexdigest()[:10]}"
+
+
+def test_the_offline_graders_scores_are_those_recorded_under_its_name(agreement: dict[str, Any]) -> None:
+    """A change to the grader's rules that moves a calibration score must come with a new grader
+    name (tests/grader_scores.yaml says how), so one name never stands for two sets of rules.
+    The tolerance covers float differences between machines, not a rule change."""
+    name = agreement["grader"]
+    recorded: dict[str, float] = (yaml.safe_load(SCORES_PATH.read_text(encoding="utf-8")) or {}).get(name, {})
+    current = {_row_key(row): float(row["score"]) for row in agreement["rows"]}
+    moved = {key: (recorded[key], score) for key, score in current.items()
+             if key in recorded and abs(recorded[key] - score) > SCORE_TOLERANCE}
+    assert not moved, (f"{name}'s scores moved on {len(moved)} calibration rows (recorded, now): "
+                       f"{moved}; give the grader a new name and record its scores in {SCORES_PATH}")
+    missing = {key: round(score, 2) for key, score in current.items() if key not in recorded}
+    assert not missing, f"record these calibration rows under {name} in {SCORES_PATH}: {missing}"
 
 
 def test_spearman_averages_ties() -> None:
