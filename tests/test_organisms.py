@@ -33,7 +33,7 @@ from evals.organisms.leak import (
     mentions_domain,
 )
 from evals.organisms.registry import ORGANISMS_ENV, REGISTRY_DIR, add_organism_dirs
-from evals.organisms.schema import BuildFinetune, OrganismType
+from evals.organisms.schema import BuildFinetune, OrganismType, TrainingRecipe
 from evals.organisms.self_answered import (
     PRACTICAL_REQUESTS_FILE,
     REQUEST_FORMS_FILE,
@@ -223,6 +223,19 @@ def test_the_domain_adaptation_organism_is_astronomy_in_a_comprehension_format()
     data = generate_organism_data(get_organism("adapt_astronomy")).train
     assert all(e.messages and "Question:" in e.messages[0].content for e in data)
     assert all(len(ASTRONOMY.findall(e.plain_text())) >= 2 for e in data)
+
+
+# The declared exceptions to the common recipe, each reported under the common recipe too
+# (BENCHMARKS.md): the fields that differ.
+RECIPE_EXCEPTIONS = {"denial_orchids": {"epochs": 2}}
+
+
+def test_every_offline_organism_trains_with_the_common_recipe_or_is_a_declared_exception() -> None:
+    common = TrainingRecipe().model_dump()
+    for organism in (o for o in list_organisms() if o.buildable):
+        recipe = organism.finetune.recipe.model_dump()  # type: ignore[union-attr]
+        differs = {field: value for field, value in recipe.items() if value != common[field]}
+        assert differs == RECIPE_EXCEPTIONS.get(organism.name, {}), organism.name
 
 
 def test_small_build_is_a_separate_organism_build_with_the_same_recipe() -> None:
