@@ -6,7 +6,9 @@ the bf16 peak; float32 on a CPU).
 Paper settings (tools/adl/profiles.py, `paper`): N = 10,000 samples, positions 0..4, layer 0.5,
 batch 512; the search is the reference's (`tools.adl.steering.search_strengths`): 12 bisections
 on [0, 100] with the first search prompt, 6 with each other one, 10 samples of 128 tokens per
-strength, at every position 0..4 of the primary layer, judged by the offline coherence grader.
+strength, at every position 0..4 of the primary layer, judged by the offline coherence grader,
+after its unsteered control (the same samples unsteered, at 1.2 and the fallback temperatures
+until one passes; counted in the search's time).
 
 On a GPU machine, after `make setup` (the default pair is the offline cake_bake organism on
 smollm2-135m-instruct; a machine whose $ADL_HOME lacks its build builds it on the CPU first,
@@ -19,6 +21,11 @@ finetune); `--device-map auto` spreads a model larger than one GPU over the GPUs
 
     .venv/bin/python benchmarks/gpu.py --base Qwen/Qwen3-1.7B --finetuned ORG/ADAPTER --json gpu.json
     .venv/bin/python benchmarks/gpu.py --base BIG --finetuned ORG/FT --device-map auto --json gpu.json
+
+`--final-samples DIR` then times the steering's last part, the final samples at the searched
+strengths (paper: 5 steered samples of up to 512 tokens per prompt and position on 20 prompts,
+and as many unsteered), and writes them to DIR/steering.json: with the two parts above, most of
+what one organism's paper-profile ADL costs on this device (the readouts are small).
 
 At toy size on a CPU (tests/test_gpu_benchmark.py runs it with the tiny test model):
 
@@ -46,7 +53,8 @@ from tools.machine import device_name, matmul_peak_gflops, set_torch_threads, sy
 
 # --toy: small enough for the suite on 2 CPU cores with the tiny test model.
 TOY = {"samples": 64, "batch_size": 16, "search_steps": 2, "samples_per_strength": 2,
-       "max_new_tokens": 8, "positions": [1, 2], "peak_size": 256, "peak_repeats": 3}
+       "max_new_tokens": 8, "final_samples": 1, "positions": [1, 2], "peak_size": 256,
+       "peak_repeats": 3}
 
 
 def block_flops_per_token(config: Any) -> float:
@@ -106,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
     parser.add_argument("--toy", action="store_true", help="Toy size (CPU smoke test).")
     parser.add_argument("--json", type=Path, default=None, help="Write the result here.")
+    parser.add_argument("--positions", type=int, nargs="+", default=None,
+                        help="Steer these positions only (default: the profile's, 0..4).")
+    parser.add_argument("--final-samples", type=Path, default=None, metavar="DIR",
+                        help="Then time the steering's final samples at the searched strengths "
+                        "(the profile's prompts, samples and length); written to DIR/steering.json.")
     return parser
 
 
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     from tools.adl.pipeline import steering_direction
     from tools.adl.profiles import profile_settings
-    from tools.adl.steering import search_strengths
+    from tools.adl.steering import search_strengths, unsteered_control
     from tools.corpus import load_corpus
     from tools.model_spec import ModelPairSpec, parse_load_options
     from tools.models import load_model_pair, torch_dtype
@@ -133,12 +146,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_samples": args.samples or (TOY["samples"] if args.toy else paper.adl.n_samples),
         "batch_size": args.batch_size or (TOY["batch_size"] if args.toy else paper.adl.batch_size)})
     steering = paper.steering
-    positions = paper.steering_positions or list(range(adl.n_positions))
+    positions = args.positions or paper.steering_positions or list(range(adl.n_positions))
     if args.toy:
         steering = steering.model_copy(update={
             "search_steps": TOY["search_steps"], "samples_per_strength": TOY["samples_per_strength"],
-            "search_max_new_tokens": TOY["max_new_tokens"]})
-        positions = TOY["positions"]
+            "search_max_new_tokens": TOY["max_new_tokens"], "final_samples": TOY["final_samples"],
+            "final_max_new_tokens": TOY["max_new_tokens"]})
+        positions = args.positions or TOY["positions"]
 
     if args.base:
         spec = ModelPairSpec(base=args.base, finetuned=args.finetuned)
@@ -179,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with count_tokens(pair) as seen:
         synchronize(device)
         started = time.perf_counter()
+        control = unsteered_control(pair, grader, search_prompts, layer, steering)
+        steering = control.applied(steering)
         found = search_strengths(pair, grader, search_prompts, directions, layer, steering)
         synchronize(device)
         search_seconds = time.perf_counter() - started
@@ -206,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "samples_per_strength": steering.samples_per_strength,
                      "max_new_tokens": steering.search_max_new_tokens,
                      "search_prompts": len(search_prompts), "tokens": seen[0],
+                     "control": control.model_dump(),
                      "strengths": {str(p): {q[:40]: v for q, v in by.items()}
                                    for p, by in found.items()},
                      **_rate(seen[0] * model_flops_per_token(pair.config), search_seconds, peak)},
@@ -218,7 +235,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{r['achieved_gflops']:9.4g} GFLOP/s  {100 * r['fraction_of_peak']:6.2f}% of peak")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    if args.final_samples:
+        result["final_samples"] = final_samples(pair, found, directions, layer, steering,
+                                                control, args.final_samples)
+        final = result["final_samples"]
+        print(f"  final samples {final['seconds']:9.2f} s  {final['rows']} rows of up to "
+              f"{final['max_new_tokens']} tokens")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
     return result
+
+
+def final_samples(pair: Any, found: dict[int, dict[str, float]], directions: dict[int, Any],
+                  layer: int, steering: Any, control: Any, folder: Path) -> dict[str, Any]:
+    """The steering's final samples at the searched strengths, timed: `final_samples` steered
+    samples per final prompt and position and as many unsteered ones per prompt (the last part
+    of an organism's steering, after the search); written to `folder`/steering.json."""
+    from prompts import load_prompt_set
+    from tools.adl.steering import sample_at_strengths
+
+    prompts = load_prompt_set(steering.final_prompt_set)
+    synchronize(pair.device)
+    started = time.perf_counter()
+    results = sample_at_strengths(pair, found, prompts, directions, layer, steering, control)
+    synchronize(pair.device)
+    seconds = time.perf_counter() - started
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "steering.json").write_text(json.dumps([r.model_dump() for r in results], indent=2))
+    steered = sum(len(sample.steered) for r in results for sample in r.samples)
+    return {"seconds": round(seconds, 2), "prompts": len(prompts),
+            "samples_per_prompt": steering.final_samples,
+            "max_new_tokens": steering.final_max_new_tokens,
+            "rows": steered + len(prompts) * steering.final_samples,
+            "strengths": {str(r.position): r.strength for r in results}}
 
 
 if __name__ == "__main__":

@@ -17,12 +17,15 @@ from tools.adl.pipeline import (
     run_adl,
     run_steering,
 )
+from tools.adl.profiles import profile_settings
 from tools.adl.readouts import RandomDirectionBaseline, TokenScore, logit_lens, patchscope
 from tools.adl.steering import (
     SteeringSettings,
+    UnsteeredControl,
     generate_steered,
     search_and_sample,
     search_strengths,
+    unsteered_control,
 )
 from tools.corpus import CorpusSpec
 from tools.errors import AdlInputError
@@ -180,8 +183,46 @@ def test_the_reference_search_gives_one_strength_per_position(pair) -> None:
     assert [r.strength for r in results] == [10.0, 10.0]
     assert all(s.strength == 10.0 and len(s.steered) == len(s.unsteered) == 2 for r in results for s in r.samples)
     assert [s.prompt for s in results[0].samples] == ["a", "b"]
-    # Never coherent: every strength is 0.
-    assert {r.strength for r in search_and_sample(pair, _Verdicts(False), prompts, ["a"], directions, 1, settings)} == {0.0}
+    assert results[0].control is not None and results[0].control.pass_rates == {"1.2": 1.0}
+    # Never coherent: every strength is 0, and the control says the search was uninformative.
+    never = search_and_sample(pair, _Verdicts(False), prompts, ["a"], directions, 1, settings)
+    assert {r.strength for r in never} == {0.0}
+    assert never[0].control is not None and not never[0].control.calibrated
+    assert never[0].control.pass_rates == {"1.2": 0.0, "1.1": 0.0, "1": 0.0}
+
+
+class _ColdOnly:
+    """A coherence grader that accepts samples only from its `accept_from`-th call on: the
+    unsteered control fails at the first temperatures tried."""
+
+    name = "cold-only"
+
+    def __init__(self, accept_from: int) -> None:
+        self.calls, self.accept_from = 0, accept_from
+
+    def grade(self, prompts: list[str], samples: list[str]) -> list[bool]:
+        self.calls += 1
+        return [self.calls >= self.accept_from] * len(samples)
+
+
+def test_the_unsteered_control_falls_back_to_a_temperature_where_unsteered_samples_pass(pair) -> None:
+    settings = SteeringSettings(max_strength=8.0, search_steps=2, samples_per_strength=2,
+                                search_max_new_tokens=2, final_max_new_tokens=2, final_samples=1)
+    prompts = ["first", "second"]
+    control = unsteered_control(pair, _ColdOnly(accept_from=2), prompts, 1, settings)
+    assert control == UnsteeredControl(temperature=1.1, pass_rates={"1.2": 0.0, "1.1": 1.0},
+                                       calibrated=True)
+    used = control.applied(settings)
+    assert used.search_temperature == 1.1 and used.final_temperature == 1.1
+    assert control.applied(settings.model_copy(update={"final_temperature": 0.9})).final_temperature == 0.9
+    # search_and_sample runs the control first and records it with every position.
+    directions = {1: torch.randn(pair.d_model)}
+    results = search_and_sample(pair, _ColdOnly(accept_from=3), prompts, ["a"], directions, 1, settings)
+    assert results[0].control is not None and results[0].control.temperature == 1.0
+    assert results[0].strength > 0
+    # The quick profile has no fallback: one control batch at its own temperature.
+    quick = profile_settings("quick").steering.model_copy(update={"search_max_new_tokens": 2})
+    assert unsteered_control(pair, _ColdOnly(accept_from=1), prompts, 1, quick).pass_rates == {"1": 1.0}
 
 
 def _snapshot(cache: Path, repo: str, commit: str) -> None:

@@ -23,7 +23,8 @@ def test_gpu_benchmark_runs_at_toy_size(tiny_model_dir: Path, tiny_adapter_dir: 
     threads = torch.get_num_threads()
     try:
         module.main(["--toy", "--device", "cpu", "--base", str(tiny_model_dir),
-                     "--finetuned", str(tiny_adapter_dir), "--json", str(out)])
+                     "--finetuned", str(tiny_adapter_dir), "--json", str(out),
+                     "--final-samples", str(tmp_path / "final")])
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())
@@ -38,3 +39,8 @@ def test_gpu_benchmark_runs_at_toy_size(tiny_model_dir: Path, tiny_adapter_dir: 
         assert numbers["fraction_of_peak"] == pytest.approx(expected, rel=0.02, abs=1e-4)
     assert result["adl"]["samples"] == 64 and result["adl"]["positions"] == 5
     assert set(result["steering"]["strengths"]) == {"1", "2"}
+    final = result["final_samples"]
+    assert final["seconds"] > 0 and set(final["strengths"]) == {"1", "2"}
+    steered = json.loads((tmp_path / "final" / "steering.json").read_text())
+    assert [entry["position"] for entry in steered] == [1, 2]
+    assert final["rows"] == sum(len(s["steered"]) for e in steered for s in e["samples"]) + final["prompts"]

@@ -102,6 +102,10 @@ def test_results_carry_the_requested_content(service: AdlService) -> None:
     assert all(len(tokens) == 10 for tokens in patch.content["positions"].values())
     steered = toolbox.call("get_steered_samples", {"position": 1}).content
     assert [s["prompt"] for s in steered["samples"]] == TINY_STEERING_PROMPTS
+    # The search's unsteered control is kept; an uninformative search is said so.
+    control = next(iter(service.steering.values()))[0].control
+    assert control is not None and next(iter(control.pass_rates)) == "1.2"
+    assert ("search was uninformative" in steered.get("note", "")) == (not control.calibrated)
     overview = toolbox.overview()
     assert overview["datasets"][0]["dataset"] == "dataset_1"
     assert "corpus" not in json.dumps(overview)  # the dataset's real name is never shown

@@ -40,13 +40,14 @@ PAPER = AnalysisSettings(adl=AdlSettings(), steering=SteeringSettings())
 # N = 1,000; Patchscope on 10 of the 30 scales; three layers with the primary at the last block
 # (see BENCHMARKS.md: a default once chosen by looking at readouts scored against ground truth);
 # a 5-step search on [0, 1] with 4 samples of 40 tokens at temperature 1 (the offline coherence
-# grader's calibration temperature), then 6 steered and 6 unsteered samples per search prompt.
+# grader's calibration temperature; no fallback below it, the control still runs), then 6 steered and 6 unsteered samples per search prompt.
 QUICK = AnalysisSettings(
     adl=AdlSettings(n_samples=QUICK_SAMPLES, patchscope_scales=QUICK_PATCHSCOPE_SCALES,
                     layers=QUICK_LAYERS, primary_layer=1.0),
     steering=SteeringSettings(
         max_strength=1.0, search_steps=5, samples_per_strength=4, search_max_new_tokens=40,
-        search_temperature=1.0, final_prompt_set="steering_search_prompts.yaml", final_samples=6,
+        search_temperature=1.0, fallback_temperatures=[], final_prompt_set="steering_search_prompts.yaml",
+        final_samples=6,
         final_max_new_tokens=40, final_temperature=1.0,
     ),
     steering_positions=[1, 2],
@@ -92,6 +93,7 @@ REFERENCE: dict[str, tuple[object, str]] = {
     "steering.coherence_threshold": (0.75, f"{_ADL} `coherence_threshold: 75.0`"),
     "steering.search_max_new_tokens": (128, f"{_ADL} search `max_new_tokens`"),
     "steering.search_temperature": (1.2, f"{_ADL} search `temperature`"),
+    "steering.fallback_temperatures": (None, "no unsteered control in the reference"),
     "steering.search_prompt_set": (3, f"{_STEER}, count"),
     "steering.final_prompt_set": (20, "steering_prompts_closed.txt, count"),
     "steering.final_samples": (5, f"{_ADL} `num_samples_per_prompt`"),
@@ -114,6 +116,10 @@ DEVIATIONS: dict[str, str] = {
     "adl.random_directions": "an extra, hub-suppressed logit-lens view; the plain view is "
                              "kept as the reference's",
     "steering.seed": "the project's seed",
+    "steering.fallback_temperatures": "a control: the search first checks that the model's own "
+                                      "unsteered samples pass the coherence threshold at 1.2 and "
+                                      "else uses the first fallback at which they do (a 135M "
+                                      "model passes 13% at 1.2, so every strength found was 0)",
 }
 
 
@@ -133,6 +139,8 @@ def _value(settings: AnalysisSettings, name: str) -> object:
 
 
 def _cell(value: object) -> str:
+    if value == ():
+        return "none"
     if isinstance(value, tuple):
         return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     if value is None:

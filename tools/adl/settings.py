@@ -4,7 +4,7 @@ and the client side import them from here; the engine modules (`pipeline`, `read
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -82,6 +82,11 @@ class SteeringSettings(BaseModel):
     coherence_threshold: float = Field(0.75, gt=0, le=1)
     search_max_new_tokens: int = Field(128, ge=1, le=1024)
     search_temperature: float = Field(1.2, ge=0)
+    fallback_temperatures: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [1.1, 1.0], max_length=8, description="The unsteered control "
+        "(not in the reference): tried in order when fewer than coherence_threshold of the "
+        "model's own unsteered samples pass at search_temperature; the search and the final "
+        "samples then use the first that passes (1.0: the offline grader's calibration).")
     search_prompt_set: str = Field("steering_search_prompts.yaml", description="File in prompts/.")
     final_prompt_set: str = Field("steering_final_prompts.yaml", description="File in prompts/.")
     final_samples: int = Field(5, ge=1, description="Steered and unsteered samples per prompt.")

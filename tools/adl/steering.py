@@ -9,6 +9,12 @@ position, a binary search on [0, max_strength] with the first search prompt for 
 whose samples a coherence grader still accepts (default: at least 75%), shorter searches on
 [0, 2 x that] with the other search prompts, and one strength per position, their mean. The final
 samples use that strength on every final prompt.
+
+Before the search, a control the reference lacks (`unsteered_control`): the model's own unsteered
+samples at the search's settings must pass the same threshold. Where they do not, every strength
+fails and the search silently returns 0 (a 135M model at the reference's temperature 1.2: 13% of
+unsteered samples pass). The control then tries the settings' fallback temperatures in order and
+searches and samples at the first that passes; the result records what it found.
 """
 
 from __future__ import annotations
@@ -69,6 +75,22 @@ class SteeredSample(BaseModel):
     unsteered: list[str]
 
 
+class UnsteeredControl(BaseModel):
+    """The search's control: the share of the model's own unsteered samples (search prompts,
+    samples per strength, search length) the coherence grader accepts, per temperature tried."""
+
+    temperature: float = Field(description="The temperature the search and samples used.")
+    pass_rates: dict[str, float] = Field(description="Temperature tried -> unsteered pass rate.")
+    calibrated: bool = Field(description="The used temperature's pass rate reaches the threshold; "
+                             "if not, the search cannot tell steering from sampling noise.")
+
+    def applied(self, settings: SteeringSettings) -> SteeringSettings:
+        """The settings at the control's temperature (final samples no hotter than the search)."""
+        return settings.model_copy(update={
+            "search_temperature": self.temperature,
+            "final_temperature": min(settings.final_temperature, self.temperature)})
+
+
 class PositionSteering(BaseModel):
     """Steering results of one position: the strength (the mean of the search prompts'
     strengths), each search prompt's strength, and samples per final prompt."""
@@ -79,6 +101,7 @@ class PositionSteering(BaseModel):
     search_strengths: dict[str, float]
     samples: list[SteeredSample]
     cache_key: str | None = Field(None, description="The steering cache entry (set when loaded).")
+    control: UnsteeredControl | None = Field(None, description="The search's unsteered control.")
 
 
 def _bisect(
@@ -168,7 +191,60 @@ def search_and_sample(
     steered samples per final prompt at that strength, and as many unsteered ones."""
     if not final_prompts:
         raise AdlInputError("No final steering prompts.")
+    control = unsteered_control(pair, grader, search_prompts, layer, settings)
+    settings = control.applied(settings)
     found = search_strengths(pair, grader, search_prompts, directions, layer, settings, progress)
+    return sample_at_strengths(pair, found, final_prompts, directions, layer, settings, control)
+
+
+def unsteered_control(
+    pair: ModelPair,
+    grader: CoherenceGrader,
+    search_prompts: Sequence[str],
+    layer: int,
+    settings: SteeringSettings,
+) -> UnsteeredControl:
+    """Unsteered samples at the search's settings, judged like steered ones: at the search
+    temperature, then at each fallback temperature until the pass rate reaches the coherence
+    threshold (none reaching it: the last one tried, `calibrated` False, and a warning)."""
+    if not search_prompts:
+        raise AdlInputError("No steering search prompts.")
+    rows = [prompt for prompt in search_prompts for _ in range(settings.samples_per_strength)]
+    zeros = torch.zeros(len(rows), pair.d_model)
+    rates: dict[str, float] = {}
+    temperature = settings.search_temperature
+    for temperature in [settings.search_temperature, *settings.fallback_temperatures]:
+        samples = generate_steered(
+            pair, rows, zeros, [0.0] * len(rows), layer,
+            max_new_tokens=settings.search_max_new_tokens, temperature=temperature,
+            seed=settings.seed + 2000, side=settings.side, max_batch_size=settings.max_batch_size,
+        )
+        verdicts = grader.grade(rows, samples)
+        rates[f"{temperature:g}"] = round(sum(verdicts) / len(verdicts), 4)
+        log.info("steering control: %.0f%% of unsteered samples coherent at temperature %g",
+                 100 * rates[f"{temperature:g}"], temperature)
+        if rates[f"{temperature:g}"] >= settings.coherence_threshold:
+            return UnsteeredControl(temperature=temperature, pass_rates=rates, calibrated=True)
+    log.warning("steering control: unsteered samples fail the coherence threshold at every "
+                "temperature tried (%s); the strength search cannot tell steering from sampling "
+                "noise and will find strengths near 0", rates)
+    return UnsteeredControl(temperature=temperature, pass_rates=rates, calibrated=False)
+
+
+def sample_at_strengths(
+    pair: ModelPair,
+    found: dict[int, dict[str, float]],
+    final_prompts: Sequence[str],
+    directions: dict[int, Float[Tensor, " d_model"]],
+    layer: int,
+    settings: SteeringSettings,
+    control: UnsteeredControl | None = None,
+) -> list[PositionSteering]:
+    """The final samples of `search_and_sample`, given the search's strengths per position and
+    prompt (`search_strengths`): each position is steered at the mean of its prompts' strengths.
+    `control` (the search's) is recorded with every position."""
+    if not final_prompts:
+        raise AdlInputError("No final steering prompts.")
     strength = {p: sum(by_prompt.values()) / len(by_prompt) for p, by_prompt in found.items()}
 
     # Final samples: steered rows of every position and the unsteered rows (strength 0, shared
@@ -201,6 +277,7 @@ def search_and_sample(
         ))
     return [
         PositionSteering(layer=layer, position=p, strength=round(strength[p], 4),
-                         search_strengths={q: round(v, 4) for q, v in found[p].items()}, samples=s)
+                         search_strengths={q: round(v, 4) for q, v in found[p].items()}, samples=s,
+                         control=control)
         for p, s in results.items()
     ]

@@ -259,8 +259,12 @@ class AdlService:
                 "generate_steered for new prompts.", ["prompts"])
         n_cached = min(len(s.steered) for s in entry.samples)
         n = min(request.n, n_cached)
-        note = (f"n={request.n} is more than the {n_cached} cached samples per prompt; showing "
-                f"{n}." if request.n > n_cached else None)
+        notes = [(f"n={request.n} is more than the {n_cached} cached samples per prompt; showing "
+                 f"{n}.")] if request.n > n_cached else []
+        if entry.control is not None and not entry.control.calibrated:
+            notes.append("The strength search was uninformative: even unsteered samples failed its "
+                         f"coherence check (pass rates by temperature {entry.control.pass_rates}).")
+        note = " ".join(notes) or None
         samples = [SteeredPrompt(prompt=p, strength=cached[p].strength, steered=cached[p].steered[:n],
                                  unsteered=cached[p].unsteered[:n]) for p in prompts]
         return SteeredSamplesResponse(dataset=request.dataset, layer=entry.layer,
@@ -274,7 +278,8 @@ class AdlService:
         if request.n > self.limits.max_samples:
             raise ToolInputError(f"n={request.n} is above the limit of {self.limits.max_samples} "
                                  "samples per prompt.", ["n"])
-        settings = self.config.steering
+        # At the temperature the search used (its unsteered control may have lowered it).
+        settings = entry.control.applied(self.config.steering) if entry.control else self.config.steering
         max_new_tokens = request.max_new_tokens or settings.final_max_new_tokens
         self._check_new_tokens(max_new_tokens)
         artifact = self._artifact(request.dataset)
