@@ -215,6 +215,8 @@ def test_the_unsteered_control_falls_back_to_a_temperature_where_unsteered_sampl
     used = control.applied(settings)
     assert used.search_temperature == 1.1 and used.final_temperature == 1.1
     assert control.applied(settings.model_copy(update={"final_temperature": 0.9})).final_temperature == 0.9
+    passed = UnsteeredControl(temperature=1.2, pass_rates={"1.2": 1.0}, calibrated=True)
+    assert passed.applied(settings.model_copy(update={"final_temperature": 1.5})).final_temperature == 1.5
     # search_and_sample runs the control first and records it with every position.
     directions = {1: torch.randn(pair.d_model)}
     results = search_and_sample(pair, _ColdOnly(accept_from=3), prompts, ["a"], directions, 1, settings)

@@ -40,14 +40,15 @@ PAPER = AnalysisSettings(adl=AdlSettings(), steering=SteeringSettings())
 # N = 1,000; Patchscope on 10 of the 30 scales; three layers with the primary at the last block
 # (see BENCHMARKS.md: a default once chosen by looking at readouts scored against ground truth);
 # a 5-step search on [0, 1] with 4 samples of 40 tokens at temperature 1 (the offline coherence
-# grader's calibration temperature; no fallback below it, the control still runs), then 6 steered and 6 unsteered samples per search prompt.
+# grader's calibration temperature; its unsteered control runs, with no fallback below it), then
+# 6 steered and 6 unsteered samples per search prompt.
 QUICK = AnalysisSettings(
     adl=AdlSettings(n_samples=QUICK_SAMPLES, patchscope_scales=QUICK_PATCHSCOPE_SCALES,
                     layers=QUICK_LAYERS, primary_layer=1.0),
     steering=SteeringSettings(
         max_strength=1.0, search_steps=5, samples_per_strength=4, search_max_new_tokens=40,
-        search_temperature=1.0, fallback_temperatures=[], final_prompt_set="steering_search_prompts.yaml",
-        final_samples=6,
+        search_temperature=1.0, fallback_temperatures=[],
+        final_prompt_set="steering_search_prompts.yaml", final_samples=6,
         final_max_new_tokens=40, final_temperature=1.0,
     ),
     steering_positions=[1, 2],

@@ -85,7 +85,10 @@ class UnsteeredControl(BaseModel):
                              "if not, the search cannot tell steering from sampling noise.")
 
     def applied(self, settings: SteeringSettings) -> SteeringSettings:
-        """The settings at the control's temperature (final samples no hotter than the search)."""
+        """The settings at the control's temperature: unchanged where the search temperature
+        passed, else the fallback for the search and no hotter for the final samples."""
+        if self.temperature == settings.search_temperature:
+            return settings
         return settings.model_copy(update={
             "search_temperature": self.temperature,
             "final_temperature": min(settings.final_temperature, self.temperature)})
