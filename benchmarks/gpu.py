@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="Write the result here.")
     parser.add_argument("--positions", type=int, nargs="+", default=None,
                         help="Steer these positions only (default: the profile's, 0..4).")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="Steering rows per generate call (default: the profile's 32, the "
+                        "reference's; a memory setting: one search step is a single call from "
+                        "samples per strength x positions x prompts rows).")
     parser.add_argument("--final-samples", type=Path, default=None, metavar="DIR",
                         help="Then time the steering's final samples at the searched strengths "
                         "(the profile's prompts, samples and length); written to DIR/steering.json.")
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "n_samples": args.samples or (TOY["samples"] if args.toy else paper.adl.n_samples),
         "batch_size": args.batch_size or (TOY["batch_size"] if args.toy else paper.adl.batch_size)})
     steering = paper.steering
+    if args.max_batch_size:
+        steering = steering.model_copy(update={"max_batch_size": args.max_batch_size})
     positions = args.positions or paper.steering_positions or list(range(adl.n_positions))
     if args.toy:
         steering = steering.model_copy(update={
@@ -194,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         synchronize(device)
         started = time.perf_counter()
         control = unsteered_control(pair, grader, search_prompts, layer, steering)
+        synchronize(device)
+        control_seconds = time.perf_counter() - started
         steering = control.applied(steering)
         found = search_strengths(pair, grader, search_prompts, directions, layer, steering)
         synchronize(device)
@@ -221,6 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steering": {"layer": layer, "positions": positions, "search_steps": steering.search_steps,
                      "samples_per_strength": steering.samples_per_strength,
                      "max_new_tokens": steering.search_max_new_tokens,
+                     "max_batch_size": steering.max_batch_size,
+                     "control_seconds": round(control_seconds, 2),
                      "search_prompts": len(search_prompts), "tokens": seen[0],
                      "control": control.model_dump(),
                      "strengths": {str(p): {q[:40]: v for q, v in by.items()}

@@ -24,7 +24,7 @@ def test_gpu_benchmark_runs_at_toy_size(tiny_model_dir: Path, tiny_adapter_dir: 
     try:
         module.main(["--toy", "--device", "cpu", "--base", str(tiny_model_dir),
                      "--finetuned", str(tiny_adapter_dir), "--json", str(out),
-                     "--final-samples", str(tmp_path / "final")])
+                     "--final-samples", str(tmp_path / "final"), "--max-batch-size", "3"])
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())
@@ -39,6 +39,8 @@ def test_gpu_benchmark_runs_at_toy_size(tiny_model_dir: Path, tiny_adapter_dir: 
         assert numbers["fraction_of_peak"] == pytest.approx(expected, rel=0.02, abs=1e-4)
     assert result["adl"]["samples"] == 64 and result["adl"]["positions"] == 5
     assert set(result["steering"]["strengths"]) == {"1", "2"}
+    assert result["steering"]["max_batch_size"] == 3
+    assert 0 < result["steering"]["control_seconds"] < result["steering"]["seconds"]
     final = result["final_samples"]
     assert final["seconds"] > 0 and set(final["strengths"]) == {"1", "2"}
     steered = json.loads((tmp_path / "final" / "steering.json").read_text())
