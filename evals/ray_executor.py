@@ -76,7 +76,8 @@ class WorkerActor:
     come from the node's cache or are computed there). Torch uses the actor's CPU share."""
 
     def __init__(self, organism: str, worker_config: WorkerConfig | None, profile: str,
-                 size: str, threads: int, load: LoadOptions | None) -> None:
+                 size: str, threads: int, load: LoadOptions | None,
+                 steering_max_batch_size: int | None = None) -> None:
         from tools.machine import set_torch_threads
         from tools.worker.service import AdlService
 
@@ -86,7 +87,9 @@ class WorkerActor:
         if worker_config is None:
             from evals.workers import organism_worker_config
 
-            worker_config = organism_worker_config(organism, profile, size=size, load=load)  # type: ignore[arg-type]
+            worker_config = organism_worker_config(
+                organism, profile, size=size, load=load,  # type: ignore[arg-type]
+                steering_max_batch_size=steering_max_batch_size)
         self.service = AdlService.start(worker_config, show_progress=False)
 
     def placement(self) -> WorkerPlacement:
@@ -225,7 +228,8 @@ class _Lanes:
             max_task_retries=0, max_concurrency=max(2, self.config.concurrency),
             runtime_env={"env_vars": self.env} if self.env else None,
         ).remote(organism, worker_config, self.config.profile, self.config.organism_size,
-                 max(1, int(worker.num_cpus)), worker.load_options())
+                 max(1, int(worker.num_cpus)), worker.load_options(),
+                 self.config.steering_max_batch_size)
         try:
             try:
                 placement = ray.get(actor.placement.remote())

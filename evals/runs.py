@@ -176,6 +176,12 @@ class EvalConfig(BaseModel):
                                         "served in-process: full, or small (fewer examples).")
     workers: dict[str, str] = Field(default_factory=dict, description="Organism -> worker URL "
                                     "(else $ADL_WORKER_URL, else an in-process worker).")
+    steering_max_batch_size: int | None = Field(
+        None, ge=1, le=4096, description="Rows per steering generate call of the organisms' own "
+        "workers (in process or Ray actors; not those of `worker_configs` or `workers`). Default: "
+        "the profile's, the reference's 32. A memory setting: on a GPU, 1024 makes every strength "
+        "search step one call (an H200: one organism's paper-profile steering in 3.7 minutes "
+        "instead of about 10); the samples are drawn anew, as from any other seed.")
     worker_configs: dict[str, Path] = Field(
         default_factory=dict, description="Organism -> a worker config YAML (as for `adl worker "
         "serve --config`, labelled with the organism's name) served for it in process or as a "
@@ -228,8 +234,11 @@ class EvalConfig(BaseModel):
         # Where the grid runs does not change the experiment: a grid started in process may be
         # resumed on Ray and the other way round.
         del data["executor"], data["ray"]
-        if not self.worker_configs:  # experiments stored before it existed keep their config
+        # Experiments stored before these fields existed keep their config.
+        if not self.worker_configs:
             del data["worker_configs"]
+        if self.steering_max_batch_size is None:
+            del data["steering_max_batch_size"]
         return data
 
     def validate_organisms(self) -> None:
@@ -454,7 +463,8 @@ def _run_in_process(grid_run: GridRun, todo: list[Unit], progress: Progress,
         progress.update(task, description=f"{config.name}: loading {organism}")
         url, not_used = _worker_url(config, organism)
         client = connect(organism, url, config.profile, config.organism_size, not_used=not_used,
-                         worker_config=config.worker_config(organism))
+                         worker_config=config.worker_config(organism),
+                         steering_max_batch_size=config.steering_max_batch_size)
         progress.update(task, description=f"{config.name}: {organism}")
 
         def agent_run(unit: Unit, provider: Provider, path: Path, budgets: Budgets,

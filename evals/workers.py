@@ -33,12 +33,14 @@ def organism_worker_config(
     size: OrganismSize = "full",
     n_samples: int | None = None,
     load: LoadOptions | None = None,
+    steering_max_batch_size: int | None = None,
 ) -> WorkerConfig:
     """The worker config of an organism (built first when needed).
 
     `profile`: `paper` (the reference toolkit's protocol) or `quick` (CI and the demo on 2 CPU
     cores), see tools/adl/profiles.py. `size`: the organism's build size
-    (evals/organisms/build.py `at_size`)."""
+    (evals/organisms/build.py `at_size`). `steering_max_batch_size`: rows per steering
+    generate call instead of the profile's (a memory setting: raise it on a GPU)."""
     from evals.organisms.build import at_size, organism_pair_spec
 
     organism = at_size(get_organism(name), size)
@@ -46,6 +48,8 @@ def organism_worker_config(
     adl, steering, positions = analysis.adl, analysis.steering, analysis.steering_positions
     if n_samples is not None:
         adl = adl.model_copy(update={"n_samples": n_samples})
+    if steering_max_batch_size is not None:
+        steering = steering.model_copy(update={"max_batch_size": steering_max_batch_size})
     return WorkerConfig(
         label=organism.name, pair=organism_pair_spec(organism), load=load or LoadOptions(),
         adl=adl, steering=steering, steering_positions=positions,
@@ -55,9 +59,11 @@ def organism_worker_config(
 def connect(
     organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full",
     *, not_used: Sequence[str] = (), worker_config: WorkerConfig | None = None,
+    steering_max_batch_size: int | None = None,
 ) -> WorkerClient:
     """A worker for `organism`: the one at `worker_url`, or an in-process service of
-    `worker_config` (default: the organism's own, built at `size`). `not_used`: why the worker
+    `worker_config` (default: the organism's own, built at `size`, with
+    `steering_max_batch_size` rows per steering generate call if given). `not_used`: why the worker
     URLs tried were not used, for the error raised when an in-process worker cannot run (no
     worker extra)."""
     if profile not in PROFILES:
@@ -79,7 +85,8 @@ def connect(
             "worker extra (pip install 'adl-agent[worker]').")
     from tools.worker.service import AdlService
 
-    return AdlService.start(worker_config or organism_worker_config(organism, profile, size=size))  # type: ignore[arg-type]
+    return AdlService.start(worker_config or organism_worker_config(
+        organism, profile, size=size, steering_max_batch_size=steering_max_batch_size))  # type: ignore[arg-type]
 
 
 def _installed(module: str) -> bool:

@@ -263,3 +263,38 @@ def test_eval_run_with_ray_flags_runs_the_grid_on_ray(tmp_path: Path, monkeypatc
         result = CliRunner().invoke(app, ["eval", "run", str(path), *flags])
         assert result.exit_code == 0, result.output
     assert [(c.executor, c.ray.address) for c in seen] == [("local", None), ("ray", None), ("ray", "auto")]
+
+
+def test_a_grid_s_steering_batch_size_reaches_every_organism_worker(
+        monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
+    """`steering_max_batch_size` (a memory setting) goes into the organisms' own worker configs,
+    in process and on Ray; unset, the profile's 32 stays and stored configs do not change."""
+    from evals.organisms import build
+    from evals.ray_executor import WorkerActor
+    from evals.workers import connect
+    from tools.model_spec import ModelPairSpec
+    from tools.worker.service import AdlService
+
+    monkeypatch.setattr(build, "organism_pair_spec", lambda organism, **_: ModelPairSpec(
+        base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
+    started: list[int] = []
+    monkeypatch.setattr(AdlService, "start", classmethod(
+        lambda cls, config, **_: started.append(config.steering.max_batch_size) or "service"))
+
+    default = EvalConfig(name="g", organisms=["cake_bake"])
+    assert "steering_max_batch_size" not in default.public_dump()
+    config = EvalConfig(name="g", organisms=["cake_bake"], steering_max_batch_size=1024)
+    assert config.public_dump()["steering_max_batch_size"] == 1024
+    with pytest.raises(ValueError, match="less than or equal to 4096"):
+        EvalConfig(name="g", organisms=["cake_bake"], steering_max_batch_size=100_000)
+
+    connect("cake_bake", None, "paper", steering_max_batch_size=config.steering_max_batch_size)
+    connect("cake_bake", None, "paper")
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        WorkerActor("cake_bake", None, "paper", "full", 1, None, 1024)  # sets torch's threads
+    finally:
+        torch.set_num_threads(threads)
+    assert started == [1024, 32, 1024]
