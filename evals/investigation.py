@@ -23,7 +23,7 @@ from agent.providers import make_provider
 from tools.adl.differences import LayerSpec
 from tools.adl.pipeline import AdlReadouts
 from tools.adl.profiles import AnalysisProfile, profile_settings
-from tools.adl.steering import PositionSteering
+from tools.adl.steering import PositionSteering, UnsteeredControl
 from tools.cache import adl_home
 from tools.models import LoadOptions, ModelPairSpec
 from tools.toolbox import AGENT_KINDS, AgentKind, AskSettings, Hypothesis
@@ -90,6 +90,8 @@ class InvestigationReport(BaseModel):
     cache: dict[str, str] = Field(description="ADL and steering cache entries (under $ADL_HOME).")
     layers: list[LayerTokens]
     steering: list[SteeringSamples]
+    steering_control: UnsteeredControl | None = Field(
+        None, description="The strength search's unsteered control (shared by the positions).")
     agents: list[AgentResult]
     timings: list[StepTime]
     graded: bool = Field(False, description="Always false: there is no ground truth here.")
@@ -179,6 +181,7 @@ def run_investigation(
                "steering": steering[0].cache_key if steering and steering[0].cache_key else "none"},
         layers=_token_lists(artifact.readouts, REPORT_TOKENS),
         steering=_steering_rows(steering),
+        steering_control=steering[0].control if steering else None,
         agents=results, timings=timings, notes=notes,
     )
     write_report(report, out)
@@ -190,7 +193,8 @@ def write_report(report: InvestigationReport, out: Path) -> dict[str, Path]:
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     paths["md"].write_text(render_markdown(report), encoding="utf-8")
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
-    paths["html"].write_text(env.get_template("investigation_report.html").render(r=report), encoding="utf-8")
+    paths["html"].write_text(env.get_template("investigation_report.html").render(
+        r=report, control=control_summary(report.steering_control)), encoding="utf-8")
     paths["json"].write_text(report.model_dump_json(indent=2), encoding="utf-8")
     return paths
 
@@ -202,6 +206,13 @@ def _cell(text: str) -> str:
     """Model text in markdown: one line, with markdown syntax (links, images, inline
     code, tables, HTML) backslash-escaped so that it shows as text."""
     return MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(text.split()))
+
+
+def control_summary(control: UnsteeredControl | None) -> str:
+    """The steering search's unsteered control in one sentence (`UnsteeredControl.describe`)."""
+    if control is None:
+        return "Unsteered control: not recorded (steering computed before the control existed)."
+    return control.describe()
 
 
 def render_markdown(report: InvestigationReport) -> str:
@@ -230,7 +241,7 @@ def render_markdown(report: InvestigationReport) -> str:
                          f"{_cell(', '.join(p.logit_lens_suppressed))} | ({p.patchscope_scale:g}) "
                          f"{_cell(', '.join(p.patchscope))} |")
         lines.append("")
-    lines += ["## Steered vs unsteered samples", "",
+    lines += ["## Steered vs unsteered samples", "", control_summary(report.steering_control), "",
               "| position | strength | prompt | steered | unsteered |", "|---|---|---|---|---|"]
     lines += [f"| {s.position} | {s.strength:.3f} | {_cell(s.prompt)} | {_cell(s.steered[0] if s.steered else '')} | "
               f"{_cell(s.unsteered[0] if s.unsteered else '')} |" for s in report.steering]

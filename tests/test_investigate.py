@@ -11,8 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from evals.cli import app
-from evals.investigation import InvestigationReport, write_report
+from evals.investigation import InvestigationReport, control_summary, write_report
 from tests.browser import chromium_executable
+from tools.adl.steering import UnsteeredControl
 
 HOSTILE = "<script>window.__pwned = 1</script><b>bold?</b>"
 
@@ -66,13 +67,21 @@ def test_investigate_writes_the_three_report_files(investigated: Path) -> None:
     assert [layer.layer for layer in report.layers] == [1, 2, 3] and report.layers[-1].primary
     assert all(p.logit_lens and p.logit_lens_suppressed for layer in report.layers for p in layer.positions)
     assert report.steering and report.cache["adl"] and report.cache["steering"] != "none"
+    control = report.steering_control
+    assert control is not None and control.pass_rates
+    summary = f"search and samples ran at temperature {control.temperature:g}" if control.calibrated \
+        else "could not tell steering from sampling noise"
     assert {t.step.split()[0] for t in report.timings} >= {"load", "adl", "blackbox"}
     markdown = (investigated / "report.md").read_text()
     assert "## Activation-difference readouts" in markdown and "No LLM was used" in markdown
-    assert markdown.lower().count("grade") == 1  # "nothing is graded": no grade is claimed
+    assert "Unsteered control: the model's own unsteered samples pass" in markdown
+    assert summary in markdown
+    # "nothing is graded" is the one grade word besides the control's "coherence grader".
+    assert markdown.lower().replace("coherence grader", "").count("grade") == 1
     assert report.finetune_kind == "adapter"
     html = (investigated / "report.html").read_text()
     assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert summary in html.replace("&#39;", "'")
 
 
 def test_the_html_report_shows_readouts_and_model_text_as_text(investigated: Path, tmp_path: Path) -> None:
@@ -127,3 +136,12 @@ def test_the_adapter_as_an_organism_file_runs_through_eval_run(
     assert "1 finished runs are ungraded" in " ".join(compared.output.split())
     rows = (tmp_path / "results" / "comparisons" / "own-adapters" / "comparison.csv").read_text()
     assert ",my_graded_adapter,adl,0,1," in rows and ",my_adapter," not in rows
+
+
+def test_the_control_summary_warns_when_no_temperature_passed() -> None:
+    failed = UnsteeredControl(temperature=1.0, pass_rates={"1.2": 0.1, "1": 0.5}, calibrated=False)
+    assert "could not tell steering from sampling noise" in control_summary(failed)
+    assert "10% at 1.2, 50% at 1" in control_summary(failed)
+    passed = UnsteeredControl(temperature=1.0, pass_rates={"1.2": 0.1, "1": 1.0}, calibrated=True)
+    assert "ran at temperature 1" in control_summary(passed) and "noise" not in control_summary(passed)
+    assert "not recorded" in control_summary(None)

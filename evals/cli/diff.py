@@ -98,3 +98,5 @@ def diff(
                 table.add_row(str(position.position), Text(sample.prompt), f"{sample.strength:.2f}",
                               Text(sample.steered[0]), Text(sample.unsteered[0]))
         console.print(table)
+        if steered[0].control is not None:
+            console.print(Text(steered[0].control.describe()))

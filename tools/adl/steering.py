@@ -84,6 +84,18 @@ class UnsteeredControl(BaseModel):
     calibrated: bool = Field(description="The used temperature's pass rate reaches the threshold; "
                              "if not, the search cannot tell steering from sampling noise.")
 
+    def describe(self) -> str:
+        """One sentence for reports: the pass rates per temperature tried, the temperature
+        used, and a warning when none reached the threshold."""
+        rates = ", ".join(f"{rate:.0%} at {temperature}" for temperature, rate in self.pass_rates.items())
+        if not self.calibrated:
+            return (f"Unsteered control: the model's own unsteered samples pass the coherence "
+                    f"grader {rates}, below the threshold at every temperature tried: the strength "
+                    "search could not tell steering from sampling noise, so its strengths (near 0) "
+                    "say nothing about the finetune.")
+        return (f"Unsteered control: the model's own unsteered samples pass the coherence grader "
+                f"{rates}; the search and samples ran at temperature {self.temperature:g}.")
+
     def applied(self, settings: SteeringSettings) -> SteeringSettings:
         """The settings at the control's temperature: unchanged where the search temperature
         passed, else the fallback for the search and no hotter for the final samples."""
