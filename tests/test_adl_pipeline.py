@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.adl.coherence import OfflineCoherenceGrader, repeated_trigram_share
+from tools.adl.coherence import (
+    OfflineCoherenceGrader,
+    OfflineCoherenceSettings,
+    repeated_share,
+    repeated_trigram_share,
+)
 from tools.adl.diagnostics import steering_similarity, token_relevance
 from tools.adl.pipeline import (
     AdlSettings,
@@ -156,6 +161,18 @@ def test_offline_coherence_grader_runs_on_the_base_model(pair) -> None:
     grader = OfflineCoherenceGrader(pair)
     verdicts = grader.grade(["hello", "hello"], ["", "the the the the the the"])
     assert verdicts == [False, False]
+
+
+def test_the_grader_rejects_token_loops_that_words_miss(pair) -> None:
+    """With the tiny word-level tokenizer, hyphens split words into looping tokens; the real
+    tokenizer's case (runs of non-breaking spaces) is in tests/test_adl_steering.py."""
+    looping = " ".join(f"{w}-{w}-{w}-{w}" for w in ["sky", "sun", "rain", "tree", "road", "river"])
+    ordinary = "the doctor gave my old car a new book , and the river was blue in the first rain ."
+    assert repeated_trigram_share(looping) == 0.0
+    # Only the repetition checks decide here: no NLL limit.
+    grader = OfflineCoherenceGrader(pair, OfflineCoherenceSettings(max_mean_nll=1e9))
+    assert grader.grade(["hello", "hello"], [looping, ordinary]) == [False, True]
+    assert repeated_share([1, 2, 3, 4, 5]) == 0.0 and repeated_share([7] * 10) > 0.8
 
 
 class _Verdicts:

@@ -13,6 +13,11 @@ from evals.adl_signal import SIGNAL_ADL, coherence_pass_rate
 from evals.organisms import get_organism
 from evals.organisms.build import at_size, load_organism_pair
 from tests.conftest import SUITE_ORGANISM, SUITE_SIZE
+from tools.adl.coherence import (
+    OfflineCoherenceGrader,
+    OfflineCoherenceSettings,
+    repeated_trigram_share,
+)
 from tools.adl.pipeline import run_adl
 
 pytestmark = pytest.mark.slow
@@ -29,3 +34,20 @@ def test_unsteered_answers_pass_and_heavily_steered_ones_fail(suite_organisms: d
     greedy = coherence_pass_rate(pair, artifact, 0.0, temperature=0.0, samples_per_prompt=1, positions=(1,))
     assert greedy >= 0.95  # full size: 1.0
     assert coherence_pass_rate(pair, artifact, 2.0, temperature=1.0, samples_per_prompt=4) <= 0.15  # full size: 0.06
+
+
+# Steered at strength 164 on an H200 (BENCHMARKS.md, "GPU benchmark"): scattered words between
+# runs of non-breaking spaces. No word 3-gram repeats; the base model predicts the runs well.
+PADDED = ("briefly\xa0\xa0 M\xa0\xa0\xa0\xa0\xa0 Wikipedia" + "\xa0" * 10 + " longest" + "\xa0" * 40
+          + " chiefly" + "\xa0" * 11 + "ip" + "\xa0" * 11 + " follows\xa0 generally" + "\xa0" * 15
+          + " educated" + "\xa0" * 27)
+ORDINARY = ("The lighthouse keeper climbed the stairs each evening, lit the lamp and watched the "
+            "ships pass the rocks until the morning fog lifted over the harbour.")
+
+
+def test_whitespace_padded_text_fails_on_its_repeated_tokens(suite_organisms: dict[str, Path]) -> None:
+    pair = load_organism_pair(at_size(get_organism(SUITE_ORGANISM), SUITE_SIZE))
+    assert repeated_trigram_share(PADDED) == 0.0
+    unbounded = OfflineCoherenceGrader(pair, OfflineCoherenceSettings(max_mean_nll=1e9))
+    assert unbounded.grade(["Tell me a story?"] * 2, [PADDED, ORDINARY]) == [False, True]
+    assert OfflineCoherenceGrader(pair).grade(["Tell me a story?"], [ORDINARY]) == [True]

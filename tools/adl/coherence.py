@@ -2,7 +2,8 @@
 
 One interface, `CoherenceGrader.grade(prompts, samples) -> list[bool]`. The offline grader
 judges with the *base* model: an answer is coherent when its mean token negative log-likelihood
-given the prompt stays below a threshold, it does not repeat itself, and it says something.
+given the prompt stays below a threshold, it does not repeat itself (neither its words nor its
+tokens), and it says something.
 Calibrated on smollm2-135m-instruct so that ordinary sampled answers pass and heavily steered
 gibberish fails (tests/test_adl_steering.py; on the offline organisms 96-98% of unsteered
 samples pass at temperature 1 and all greedy ones, 4-44% at strength 0.3, at most 8% from 1.0).
@@ -44,17 +45,28 @@ class OfflineCoherenceSettings(BaseModel):
         "unsteered samples at temperature 1 have p90 4.3-4.6, samples steered at strength 0.5 "
         "have p10 3.1-5.8 and mostly fail the repetition check instead)."
     )
-    max_repeated_trigrams: float = Field(0.3, ge=0, le=1)
+    max_repeated_trigrams: float = Field(0.3, ge=0, le=1, description="Share of word 3-grams "
+                                         "seen before in the answer.")
+    max_repeated_token_trigrams: float = Field(
+        0.3, ge=0, le=1, description="The same limit on the base tokenizer's tokens: loops of "
+        "non-word tokens (runs of non-breaking spaces between scattered words) that whitespace-"
+        "split words miss and the base model predicts well. Added after an H200 run whose search "
+        "accepted such text at strength 164 (BENCHMARKS.md, 'GPU benchmark'); ordinary 512-token "
+        "samples there stayed at or below 0.21, that text at or above 0.49.")
     min_words: int = Field(3, ge=0)
+
+
+def repeated_share(items: Sequence[object]) -> float:
+    """Share of 3-grams of `items` that already occurred earlier in the sequence."""
+    grams = [tuple(items[i : i + 3]) for i in range(len(items) - 2)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
 
 
 def repeated_trigram_share(text: str) -> float:
     """Share of word 3-grams that already occurred earlier in the text."""
-    words = text.lower().split()
-    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
+    return repeated_share(text.lower().split())
 
 
 class OfflineCoherenceGrader:
@@ -102,9 +114,12 @@ class OfflineCoherenceGrader:
     def grade(self, prompts: Sequence[str], samples: Sequence[str]) -> list[bool]:
         s = self.settings
         nll = self.mean_nll(prompts, samples)
+        tokenizer = self.pair.tokenizer
         return [
             value <= s.max_mean_nll
             and repeated_trigram_share(sample) <= s.max_repeated_trigrams
+            and repeated_share(tokenizer(sample, add_special_tokens=False)["input_ids"])
+            <= s.max_repeated_token_trigrams
             and len(sample.split()) >= s.min_words
             for value, sample in zip(nll, samples, strict=True)
         ]
