@@ -78,19 +78,23 @@ class OfflineCoherenceGrader:
         self.pair = pair
         self.settings = settings or OfflineCoherenceSettings()
 
+    def answer_ids(self, samples: Sequence[str]) -> list[list[int]]:
+        """The samples as the base tokenizer's token ids (no special tokens)."""
+        return [self.pair.tokenizer(sample, add_special_tokens=False)["input_ids"] for sample in samples]
+
     @torch.inference_mode()
     def mean_nll(
-        self, prompts: Sequence[str], samples: Sequence[str], batch_size: int = 16
+        self, prompts: Sequence[str], answers: Sequence[list[int]], batch_size: int = 16
     ) -> list[float]:
-        """Mean NLL per answer token under the base model, conditioned on the prompt (batched,
-        right-padded: a causal model's logits at real tokens do not see the padding)."""
+        """Mean NLL per answer token (`answer_ids` of the samples) under the base model,
+        conditioned on the prompt (batched, right-padded: a causal model's logits at real tokens
+        do not see the padding)."""
         tokenizer = self.pair.tokenizer
         rows: list[tuple[int, list[int]]] = []  # (answer start, prompt + answer ids); [] if empty
-        for prompt, sample in zip(prompts, samples, strict=True):
+        for prompt, answer in zip(prompts, answers, strict=True):
             head = render_chat(tokenizer, [ChatMessage(role="user", content=prompt)])
             head_ids = tokenizer(head, add_special_tokens=True)["input_ids"]
-            answer_ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
-            rows.append((len(head_ids), head_ids + answer_ids if answer_ids else []))
+            rows.append((len(head_ids), head_ids + answer if answer else []))
         values = [float("inf")] * len(rows)
         scored = [i for i, (_, ids) in enumerate(rows) if ids]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -113,13 +117,12 @@ class OfflineCoherenceGrader:
 
     def grade(self, prompts: Sequence[str], samples: Sequence[str]) -> list[bool]:
         s = self.settings
-        nll = self.mean_nll(prompts, samples)
-        tokenizer = self.pair.tokenizer
+        answers = self.answer_ids(samples)  # tokenized once: for the NLL and the token loops
+        nll = self.mean_nll(prompts, answers)
         return [
             value <= s.max_mean_nll
             and repeated_trigram_share(sample) <= s.max_repeated_trigrams
-            and repeated_share(tokenizer(sample, add_special_tokens=False)["input_ids"])
-            <= s.max_repeated_token_trigrams
+            and repeated_share(answer) <= s.max_repeated_token_trigrams
             and len(sample.split()) >= s.min_words
-            for value, sample in zip(nll, samples, strict=True)
+            for value, sample, answer in zip(nll, samples, answers, strict=True)
         ]
