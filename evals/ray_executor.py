@@ -50,7 +50,7 @@ from evals.runs import (
     WorkerPlacement,
 )
 from tools.errors import AdlError, AdlInputError, WorkerUnavailableError
-from tools.model_spec import LoadOptions
+from tools.model_spec import BackendName, LoadOptions
 from tools.toolbox import AskSettings
 from tools.url import redact_url
 from tools.worker.schema import (
@@ -77,7 +77,8 @@ class WorkerActor:
 
     def __init__(self, organism: str, worker_config: WorkerConfig | None, profile: str,
                  size: str, threads: int, load: LoadOptions | None,
-                 steering_max_batch_size: int | None = None) -> None:
+                 steering_max_batch_size: int | None = None,
+                 backend: BackendName = "bridge") -> None:
         from tools.machine import set_torch_threads
         from tools.worker.service import AdlService
 
@@ -89,7 +90,7 @@ class WorkerActor:
 
             worker_config = organism_worker_config(
                 organism, profile, size=size, load=load,  # type: ignore[arg-type]
-                steering_max_batch_size=steering_max_batch_size)
+                steering_max_batch_size=steering_max_batch_size, backend=backend)
         self.service = AdlService.start(worker_config, show_progress=False)
 
     def placement(self) -> WorkerPlacement:
@@ -229,7 +230,7 @@ class _Lanes:
             runtime_env={"env_vars": self.env} if self.env else None,
         ).remote(organism, worker_config, self.config.profile, self.config.organism_size,
                  max(1, int(worker.num_cpus)), worker.load_options(),
-                 self.config.steering_max_batch_size)
+                 self.config.steering_max_batch_size, self.config.backend)
         try:
             try:
                 placement = ray.get(actor.placement.remote())

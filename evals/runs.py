@@ -38,7 +38,7 @@ from evals.store import Grade, RunTakenOverError, Store, open_store
 from evals.workers import AnalysisProfile
 from tools.config import load_yaml_model
 from tools.errors import AdlError, AdlInputError, UnknownOrganismError, WorkerUnavailableError
-from tools.model_spec import LoadOptions
+from tools.model_spec import BackendName, LoadOptions
 from tools.secrets import redact
 from tools.toolbox import AGENT_KINDS, AskSettings
 from tools.url import redact_url
@@ -182,6 +182,15 @@ class EvalConfig(BaseModel):
         "the profile's, the reference's 32. A memory setting: on a GPU, 1024 makes every strength "
         "search step one call (an H200: one organism's paper-profile steering in 3.7 minutes "
         "instead of about 10); the samples are drawn anew, as from any other seed.")
+    load: LoadOptions | None = Field(
+        None, description="How the organisms' own in-process workers load their pair (device, "
+        "dtype, device_map); default: the CPU. On a GPU machine: `{device: cuda}` (dtype auto: "
+        "bfloat16). Ray actors take theirs from `ray.workers` (default: cuda when GPUs are "
+        "reserved).")
+    backend: BackendName = Field(
+        "bridge", description="The model backend of the organisms' own workers (in process or "
+        "Ray actors): bridge (transformer_lens) or hf-hooks (PyTorch forward hooks; no "
+        "transformer_lens needed, e.g. on a GPU machine with a bare torch image).")
     worker_configs: dict[str, Path] = Field(
         default_factory=dict, description="Organism -> a worker config YAML (as for `adl worker "
         "serve --config`, labelled with the organism's name) served for it in process or as a "
@@ -237,8 +246,10 @@ class EvalConfig(BaseModel):
         # Experiments stored before these fields existed keep their config.
         if not self.worker_configs:
             del data["worker_configs"]
-        if self.steering_max_batch_size is None:
-            del data["steering_max_batch_size"]
+        for field, default in (("steering_max_batch_size", None), ("load", None),
+                               ("backend", "bridge")):
+            if data[field] == default:
+                del data[field]
         return data
 
     def validate_organisms(self) -> None:
@@ -464,7 +475,8 @@ def _run_in_process(grid_run: GridRun, todo: list[Unit], progress: Progress,
         url, not_used = _worker_url(config, organism)
         client = connect(organism, url, config.profile, config.organism_size, not_used=not_used,
                          worker_config=config.worker_config(organism),
-                         steering_max_batch_size=config.steering_max_batch_size)
+                         steering_max_batch_size=config.steering_max_batch_size,
+                         load=config.load, backend=config.backend)
         progress.update(task, description=f"{config.name}: {organism}")
 
         def agent_run(unit: Unit, provider: Provider, path: Path, budgets: Budgets,

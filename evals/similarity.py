@@ -103,7 +103,7 @@ def organism_vector(name: str, layer: LayerSpec | None, profile: AnalysisProfile
 
     config = organism_worker_config(name, profile, size=size)
     settings = config.adl.model_copy(update={"corpus": config.datasets[0]})
-    pair = load_model_pair(config.pair, config.load)
+    pair = load_model_pair(config.pair, config.load, config.backend)
     try:
         block = resolve_layers([settings.primary_layer if layer is None else layer], pair.n_layers)[0]
         artifact = run_adl(pair, settings, show_progress=show_progress)

@@ -15,7 +15,7 @@ from evals.organisms import get_organism
 from evals.organisms.schema import OrganismSize
 from tools.adl.profiles import PROFILES, AnalysisProfile, profile_settings
 from tools.errors import AdlInputError
-from tools.model_spec import LoadOptions
+from tools.model_spec import BackendName, LoadOptions
 from tools.url import redact_url
 from tools.worker.client import TOKEN_ENV, HttpWorkerClient, WorkerClient
 from tools.worker.schema import WorkerConfig
@@ -24,6 +24,7 @@ __all__ = ["PROFILES", "AnalysisProfile", "connect", "organism_worker_config"]
 
 # What an in-process worker imports (the worker extra, `pip install 'adl-agent[worker]'`).
 IN_PROCESS_MODULES = ("torch", "transformers", "transformer_lens", "peft")
+BRIDGE_MODULE = "transformer_lens"  # needed by the `bridge` backend only
 
 
 def organism_worker_config(
@@ -34,13 +35,15 @@ def organism_worker_config(
     n_samples: int | None = None,
     load: LoadOptions | None = None,
     steering_max_batch_size: int | None = None,
+    backend: BackendName = "bridge",
 ) -> WorkerConfig:
     """The worker config of an organism (built first when needed).
 
     `profile`: `paper` (the reference toolkit's protocol) or `quick` (CI and the demo on 2 CPU
     cores), see tools/adl/profiles.py. `size`: the organism's build size
     (evals/organisms/build.py `at_size`). `steering_max_batch_size`: rows per steering
-    generate call instead of the profile's (a memory setting: raise it on a GPU)."""
+    generate call instead of the profile's (a memory setting: raise it on a GPU). `load` and
+    `backend`: the worker's load options (default: the CPU) and model backend."""
     from evals.organisms.build import at_size, organism_pair_spec
 
     organism = at_size(get_organism(name), size)
@@ -52,18 +55,20 @@ def organism_worker_config(
         steering = steering.model_copy(update={"max_batch_size": steering_max_batch_size})
     return WorkerConfig(
         label=organism.name, pair=organism_pair_spec(organism), load=load or LoadOptions(),
-        adl=adl, steering=steering, steering_positions=positions,
+        backend=backend, adl=adl, steering=steering, steering_positions=positions,
     )
 
 
 def connect(
     organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full",
     *, not_used: Sequence[str] = (), worker_config: WorkerConfig | None = None,
-    steering_max_batch_size: int | None = None,
+    steering_max_batch_size: int | None = None, load: LoadOptions | None = None,
+    backend: BackendName = "bridge",
 ) -> WorkerClient:
     """A worker for `organism`: the one at `worker_url`, or an in-process service of
     `worker_config` (default: the organism's own, built at `size`, with
-    `steering_max_batch_size` rows per steering generate call if given). `not_used`: why the worker
+    `steering_max_batch_size` rows per steering generate call if given, loaded with `load` behind
+    `backend`). `not_used`: why the worker
     URLs tried were not used, for the error raised when an in-process worker cannot run (no
     worker extra)."""
     if profile not in PROFILES:
@@ -74,7 +79,9 @@ def connect(
         if served != organism:
             raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {served!r}, not {organism!r}.")
         return client
-    missing = [module for module in IN_PROCESS_MODULES if not _installed(module)]
+    backend = worker_config.backend if worker_config is not None else backend
+    needed = [m for m in IN_PROCESS_MODULES if backend == "bridge" or m != BRIDGE_MODULE]
+    missing = [module for module in needed if not _installed(module)]
     if missing:
         tried = "; ".join(not_used) or "no worker URL was given"
         raise AdlInputError(
@@ -86,7 +93,8 @@ def connect(
     from tools.worker.service import AdlService
 
     return AdlService.start(worker_config or organism_worker_config(
-        organism, profile, size=size, steering_max_batch_size=steering_max_batch_size))  # type: ignore[arg-type]
+        organism, profile, size=size, load=load,  # type: ignore[arg-type]
+        steering_max_batch_size=steering_max_batch_size, backend=backend))
 
 
 def _installed(module: str) -> bool:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,6 +26,7 @@ from evals.runs import (
     check_experiment_name,
     grid,
     load_eval_config,
+    run_experiment,
 )
 from evals.store import open_store
 from tools.errors import AdlError, AdlInputError
@@ -298,3 +300,54 @@ def test_a_grid_s_steering_batch_size_reaches_every_organism_worker(
     finally:
         torch.set_num_threads(threads)
     assert started == [1024, 32, 1024]
+
+
+def test_a_grid_s_load_options_and_backend_reach_its_in_process_workers(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_dir: Path,
+        tiny_adapter_dir: Path) -> None:
+    """`load` and `backend` (how the organisms' own workers run: a GPU, no transformer_lens) go
+    from the grid's config to its in-process workers and Ray actors; unset, stored configs do
+    not change; the hf-hooks backend does not ask for transformer_lens."""
+    from evals import workers
+    from evals.organisms import build
+    from evals.ray_executor import WorkerActor
+    from tools.model_spec import LoadOptions, ModelPairSpec
+    from tools.worker.service import AdlService
+
+    monkeypatch.setattr(build, "organism_pair_spec", lambda organism, **_: ModelPairSpec(
+        base=str(tiny_model_dir), finetuned=str(tiny_adapter_dir)))
+    started: list[tuple[str, str, str]] = []
+
+    def fake_start(cls: type, config: Any, **_: Any) -> Any:
+        started.append((config.load.device, config.load.dtype, config.backend))
+        raise RuntimeError("started")
+
+    monkeypatch.setattr(AdlService, "start", classmethod(fake_start))
+    default = EvalConfig(name="g", organisms=["cake_bake"])
+    assert "load" not in default.public_dump() and "backend" not in default.public_dump()
+    config = EvalConfig(name="g", organisms=["cake_bake"], agents=["adl"], budgets=[0],
+                        load={"device": "cpu", "dtype": "bfloat16"}, backend="hf-hooks")
+    assert config.public_dump()["load"] == {"dtype": "bfloat16", "device": "cpu", "device_map": None}
+    assert config.public_dump()["backend"] == "hf-hooks"
+    with pytest.raises(ValueError, match="bridge"):
+        EvalConfig(name="g", organisms=["cake_bake"], backend="vllm")
+
+    with pytest.raises(RuntimeError, match="started"):
+        run_experiment(config, tmp_path, open_store(f"sqlite:///{tmp_path / 'adl.db'}"),
+                       show_progress=False)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="started"):
+            WorkerActor("cake_bake", None, "paper", "full", 1, LoadOptions(), None, "hf-hooks")
+    finally:
+        torch.set_num_threads(threads)
+    assert started == [("cpu", "bfloat16", "hf-hooks"), ("cpu", "float32", "hf-hooks")]
+
+    real_installed = workers._installed
+    monkeypatch.setattr(workers, "_installed", lambda m: m != "transformer_lens" and real_installed(m))
+    with pytest.raises(AdlInputError, match="transformer_lens not installed"):
+        workers.connect("cake_bake", None, "paper")
+    with pytest.raises(RuntimeError, match="started"):
+        workers.connect("cake_bake", None, "paper", backend="hf-hooks")

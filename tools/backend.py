@@ -40,7 +40,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -49,9 +49,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.chat import Conversation, decode_replies, encode_prompts, stop_token_ids
 from tools.errors import AdlInputError, ConcurrentModelUseError
-from tools.model_spec import SIDES, LoadOptions, ModelPairSpec, Side
-
-BackendName = Literal["bridge", "hf-hooks"]
+from tools.model_spec import SIDES, BackendName, LoadOptions, ModelPairSpec, Side
 
 ResidualEdit = Callable[[Tensor], Tensor | None]
 """A function of the residual stream `[batch, pos, d_model]` after one block: it may read it

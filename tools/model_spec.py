@@ -14,6 +14,10 @@ from tools.errors import AdlInputError
 
 Side = Literal["base", "finetuned"]
 SIDES: tuple[Side, Side] = ("base", "finetuned")
+
+BackendName = Literal["bridge", "hf-hooks"]
+"""How a model pair runs (tools/backend.py): `bridge`, transformer_lens's TransformerBridge (the
+default), or `hf-hooks`, plain PyTorch forward hooks on the HF modules (no transformer_lens)."""
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 DeviceMap = str | dict[str, str | int]
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from tools.adl.settings import AdlSettings, ReadoutMethod, SteeringSettings, TokenScore
 from tools.corpus import CorpusSpec
-from tools.model_spec import LoadOptions, ModelPairSpec, Side
+from tools.model_spec import BackendName, LoadOptions, ModelPairSpec, Side
 
 MAX_READOUT_K = 100
 # Hard bounds of the wire format: every field is bounded so that no request costs far more
@@ -58,6 +58,10 @@ class WorkerConfig(BaseModel):
     label: str = Field("pair", description="Operator-facing name (never shown to the agent).")
     pair: ModelPairSpec
     load: LoadOptions = LoadOptions()
+    backend: BackendName = Field("bridge", description="How the pair runs: bridge (transformer_lens's "
+                                 "TransformerBridge) or hf-hooks (PyTorch forward hooks on the HF "
+                                 "modules; no transformer_lens needed). The two agree to float "
+                                 "rounding (tests/test_backend.py).")
     datasets: list[CorpusSpec] = Field(default_factory=lambda: [CorpusSpec()], min_length=1)
     adl: AdlSettings = AdlSettings()
     steering: SteeringSettings = SteeringSettings()

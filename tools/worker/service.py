@@ -70,7 +70,7 @@ def _control_readouts(
 ) -> dict[str, AdlReadouts]:
     """Readouts of the layer-rule control pair on every dataset (the pair is released when this
     returns: only its readouts are kept)."""
-    control = load_model_pair(control_spec, config.load)
+    control = load_model_pair(control_spec, config.load, config.backend)
     return {
         anonymized_dataset_name(index): run_adl(
             control, config.adl.model_copy(update={"corpus": corpus}), show_progress=show_progress
@@ -110,7 +110,7 @@ class AdlService:
         judges (LLM ones built from `config.judge` by the caller) default to the offline rules."""
         controls = (_control_readouts(config.layer_control, config, show_progress)
                     if config.layer_control else {})
-        pair = load_model_pair(config.pair, config.load)
+        pair = load_model_pair(config.pair, config.load, config.backend)
         prompts = config.steering_prompts or load_prompt_set(config.steering.final_prompt_set)
         artifacts: dict[str, AdlArtifact] = {}
         steering: dict[str, list[PositionSteering]] = {}
