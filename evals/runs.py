@@ -357,7 +357,8 @@ class GridRun:
         holds it (or took it over meanwhile: this runner's result is dropped). With
         `max_attempts` > 1, an attempt that failed (`AttemptFailedError`) or whose worker was
         unavailable is released and the unit claimed again as the next attempt; every
-        attempt keeps its own transcript."""
+        attempt keeps its own transcript. A last attempt whose worker was unavailable fails the
+        unit (left unfinished, not graded: the next run of the grid runs it again)."""
         config, store = self.config, self.store
         provider = make_provider(unit.provider, options=config.provider_options)
         budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls,
@@ -384,10 +385,13 @@ class GridRun:
                     log.warning("unit %s, attempt %d failed (%s); running it again", unit.key,
                                 run.attempt, exc)
                     continue
-                if outcome.end_reason == "worker_unavailable" and max_attempts > 1:
+                if outcome.end_reason == "worker_unavailable":
+                    # Not the agent's result: never stored as finished nor graded (an absent
+                    # hypothesis would grade 1 and a resume would skip the unit).
                     if not attempts_left:
-                        raise AttemptFailedError(f"its worker was unavailable in {max_attempts} "
-                                                 f"attempts ({outcome.detail}); left unfinished")
+                        tries = f" in {max_attempts} attempts" if max_attempts > 1 else ""
+                        raise AttemptFailedError(f"its worker was unavailable{tries} "
+                                                 f"({outcome.detail}); left unfinished")
                     log.warning("unit %s, attempt %d: the worker was unavailable (%s); running it "
                                 "again", unit.key, run.attempt, outcome.detail)
                     continue

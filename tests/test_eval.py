@@ -351,3 +351,43 @@ def test_a_grid_s_load_options_and_backend_reach_its_in_process_workers(
         workers.connect("cake_bake", None, "paper")
     with pytest.raises(RuntimeError, match="started"):
         workers.connect("cake_bake", None, "paper", backend="hf-hooks")
+
+
+def test_a_run_whose_worker_was_unavailable_fails_its_unit_and_runs_again(tmp_path: Path) -> None:
+    """A run that never reached the agent (its first message could not be built, its worker
+    died) is not the agent's result: the unit fails, nothing is graded, and the next run of the
+    grid runs it again as attempt 2 (it used to be stored as finished and graded 1)."""
+    from agent.transcript import RunOutcome
+    from evals.runs import GridRun
+
+    config = EvalConfig(name="g", organisms=["cake_bake"], agents=["adl"], budgets=[0])
+    store = open_store(f"sqlite:///{tmp_path / 'adl.db'}")
+    experiment = store.experiment(config.name, config.public_dump())
+    graded: list[str | None] = []
+
+    class Grader:
+        name = "fake"
+
+        def grade(self, organism: Any, hypothesis: str | None) -> Any:
+            graded.append(hypothesis)
+            raise AssertionError("a run without an agent result was graded")
+
+    grid_run = GridRun(config, tmp_path, store, experiment.id, Grader())  # type: ignore[arg-type]
+    unit = grid(config)[0]
+    counts = {"llm_calls": 0, "interactions_used": 0, "input_tokens": 0, "output_tokens": 0,
+              "cost_usd": 0.0, "tool_calls": 0, "tool_errors": 0, "wall_time_s": 0.0}
+    unavailable = RunOutcome(hypothesis=None, end_reason="worker_unavailable",
+                             detail="The first message could not be built: Too many prompts",
+                             **counts)
+    with pytest.raises(AdlError, match="worker was unavailable .*Too many prompts.*left unfinished"):
+        grid_run.run_unit(unit, lambda *args: unavailable)
+    assert graded == [] and store.runs(experiment.id, status="finished") == []  # type: ignore[arg-type]
+    attempts: list[str] = []
+
+    def finished(unit: Any, provider: Any, path: Path, *rest: Any) -> RunOutcome:
+        attempts.append(path.name)
+        return RunOutcome(hypothesis=None, end_reason="no_final_answer", **counts)
+
+    with pytest.raises(AssertionError, match="was graded"):  # the second attempt reaches the grader
+        grid_run.run_unit(unit, finished)
+    assert attempts == [f"{unit.file_stem}.attempt2.jsonl"]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.worker_fixtures import TINY_ASK, TINY_STEERING_PROMPTS, worker_process
-from tools.errors import WorkerUnavailableError
+from tools.errors import AdlError, WorkerUnavailableError
 from tools.toolbox import Toolbox
 from tools.worker.client import HttpWorkerClient
 from tools.worker.http import WorkerAuthError, check_bind
@@ -328,3 +328,30 @@ def test_a_layer_control_pair_sets_the_primary_layer_by_the_contrast_rule(
     finally:
         controlled.close()
     assert next(iter(service.artifacts.values())).readouts.primary_layer == 3
+
+
+def test_the_cached_steering_samples_of_every_prompt_are_served_whatever_the_prompt_limit(
+        worker_config, service: AdlService) -> None:
+    """The paper profile caches 20 final prompts and a worker takes 16 per request: asking for
+    every cached prompt (the overview, both agents' first message, get_steered_samples without
+    prompts) is a cheap read and must not be refused; naming more prompts than the limit is."""
+    from tools.worker.schema import SteeredSamplesRequest
+
+    limits = worker_config.limits.model_copy(update={"max_prompts": 1})
+    strict = AdlService(worker_config.model_copy(update={"limits": limits}), service.pair,
+                        service.artifacts, service.steering, service.steering_prompts)
+    try:
+        assert len(TINY_STEERING_PROMPTS) > limits.max_prompts
+        dataset = next(iter(strict.artifacts))
+        position = strict.steering[dataset][0].position
+        overview = strict.overview()
+        shown = {x.prompt for d in overview.datasets for s in d.steering for x in s.samples}
+        assert shown == set(TINY_STEERING_PROMPTS)
+        every = strict.steered_samples(SteeredSamplesRequest(dataset=dataset, position=position))
+        assert [x.prompt for x in every.samples] == TINY_STEERING_PROMPTS
+        Toolbox(strict, agent="blackbox").finetuned_samples()
+        with pytest.raises(AdlError, match="Too many prompts: 2 given, at most 1"):
+            strict.steered_samples(SteeredSamplesRequest(dataset=dataset, position=position,
+                                                         prompts=TINY_STEERING_PROMPTS))
+    finally:
+        strict.close()

@@ -251,7 +251,8 @@ class AdlService:
         prompts = list(dict.fromkeys(request.prompts)) if request.prompts is not None else list(cached)
         if not prompts:
             raise ToolInputError("The list of prompts is empty.", ["prompts"])
-        self._check_prompts(prompts)
+        if request.prompts is not None:  # every cached prompt (the default) is a cheap read
+            self._check_prompts(prompts)
         unknown = [p for p in prompts if p not in cached]
         if unknown:
             raise ToolInputError(
