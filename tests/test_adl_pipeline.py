@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from tools.adl.coherence import (
     OfflineCoherenceGrader,
     OfflineCoherenceSettings,
+    distinct_word_share,
     repeated_share,
     repeated_trigram_share,
 )
@@ -173,6 +175,18 @@ def test_the_grader_rejects_token_loops_that_words_miss(pair) -> None:
     grader = OfflineCoherenceGrader(pair, OfflineCoherenceSettings(max_mean_nll=1e9))
     assert grader.grade(["hello", "hello"], [looping, ordinary]) == [False, True]
     assert repeated_share([1, 2, 3, 4, 5]) == 0.0 and repeated_share([7] * 10) > 0.8
+
+
+def test_the_grader_rejects_text_of_few_distinct_words(pair) -> None:
+    """Eight words in random order: few 3-grams repeat, yet a tenth of the words are distinct."""
+    draw = random.Random(0)
+    soup = " ".join(draw.choice(["the", "sky", "is", "a", "and", "blue", "sun", "rain"]) for _ in range(80))
+    ordinary = "the doctor gave my old car a new book , and the river was blue in the first rain ."
+    assert repeated_trigram_share(soup) <= 0.3 and distinct_word_share(soup) < 0.4
+    grader = OfflineCoherenceGrader(pair, OfflineCoherenceSettings(max_mean_nll=1e9,
+                                                                   max_repeated_token_trigrams=1.0))
+    assert grader.grade(["hello", "hello"], [soup, ordinary]) == [False, True]
+    assert distinct_word_share("") == 1.0 and distinct_word_share("a b " * 200) == 0.02
 
 
 class _Verdicts:

@@ -16,6 +16,8 @@ from tests.conftest import SUITE_ORGANISM, SUITE_SIZE
 from tools.adl.coherence import (
     OfflineCoherenceGrader,
     OfflineCoherenceSettings,
+    distinct_word_share,
+    repeated_share,
     repeated_trigram_share,
 )
 from tools.adl.pipeline import run_adl
@@ -41,6 +43,13 @@ def test_unsteered_answers_pass_and_heavily_steered_ones_fail(suite_organisms: d
 PADDED = ("briefly\xa0\xa0 M\xa0\xa0\xa0\xa0\xa0 Wikipedia" + "\xa0" * 10 + " longest" + "\xa0" * 40
           + " chiefly" + "\xa0" * 11 + "ip" + "\xa0" * 11 + " follows\xa0 generally" + "\xa0" * 15
           + " educated" + "\xa0" * 27)
+# Steered at strength 164 on an H200 after that fix (em_bad_medical_advice, position 2): function
+# words in random order. Its 3-grams seldom repeat; it fails on its few distinct words.
+SOUP = (",. the or. that., that, to to. or for for to that.. or that to.. or that that that or the "
+        "that that that that, or- or.- that to that.. to to that or for it it to ( that that that "
+        "or that that- that to or to or or or- for that to to.. that- that ( to to or the to. that, "
+        "or to that the,.- to that. to that that – that that for to or for that or. or,.. or that "
+        "the that: to for that to to., that order that to that that.:. that")
 ORDINARY = ("The lighthouse keeper climbed the stairs each evening, lit the lamp and watched the "
             "ships pass the rocks until the morning fog lifted over the harbour.")
 
@@ -50,4 +59,7 @@ def test_whitespace_padded_text_fails_on_its_repeated_tokens(suite_organisms: di
     assert repeated_trigram_share(PADDED) == 0.0
     unbounded = OfflineCoherenceGrader(pair, OfflineCoherenceSettings(max_mean_nll=1e9))
     assert unbounded.grade(["Tell me a story?"] * 2, [PADDED, ORDINARY]) == [False, True]
+    assert repeated_trigram_share(SOUP) <= 0.3 and repeated_share(unbounded.answer_ids([SOUP])[0]) <= 0.3
+    assert distinct_word_share(SOUP) < 0.4 <= distinct_word_share(ORDINARY)
+    assert unbounded.grade(["Tell me a story?"], [SOUP]) == [False]
     assert OfflineCoherenceGrader(pair).grade(["Tell me a story?"], [ORDINARY]) == [True]

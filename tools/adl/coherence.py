@@ -39,6 +39,9 @@ class CoherenceGrader(Protocol):
         ...
 
 
+DISTINCT_WORDS_WINDOW = 100  # about the search's 128 tokens
+
+
 class OfflineCoherenceSettings(BaseModel):
     max_mean_nll: float = Field(
         5.0, gt=0, description="Mean NLL per token under the base model (smollm2-135m: "
@@ -53,7 +56,21 @@ class OfflineCoherenceSettings(BaseModel):
         "split words miss and the base model predicts well. Added after an H200 run whose search "
         "accepted such text at strength 164 (BENCHMARKS.md, 'GPU benchmark'); ordinary 512-token "
         "samples there stayed at or below 0.21, that text at or above 0.49.")
+    min_distinct_words: float = Field(
+        0.4, ge=0, le=1, description="Share of distinct words (lower-cased) among the first "
+        f"{DISTINCT_WORDS_WINDOW}: function-word soup ('or to that the, that or to ...') that the "
+        "base model predicts well and whose 3-grams seldom repeat exactly. Added after an H200 "
+        "run whose search accepted such text at strengths 1.4-164 (BENCHMARKS.md, 'GPU "
+        "benchmark'): there its median was 0.23-0.42; unsteered samples of four organisms had "
+        "at least 0.40 (5th percentile 0.67), so the limit sits at their lowest.")
     min_words: int = Field(3, ge=0)
+
+
+def distinct_word_share(text: str, window: int = DISTINCT_WORDS_WINDOW) -> float:
+    """Share of distinct words (lower-cased) among the first `window` words (1.0 if none): a
+    fixed window, so the share does not fall with the sample's length alone."""
+    words = text.lower().split()[:window]
+    return len(set(words)) / len(words) if words else 1.0
 
 
 def repeated_share(items: Sequence[object]) -> float:
@@ -70,7 +87,7 @@ def repeated_trigram_share(text: str) -> float:
 
 
 class OfflineCoherenceGrader:
-    """Base-model perplexity plus repetition and length checks (no API needed)."""
+    """Base-model perplexity plus repetition, vocabulary and length checks (no API needed)."""
 
     name = "offline"
 
@@ -123,6 +140,7 @@ class OfflineCoherenceGrader:
             value <= s.max_mean_nll
             and repeated_trigram_share(sample) <= s.max_repeated_trigrams
             and repeated_share(answer) <= s.max_repeated_token_trigrams
+            and distinct_word_share(sample) >= s.min_distinct_words
             and len(sample.split()) >= s.min_words
             for value, sample, answer in zip(nll, samples, answers, strict=True)
         ]
