@@ -342,6 +342,12 @@ class AttemptFailedError(AdlError):
     own): the unit is run again as a new attempt."""
 
 
+# Ends that say nothing about the agent (after the provider's own retries): such a run fails its
+# unit, is not graded, and runs again on the next `adl eval run`.
+NOT_THE_AGENTS_END: dict[str, str] = {"worker_unavailable": "its worker was unavailable",
+                                      "provider_error": "its provider failed"}
+
+
 class GridRun:
     """What every unit of one `run_experiment` call shares: the store, the experiment, the
     grader, the config and the results folder."""
@@ -355,10 +361,11 @@ class GridRun:
                  max_attempts: int = 1) -> Literal["ran", "elsewhere"]:
         """Claim, run, store and grade one unit; "elsewhere": another runner finished it or
         holds it (or took it over meanwhile: this runner's result is dropped). With
-        `max_attempts` > 1, an attempt that failed (`AttemptFailedError`) or whose worker was
-        unavailable is released and the unit claimed again as the next attempt; every
-        attempt keeps its own transcript. A last attempt whose worker was unavailable fails the
-        unit (left unfinished, not graded: the next run of the grid runs it again)."""
+        `max_attempts` > 1, an attempt that failed (`AttemptFailedError`), or that ended in a
+        way that says nothing about the agent (`NOT_THE_AGENTS_END`: its worker unavailable, its
+        provider failed), is released and the unit claimed again as the next attempt; every
+        attempt keeps its own transcript. Such a last attempt fails the unit (left unfinished,
+        not graded: the next run of the grid runs it again)."""
         config, store = self.config, self.store
         provider = make_provider(unit.provider, options=config.provider_options)
         budgets = Budgets(interactions=unit.budget, llm_calls=config.llm_calls,
@@ -385,15 +392,15 @@ class GridRun:
                     log.warning("unit %s, attempt %d failed (%s); running it again", unit.key,
                                 run.attempt, exc)
                     continue
-                if outcome.end_reason == "worker_unavailable":
+                if outcome.end_reason in NOT_THE_AGENTS_END:
                     # Not the agent's result: never stored as finished nor graded (an absent
                     # hypothesis would grade 1 and a resume would skip the unit).
+                    what = NOT_THE_AGENTS_END[outcome.end_reason]
                     if not attempts_left:
                         tries = f" in {max_attempts} attempts" if max_attempts > 1 else ""
-                        raise AttemptFailedError(f"its worker was unavailable{tries} "
-                                                 f"({outcome.detail}); left unfinished")
-                    log.warning("unit %s, attempt %d: the worker was unavailable (%s); running it "
-                                "again", unit.key, run.attempt, outcome.detail)
+                        raise AttemptFailedError(f"{what}{tries} ({outcome.detail}); left unfinished")
+                    log.warning("unit %s, attempt %d: %s (%s); running it again", unit.key,
+                                run.attempt, what, outcome.detail)
                     continue
                 store.finish_unit(run_id, outcome.model_dump(), None)
                 _grade(store, run_id, unit.organism, outcome.hypothesis, self.grader)

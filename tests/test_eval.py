@@ -353,10 +353,14 @@ def test_a_grid_s_load_options_and_backend_reach_its_in_process_workers(
         workers.connect("cake_bake", None, "paper", backend="hf-hooks")
 
 
-def test_a_run_whose_worker_was_unavailable_fails_its_unit_and_runs_again(tmp_path: Path) -> None:
-    """A run that never reached the agent (its first message could not be built, its worker
-    died) is not the agent's result: the unit fails, nothing is graded, and the next run of the
-    grid runs it again as attempt 2 (it used to be stored as finished and graded 1)."""
+@pytest.mark.parametrize(("end_reason", "said"), [
+    ("worker_unavailable", "its worker was unavailable"), ("provider_error", "its provider failed")])
+def test_a_run_whose_worker_or_provider_failed_fails_its_unit_and_runs_again(
+        tmp_path: Path, end_reason: str, said: str) -> None:
+    """A run ended by its worker (the first message could not be built, the worker died) or by
+    its provider (after the retry policy gave up) is not the agent's result: the unit fails,
+    nothing is graded, and the next run of the grid runs it again as attempt 2 (such runs used
+    to be stored as finished and graded 1, and a resume skipped them)."""
     from agent.transcript import RunOutcome
     from evals.runs import GridRun
 
@@ -376,10 +380,10 @@ def test_a_run_whose_worker_was_unavailable_fails_its_unit_and_runs_again(tmp_pa
     unit = grid(config)[0]
     counts = {"llm_calls": 0, "interactions_used": 0, "input_tokens": 0, "output_tokens": 0,
               "cost_usd": 0.0, "tool_calls": 0, "tool_errors": 0, "wall_time_s": 0.0}
-    unavailable = RunOutcome(hypothesis=None, end_reason="worker_unavailable",
+    unavailable = RunOutcome(hypothesis=None, end_reason=end_reason,  # type: ignore[arg-type]
                              detail="The first message could not be built: Too many prompts",
                              **counts)
-    with pytest.raises(AdlError, match="worker was unavailable .*Too many prompts.*left unfinished"):
+    with pytest.raises(AdlError, match=f"{said} .*Too many prompts.*left unfinished"):
         grid_run.run_unit(unit, lambda *args: unavailable)
     assert graded == [] and store.runs(experiment.id, status="finished") == []  # type: ignore[arg-type]
     attempts: list[str] = []
