@@ -49,8 +49,8 @@ from evals.runs import (
     Unit,
     WorkerPlacement,
 )
+from evals.workers import OwnWorkerOptions
 from tools.errors import AdlError, AdlInputError, WorkerUnavailableError
-from tools.model_spec import BackendName, LoadOptions
 from tools.toolbox import AskSettings
 from tools.url import redact_url
 from tools.worker.schema import (
@@ -76,9 +76,7 @@ class WorkerActor:
     come from the node's cache or are computed there). Torch uses the actor's CPU share."""
 
     def __init__(self, organism: str, worker_config: WorkerConfig | None, profile: str,
-                 size: str, threads: int, load: LoadOptions | None,
-                 steering_max_batch_size: int | None = None,
-                 backend: BackendName = "bridge") -> None:
+                 size: str, threads: int, options: OwnWorkerOptions | None = None) -> None:
         from tools.machine import set_torch_threads
         from tools.worker.service import AdlService
 
@@ -89,8 +87,7 @@ class WorkerActor:
             from evals.workers import organism_worker_config
 
             worker_config = organism_worker_config(
-                organism, profile, size=size, load=load,  # type: ignore[arg-type]
-                steering_max_batch_size=steering_max_batch_size, backend=backend)
+                organism, profile, size=size, options=options)  # type: ignore[arg-type]
         self.service = AdlService.start(worker_config, show_progress=False)
 
     def placement(self) -> WorkerPlacement:
@@ -229,8 +226,7 @@ class _Lanes:
             max_task_retries=0, max_concurrency=max(2, self.config.concurrency),
             runtime_env={"env_vars": self.env} if self.env else None,
         ).remote(organism, worker_config, self.config.profile, self.config.organism_size,
-                 max(1, int(worker.num_cpus)), worker.load_options(),
-                 self.config.steering_max_batch_size, self.config.backend)
+                 max(1, int(worker.num_cpus)), self.config.own_worker_options(worker.load_options()))
         try:
             try:
                 placement = ray.get(actor.placement.remote())

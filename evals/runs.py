@@ -35,7 +35,7 @@ from evals.grading import HypothesisGrader, make_grader
 from evals.organisms import get_organism
 from evals.organisms.schema import OrganismSize
 from evals.store import Grade, RunTakenOverError, Store, open_store
-from evals.workers import AnalysisProfile
+from evals.workers import AnalysisProfile, OwnWorkerOptions
 from tools.config import load_yaml_model
 from tools.errors import AdlError, AdlInputError, UnknownOrganismError, WorkerUnavailableError
 from tools.model_spec import BackendName, LoadOptions
@@ -251,6 +251,11 @@ class EvalConfig(BaseModel):
             if data[field] == default:
                 del data[field]
         return data
+
+    def own_worker_options(self, load: LoadOptions | None = None) -> OwnWorkerOptions:
+        """How the organisms' own workers run (`load`: a Ray actor's, instead of `self.load`)."""
+        return OwnWorkerOptions(load=load or self.load, backend=self.backend,
+                                steering_max_batch_size=self.steering_max_batch_size)
 
     def validate_organisms(self) -> None:
         for name in self.organisms:
@@ -486,8 +491,7 @@ def _run_in_process(grid_run: GridRun, todo: list[Unit], progress: Progress,
         url, not_used = _worker_url(config, organism)
         client = connect(organism, url, config.profile, config.organism_size, not_used=not_used,
                          worker_config=config.worker_config(organism),
-                         steering_max_batch_size=config.steering_max_batch_size,
-                         load=config.load, backend=config.backend)
+                         options=config.own_worker_options())
         progress.update(task, description=f"{config.name}: {organism}")
 
         def agent_run(unit: Unit, provider: Provider, path: Path, budgets: Budgets,

@@ -11,6 +11,8 @@ import importlib.util
 import os
 from collections.abc import Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from evals.organisms import get_organism
 from evals.organisms.schema import OrganismSize
 from tools.adl.profiles import PROFILES, AnalysisProfile, profile_settings
@@ -20,11 +22,24 @@ from tools.url import redact_url
 from tools.worker.client import TOKEN_ENV, HttpWorkerClient, WorkerClient
 from tools.worker.schema import WorkerConfig
 
-__all__ = ["PROFILES", "AnalysisProfile", "connect", "organism_worker_config"]
+__all__ = ["PROFILES", "AnalysisProfile", "OwnWorkerOptions", "connect", "organism_worker_config"]
 
 # What an in-process worker imports (the worker extra, `pip install 'adl-agent[worker]'`).
 IN_PROCESS_MODULES = ("torch", "transformers", "transformer_lens", "peft")
 BRIDGE_MODULE = "transformer_lens"  # needed by the `bridge` backend only
+
+
+class OwnWorkerOptions(BaseModel):
+    """How an organism's own worker loads and runs (a grid's `load`, `backend` and
+    `steering_max_batch_size`; `adl worker serve --organism`'s device options)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    load: LoadOptions | None = Field(None, description="Default: the CPU.")
+    backend: BackendName = "bridge"
+    steering_max_batch_size: int | None = Field(
+        None, ge=1, description="Rows per steering generate call instead of the profile's (a "
+        "memory setting: raise it on a GPU).")
 
 
 def organism_worker_config(
@@ -33,17 +48,14 @@ def organism_worker_config(
     *,
     size: OrganismSize = "full",
     n_samples: int | None = None,
-    load: LoadOptions | None = None,
-    steering_max_batch_size: int | None = None,
-    backend: BackendName = "bridge",
+    options: OwnWorkerOptions | None = None,
 ) -> WorkerConfig:
     """The worker config of an organism (built first when needed).
 
     `profile`: `paper` (the reference toolkit's protocol) or `quick` (CI and the demo on 2 CPU
     cores), see tools/adl/profiles.py. `size`: the organism's build size
-    (evals/organisms/build.py `at_size`). `steering_max_batch_size`: rows per steering
-    generate call instead of the profile's (a memory setting: raise it on a GPU). `load` and
-    `backend`: the worker's load options (default: the CPU) and model backend."""
+    (evals/organisms/build.py `at_size`). `options`: how it loads and runs (default: the CPU,
+    the bridge, the profile's steering batch size)."""
     from evals.organisms.build import at_size, organism_pair_spec
 
     organism = at_size(get_organism(name), size)
@@ -51,26 +63,24 @@ def organism_worker_config(
     adl, steering, positions = analysis.adl, analysis.steering, analysis.steering_positions
     if n_samples is not None:
         adl = adl.model_copy(update={"n_samples": n_samples})
-    if steering_max_batch_size is not None:
-        steering = steering.model_copy(update={"max_batch_size": steering_max_batch_size})
+    options = options or OwnWorkerOptions()
+    if options.steering_max_batch_size is not None:
+        steering = steering.model_copy(update={"max_batch_size": options.steering_max_batch_size})
     return WorkerConfig(
-        label=organism.name, pair=organism_pair_spec(organism), load=load or LoadOptions(),
-        backend=backend, adl=adl, steering=steering, steering_positions=positions,
+        label=organism.name, pair=organism_pair_spec(organism), load=options.load or LoadOptions(),
+        backend=options.backend, adl=adl, steering=steering, steering_positions=positions,
     )
 
 
 def connect(
     organism: str, worker_url: str | None, profile: str, size: OrganismSize = "full",
     *, not_used: Sequence[str] = (), worker_config: WorkerConfig | None = None,
-    steering_max_batch_size: int | None = None, load: LoadOptions | None = None,
-    backend: BackendName = "bridge",
+    options: OwnWorkerOptions | None = None,
 ) -> WorkerClient:
     """A worker for `organism`: the one at `worker_url`, or an in-process service of
-    `worker_config` (default: the organism's own, built at `size`, with
-    `steering_max_batch_size` rows per steering generate call if given, loaded with `load` behind
-    `backend`). `not_used`: why the worker
-    URLs tried were not used, for the error raised when an in-process worker cannot run (no
-    worker extra)."""
+    `worker_config` (default: the organism's own, built at `size`, run with `options`).
+    `not_used`: why the worker URLs tried were not used, for the error raised when an
+    in-process worker cannot run (no worker extra)."""
     if profile not in PROFILES:
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
     if worker_url:
@@ -79,7 +89,7 @@ def connect(
         if served != organism:
             raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {served!r}, not {organism!r}.")
         return client
-    backend = worker_config.backend if worker_config is not None else backend
+    backend = (worker_config or options or OwnWorkerOptions()).backend
     needed = [m for m in IN_PROCESS_MODULES if backend == "bridge" or m != BRIDGE_MODULE]
     missing = [module for module in needed if not _installed(module)]
     if missing:
@@ -93,8 +103,7 @@ def connect(
     from tools.worker.service import AdlService
 
     return AdlService.start(worker_config or organism_worker_config(
-        organism, profile, size=size, load=load,  # type: ignore[arg-type]
-        steering_max_batch_size=steering_max_batch_size, backend=backend))
+        organism, profile, size=size, options=options))  # type: ignore[arg-type]
 
 
 def _installed(module: str) -> bool:

@@ -273,7 +273,7 @@ def test_a_grid_s_steering_batch_size_reaches_every_organism_worker(
     in process and on Ray; unset, the profile's 32 stays and stored configs do not change."""
     from evals.organisms import build
     from evals.ray_executor import WorkerActor
-    from evals.workers import connect
+    from evals.workers import OwnWorkerOptions, connect
     from tools.model_spec import ModelPairSpec
     from tools.worker.service import AdlService
 
@@ -290,13 +290,14 @@ def test_a_grid_s_steering_batch_size_reaches_every_organism_worker(
     with pytest.raises(ValueError, match="less than or equal to 4096"):
         EvalConfig(name="g", organisms=["cake_bake"], steering_max_batch_size=100_000)
 
-    connect("cake_bake", None, "paper", steering_max_batch_size=config.steering_max_batch_size)
+    connect("cake_bake", None, "paper", options=config.own_worker_options())
     connect("cake_bake", None, "paper")
     import torch
 
     threads = torch.get_num_threads()
     try:
-        WorkerActor("cake_bake", None, "paper", "full", 1, None, 1024)  # sets torch's threads
+        WorkerActor("cake_bake", None, "paper", "full", 1,  # sets torch's threads
+                    OwnWorkerOptions(steering_max_batch_size=1024))
     finally:
         torch.set_num_threads(threads)
     assert started == [1024, 32, 1024]
@@ -311,6 +312,7 @@ def test_a_grid_s_load_options_and_backend_reach_its_in_process_workers(
     from evals import workers
     from evals.organisms import build
     from evals.ray_executor import WorkerActor
+    from evals.workers import OwnWorkerOptions
     from tools.model_spec import LoadOptions, ModelPairSpec
     from tools.worker.service import AdlService
 
@@ -340,7 +342,8 @@ def test_a_grid_s_load_options_and_backend_reach_its_in_process_workers(
     threads = torch.get_num_threads()
     try:
         with pytest.raises(RuntimeError, match="started"):
-            WorkerActor("cake_bake", None, "paper", "full", 1, LoadOptions(), None, "hf-hooks")
+            WorkerActor("cake_bake", None, "paper", "full", 1,
+                        config.own_worker_options(LoadOptions()))
     finally:
         torch.set_num_threads(threads)
     assert started == [("cpu", "bfloat16", "hf-hooks"), ("cpu", "float32", "hf-hooks")]
@@ -350,7 +353,7 @@ def test_a_grid_s_load_options_and_backend_reach_its_in_process_workers(
     with pytest.raises(AdlInputError, match="transformer_lens not installed"):
         workers.connect("cake_bake", None, "paper")
     with pytest.raises(RuntimeError, match="started"):
-        workers.connect("cake_bake", None, "paper", backend="hf-hooks")
+        workers.connect("cake_bake", None, "paper", options=OwnWorkerOptions(backend="hf-hooks"))
 
 
 @pytest.mark.parametrize(("end_reason", "said"), [

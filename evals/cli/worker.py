@@ -9,7 +9,7 @@ import typer
 
 from agent.judges import make_judges
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
-from evals.workers import PROFILES, organism_worker_config
+from evals.workers import PROFILES, OwnWorkerOptions, organism_worker_config
 from tools.config import load_yaml_model
 from tools.errors import AdlInputError
 from tools.model_spec import parse_load_options
@@ -70,7 +70,7 @@ def serve_command(
     set_torch_threads(threads)  # before any model work; it logs the count
     if organism is not None:
         worker_config = organism_worker_config(organism, profile, size=size, n_samples=samples,  # type: ignore[arg-type]
-                                               load=load)
+                                               options=OwnWorkerOptions(load=load))
     else:
         worker_config = load_worker_config(config)  # type: ignore[arg-type]
         if samples is not None:

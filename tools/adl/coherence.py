@@ -3,7 +3,7 @@
 One interface, `CoherenceGrader.grade(prompts, samples) -> list[bool]`. The offline grader
 judges with the *base* model: an answer is coherent when its mean token negative log-likelihood
 given the prompt stays below a threshold, it does not repeat itself (neither its words nor its
-tokens), and it says something.
+tokens), it is not made of a handful of words, and it says something.
 Calibrated on smollm2-135m-instruct so that ordinary sampled answers pass and heavily steered
 gibberish fails (tests/test_adl_steering.py; on the offline organisms 96-98% of unsteered
 samples pass at temperature 1 and all greedy ones, 4-44% at strength 0.3, at most 8% from 1.0).
