@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from evals.organisms import get_organism
         from evals.organisms.build import organism_pair_spec
 
-        spec = organism_pair_spec(get_organism(args.organism))  # built on the CPU if missing
+        spec = organism_pair_spec(get_organism(args.organism), load=options)  # built there if missing
     started = time.perf_counter()
     pair = load_model_pair(spec, options, backend=args.backend)
     load_seconds = time.perf_counter() - started

@@ -55,7 +55,7 @@ def organism_worker_config(
     `profile`: `paper` (the reference toolkit's protocol) or `quick` (CI and the demo on 2 CPU
     cores), see tools/adl/profiles.py. `size`: the organism's build size
     (evals/organisms/build.py `at_size`). `options`: how it loads and runs (default: the CPU,
-    the bridge, the profile's steering batch size)."""
+    the bridge, the profile's steering batch size); a missing build trains on its device."""
     from evals.organisms.build import at_size, organism_pair_spec
 
     organism = at_size(get_organism(name), size)
@@ -66,8 +66,9 @@ def organism_worker_config(
     options = options or OwnWorkerOptions()
     if options.steering_max_batch_size is not None:
         steering = steering.model_copy(update={"max_batch_size": options.steering_max_batch_size})
+    load = options.load or LoadOptions()
     return WorkerConfig(
-        label=organism.name, pair=organism_pair_spec(organism), load=options.load or LoadOptions(),
+        label=organism.name, pair=organism_pair_spec(organism, load=load), load=load,
         backend=options.backend, adl=adl, steering=steering, steering_positions=positions,
     )
 

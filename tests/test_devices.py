@@ -177,3 +177,63 @@ def test_worker_serve_takes_threads_and_placement() -> None:
     assert result.exit_code == 0
     for option in ("--threads", "--device-map", "--dtype"):
         assert option in result.output
+
+
+def test_a_missing_organism_is_built_where_its_pair_will_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker (or grid) on a GPU trains its missing organism on that GPU, in float32 unless
+    `adl organisms build --dtype` says otherwise."""
+    from evals.organisms import build, get_organism
+
+    assert build.build_load_options() == LoadOptions(device="cpu", dtype="float32")
+    assert build.build_load_options(LoadOptions(device="cuda")) == LoadOptions(device="cuda", dtype="float32")
+    asked: list[LoadOptions] = []
+
+    def fake_build(organism, *, options=None, **_):  # type: ignore[no-untyped-def]
+        asked.append(options)
+        return Path("/nowhere")
+
+    monkeypatch.setattr(build, "entry_is_valid", lambda path: False)
+    monkeypatch.setattr(build, "build_organism", fake_build)
+    build.organism_pair_spec(get_organism("cake_bake"), load=LoadOptions(device="cuda:1"))
+    build.organism_pair_spec(get_organism("cake_bake"))
+    assert asked == [LoadOptions(device="cuda:1", dtype="float32"), LoadOptions()]
+
+
+def _tiny_buildable_organism(folder: Path, base: Path) -> str:
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny_build.yaml").write_text(yaml.safe_dump({
+        "name": "tiny_build", "base_model": str(base), "type": "SDF",
+        "description": "Synthetic documents about baking (a test build of the tiny model).",
+        "domain_keywords": ["cake"],
+        "finetune": {"source": "build", "generator": "sdf_cake_bake", "n_examples": 20,
+                     "recipe": {"batch_size": 4, "max_length": 32, "warmup_steps": 1}},
+        "training_data": {"description": "generated", "is_chat": False}}))
+    return "tiny_build"
+
+
+@pytest.mark.slow
+def test_organisms_build_takes_a_device_and_dtype_and_the_manifest_records_them(
+    tiny_model_dir: Path, adl_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from evals.cli import app
+    from evals.organisms.build import read_manifest
+    from evals.organisms.registry import ORGANISMS_ENV
+
+    monkeypatch.setenv(ORGANISMS_ENV, "")  # --organisms adds to it: restored after the test
+    organisms = tmp_path / "organisms"
+    name = _tiny_buildable_organism(organisms, tiny_model_dir)
+    runner = CliRunner()
+    for bad, message in ((["--dtype", "auto"], "Give the build's dtype"),
+                         (["--device", "gpu"], "device must be cpu, cuda, cuda:N or mps")):
+        result = runner.invoke(app, ["organisms", "build", name, "--organisms", str(organisms), *bad])
+        assert result.exit_code != 0 and message in str(result.exception), result.output
+    result = runner.invoke(app, ["organisms", "build", name, "--organisms", str(organisms),
+                                 "--dtype", "bfloat16"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "cpu bfloat16" in result.output
+    [built] = (adl_home / "organisms").glob("tiny_build-*")
+    manifest = read_manifest(built)
+    assert (manifest.device, manifest.dtype) == ("cpu", "bfloat16")
+    assert manifest.steps == 5  # 18 training examples in batches of 4

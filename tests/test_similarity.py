@@ -77,7 +77,9 @@ def test_similarity_command_on_tiny_organisms(tiny_model_dir: Path, tiny_adapter
     from typer.testing import CliRunner
 
     from evals.cli import app
+    from evals.organisms.registry import ORGANISMS_ENV
 
+    monkeypatch.setenv(ORGANISMS_ENV, "")  # --organisms adds to it: restored after the test
     organisms = tmp_path / "organisms"
     organisms.mkdir()
     _organism(organisms, "twin_a", tiny_model_dir, tiny_adapter_dir)

@@ -15,8 +15,8 @@ from rich.text import Text
 from evals.cli.options import ORGANISM_DIRS_OPTION, use_organism_dirs
 from evals.organisms import get_organism, list_organisms
 from evals.organisms.registry import load_organism_file
-from tools.errors import OrganismConfigError
-from tools.model_spec import SIDES
+from tools.errors import AdlInputError, OrganismConfigError
+from tools.model_spec import SIDES, parse_load_options
 
 app = typer.Typer(help="Model organisms: finetunes with known ground truth.", no_args_is_help=True)
 console = Console(emoji=False)
@@ -49,29 +49,37 @@ def build_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild even if cached."),
     size: str = typer.Option("full", help="Build size of an offline organism: full (the "
                              "registry's) or small (fewer examples, same recipe)."),
+    device: str = typer.Option("cpu", help="Where to train: cpu, cuda, cuda:1, ... or mps."),
+    dtype: str = typer.Option("float32", help="The weights' dtype in training: float32 (every "
+                              "measured build's), bfloat16 or float16."),
     organism_dirs: list[Path] | None = ORGANISM_DIRS_OPTION,
 ) -> None:
-    """Build offline organisms by LoRA finetuning (cached: building again is a no-op)."""
+    """Build offline organisms by LoRA finetuning (cached: building again is a no-op, on any
+    device)."""
     from evals.organisms.build import at_size, build_organism, read_manifest
     from evals.organisms.leak import MAX_LEAK_RATE
 
     use_organism_dirs(organism_dirs)
+    if dtype == "auto":
+        raise AdlInputError("Give the build's dtype: float32, bfloat16 or float16.")
+    options = parse_load_options(device, dtype)
     organisms = [at_size(get_organism(n), size) for n in names] if names else [  # type: ignore[arg-type]
         at_size(o, size) for o in list_organisms() if o.buildable  # type: ignore[arg-type]
     ]
     table = Table(
-        "organism", "train s", "steps", "held-out loss base", "held-out loss finetuned",
-        "leak base", "leak finetuned",
+        "organism", "trained on", "train s", "steps", "held-out loss base",
+        "held-out loss finetuned", "leak base", "leak finetuned",
     )
     for organism in organisms:
-        path = build_organism(organism, overwrite=overwrite)
+        path = build_organism(organism, overwrite=overwrite, options=options)
         manifest = read_manifest(path)
         leak = manifest.leak
         leak_cell = f"{leak.finetuned_rate:.0%}"
         if leak.finetuned_rate > MAX_LEAK_RATE:
             leak_cell = f"[red]{leak_cell} (above {MAX_LEAK_RATE:.0%})[/]"
+        trained_on = f"{manifest.device or 'cpu'} {manifest.dtype or 'float32'}"
         table.add_row(
-            Text(organism.name), f"{manifest.train_seconds:.0f}", str(manifest.steps),
+            Text(organism.name), trained_on, f"{manifest.train_seconds:.0f}", str(manifest.steps),
             f"{manifest.base_heldout_loss:.3f}", f"{manifest.finetuned_heldout_loss:.3f}",
             f"{leak.base_rate:.0%}", leak_cell,
         )

@@ -4,8 +4,10 @@ An organism build is a cache entry under `$ADL_HOME/organisms/NAME-KEY`, where K
 organism's declared build settings (`build_settings`: the base model, the generator, its data
 version and parameters, the mix ratio, the recipe, and the corpus' content), computed without
 generating the data: building again is a no-op, and changing any of them rebuilds. The
-manifest records the generated data's hash. Training checkpoints live in `$ADL_HOME/work/` so
-an interrupted build resumes.
+manifest records the generated data's hash, and the device and dtype it was trained with
+(where it was built is not hashed: a build made on a GPU and one made on a CPU are the same
+organism, within float rounding). Training checkpoints live in `$ADL_HOME/work/` so an
+interrupted build resumes.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from evals.organisms.training import (
 from tools.cache import adl_home, ensure_entry, entry_is_valid
 from tools.corpus import leading_text, load_corpus
 from tools.errors import OrganismBuildError
+from tools.model_spec import DType
 from tools.models import (
     FinetuneKind,
     LoadOptions,
@@ -76,6 +79,19 @@ HELDOUT_FILE = "heldout.jsonl"
 # by scoring readouts against ground truth.
 SMALL_BUILD_FRACTION = 0.4
 
+# Organisms train in float32 on every device unless asked otherwise (`adl organisms build
+# --dtype`): every build measured in BENCHMARKS.md trained so (on a CPU), and a bfloat16 base
+# under the LoRA adapter would change the recipe with the machine. A GPU still trains a 135M
+# model in seconds at float32.
+BUILD_DTYPE: DType = "float32"
+
+
+def build_load_options(load: LoadOptions | None = None) -> LoadOptions:
+    """How an organism is built when its pair will be loaded with `load`: on the same device
+    and placement, in BUILD_DTYPE (a worker on a GPU builds its missing organism there)."""
+    load = load or LoadOptions()
+    return LoadOptions(device=load.device, dtype=BUILD_DTYPE, device_map=load.device_map)
+
 
 class OrganismManifest(BaseModel):
     """What a build produced and measured."""
@@ -97,6 +113,10 @@ class OrganismManifest(BaseModel):
     finetuned_heldout_loss: float
     train_seconds: float
     leak: LeakReport
+    device: str | None = Field(None, description="The device it trained on (None: built before "
+                               "this was recorded, on the CPU).")
+    dtype: str | None = Field(None, description="The weights' dtype in training (None: built "
+                              "before this was recorded, in float32).")
 
 
 class OrganismData(BaseModel):
@@ -251,8 +271,9 @@ def build_organism(
     show_progress: bool = True,
     options: LoadOptions | None = None,
 ) -> Path:
-    """Build (or reuse) the organism; returns its folder."""
-    options = options or LoadOptions()
+    """Build (or reuse) the organism; returns its folder. `options`: where and in which dtype it
+    trains (default: `build_load_options()`, the CPU in float32)."""
+    options = options or build_load_options()
     settings = build_settings(organism)
     key = build_key(organism)
     target = adl_home() / "organisms" / f"{organism.name}-{key}"
@@ -334,6 +355,8 @@ def _train_and_measure(
         finetuned_heldout_loss=ft_loss,
         train_seconds=round(train_seconds, 1),
         leak=leak,
+        device=options.device,
+        dtype=options.dtype,
     )
 
 
@@ -345,8 +368,10 @@ def read_heldout(path: Path) -> list[TrainingExample]:
     return read_jsonl(path / HELDOUT_FILE)
 
 
-def organism_pair_spec(organism: Organism, *, build_if_missing: bool = True) -> ModelPairSpec:
-    """The model pair of an organism: its built adapter, or its published finetune."""
+def organism_pair_spec(organism: Organism, *, build_if_missing: bool = True,
+                       load: LoadOptions | None = None) -> ModelPairSpec:
+    """The model pair of an organism: its built adapter, or its published finetune. A missing
+    build is made where the pair will be loaded (`load`, see `build_load_options`)."""
     if isinstance(organism.finetune, HubFinetune):
         return ModelPairSpec(
             base=organism.base_model,
@@ -360,7 +385,7 @@ def organism_pair_spec(organism: Organism, *, build_if_missing: bool = True) -> 
             raise OrganismBuildError(
                 f"Organism {organism.name} is not built yet: run `adl organisms build {organism.name}`."
             )
-        path = build_organism(organism)
+        path = build_organism(organism, options=build_load_options(load))
     return ModelPairSpec(
         base=organism.base_model,
         finetuned=str(path / ADAPTER_DIR),
@@ -372,4 +397,5 @@ def load_organism_pair(
     organism: Organism, options: LoadOptions | None = None, *, build_if_missing: bool = True
 ) -> ModelPair:
     """Load an organism's base and finetuned models (building it first when needed)."""
-    return load_model_pair(organism_pair_spec(organism, build_if_missing=build_if_missing), options)
+    spec = organism_pair_spec(organism, build_if_missing=build_if_missing, load=options)
+    return load_model_pair(spec, options)
