@@ -20,10 +20,20 @@ residual stream:
 - `BridgeModelPair` (the default): one transformer_lens `TransformerBridge` per distinct set of
   weights, booted once (the boot wraps the HF model's modules in place), used for every forward
   pass and every generation (`blocks.{L}.hook_resid_post`).
-- `HFHooksModelPair`: plain PyTorch forward hooks on the HF decoder layers (Llama-, Qwen-, Gemma-
-  and Mistral-style models: `model.get_decoder().layers`). A drop-in: tests/test_backend.py runs the
-  same invariants against both. It keeps the model's own attention kernel (SDPA), where the bridge
-  runs eager attention: the two agree to float rounding, not bit for bit.
+- `HFHooksModelPair`: plain PyTorch forward hooks on the HF decoder's blocks (`layers` or `h` of
+  `model.get_decoder()`: Llama, Qwen, Gemma, Mistral, Phi, OLMo, GPT-NeoX, GPT-2, Falcon, ...). A
+  drop-in: tests/test_backend.py runs the same invariants against both, and
+  tests/test_architectures.py both on tiny models of a dozen architectures. It keeps the model's
+  own attention kernel (SDPA), where the bridge runs eager attention: the two agree to float
+  rounding, not bit for bit.
+
+The bridge checks, when it is made for an adapter pair, that its forward pass runs every LoRA
+layer of the adapter. Some architectures' bridges compute fused projections (Phi-3's `qkv_proj`
+and `gate_up_proj`, GPT-NeoX's `query_key_value`, GPT-2's `c_attn`) from split copies of the
+weights, which skips the adapter there: the "finetuned" side would silently be partly the base
+model. It then raises `BackendUnsupportedError`, as when transformer_lens cannot wrap an
+architecture at all, and `tools.models.load_model_pair` loads the pair again on the hf-hooks
+backend (logged as a warning; the ADL cache keys name the backend that ran).
 
 **Single-threaded contract.** A backend is not thread-safe: the side switch and the LoRA merge
 change shared modules in place. Every public operation holds `_exclusive`, which raises
@@ -48,7 +58,7 @@ from torch import Tensor
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.chat import Conversation, decode_replies, encode_prompts, stop_token_ids
-from tools.errors import AdlInputError, ConcurrentModelUseError
+from tools.errors import AdlInputError, BackendUnsupportedError, ConcurrentModelUseError
 from tools.model_spec import SIDES, BackendName, LoadOptions, ModelPairSpec, Side
 
 ResidualEdit = Callable[[Tensor], Tensor | None]
@@ -381,22 +391,27 @@ class ModelPair(ABC):
             return
         from peft.tuners.lora import LoraLayer
 
-        merged: list[tuple[Any, torch.Tensor]] = []
+        merged: list[tuple[Any, Any, dict[str, torch.Tensor]]] = []
         try:
             for name, module in self._peft.named_modules():
                 if not isinstance(module, LoraLayer) or module.merged:
                     continue
-                match = re.search(r"\.layers\.(\d+)\.", name)
+                match = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
                 if upto_layer is not None and match and int(match.group(1)) > upto_layer:
                     continue
-                weight = module.get_base_layer().weight
-                merged.append((module, weight.detach().clone()))
+                # The base layer's own parameters: a weight (and bias), or the fused expert
+                # tensors that an adapter of parameters (peft's target_parameters) changes.
+                base = module.get_base_layer()
+                originals = {n: p.detach().clone() for n, p in base.named_parameters(recurse=False)}
+                merged.append((module, base, originals))
                 module.merge()
             yield
         finally:
-            for module, original in merged:
+            # Last merged first: nested wrappers of one parameter each restore what they found.
+            for module, base, originals in reversed(merged):
                 module.unmerge()
-                module.get_base_layer().weight.data.copy_(original)
+                for name, parameter in base.named_parameters(recurse=False):
+                    parameter.data.copy_(originals[name])
 
 
 class BridgeModelPair(ModelPair):
@@ -407,11 +422,46 @@ class BridgeModelPair(ModelPair):
     def __init__(self, loaded: LoadedModels) -> None:
         super().__init__(loaded)
         self._bridges: dict[int, Any] = {}
+        lora_layers = self._lora_layers()  # named before the boot renames modules
         # Booted now, before any operation seeds the RNG or merges an adapter: some
         # architectures' boots create layers (consuming random numbers) or copy weights.
         for side in SIDES:
             with self._bridge(side):
                 pass
+        self._check_adapter_runs(lora_layers)
+
+    def _lora_layers(self) -> dict[str, Any]:
+        """The adapter's LoRA layers by their module names (none without an adapter)."""
+        if self._peft is None:
+            return {}
+        from peft.tuners.lora import LoraLayer
+
+        return {name.removeprefix("base_model.model."): module
+                for name, module in self._peft.named_modules() if isinstance(module, LoraLayer)}
+
+    def _check_adapter_runs(self, lora_layers: Mapping[str, Any]) -> None:
+        """Raise BackendUnsupportedError when a forward pass of the finetuned side skips some of
+        the adapter's LoRA layers (module docstring): a few tokens, one hook per layer."""
+        if not lora_layers:
+            return
+        called: set[str] = set()
+        handles = [module.register_forward_hook(lambda *_, name=name: called.add(name))
+                   for name, module in lora_layers.items()]
+        try:
+            probe = self.tokenizer("The finetune", return_tensors="pt").input_ids
+            with torch.inference_mode():
+                self._forward("finetuned", probe.to(self.device), None, {}, stop_at_layer=None)
+        finally:
+            for handle in handles:
+                handle.remove()
+        skipped = sorted({re.sub(r"\.\d+\.", ".N.", name) for name in lora_layers if name not in called})
+        if skipped:
+            raise BackendUnsupportedError(
+                f"transformer_lens's bridge of {type(self._models['base']).__name__} does not run the "
+                f"adapter's LoRA layers on {', '.join(skipped[:4])}"
+                f"{f' and {len(skipped) - 4} more' if len(skipped) > 4 else ''} (it computes those "
+                "projections from its own copies of the weights), so its finetuned side would be "
+                "partly the base model.")
 
     @contextlib.contextmanager
     def _bridge(self, side: Side) -> Iterator[Any]:
@@ -423,13 +473,21 @@ class BridgeModelPair(ModelPair):
                 from tools.models import torch_dtype
 
                 location = self._locations[side]
-                self._bridges[key] = TransformerBridge.boot_transformers(
-                    location if Path(location).is_dir() else self._locations["base"],
-                    hf_model=model,
-                    tokenizer=self.tokenizer,
-                    device=self.options.device,
-                    dtype=torch_dtype(self.options),
-                )
+                try:
+                    self._bridges[key] = TransformerBridge.boot_transformers(
+                        location if Path(location).is_dir() else self._locations["base"],
+                        hf_model=model,
+                        tokenizer=self.tokenizer,
+                        device=self.options.device,
+                        dtype=torch_dtype(self.options),
+                    )
+                except torch.OutOfMemoryError:
+                    raise
+                except (RuntimeError, ValueError, KeyError, AttributeError, TypeError,
+                        NotImplementedError) as exc:
+                    raise BackendUnsupportedError(
+                        f"transformer_lens could not wrap {type(model).__name__}: "
+                        f"{type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
             yield self._bridges[key]
 
     @staticmethod
@@ -471,11 +529,34 @@ class _StopForward(Exception):
 
 
 class HFHooksModelPair(ModelPair):
-    """The backend on plain PyTorch forward hooks on the HF decoder layers (no transformer_lens);
-    `resid_post` of block L is decoder layer L's output hidden state."""
+    """The backend on plain PyTorch forward hooks on the HF decoder's blocks (no
+    transformer_lens); `resid_post` of block L is block L's output hidden state."""
+
+    # Where HF decoders keep their blocks and their final norm, by architecture family.
+    BLOCK_LISTS = ("layers", "h", "blocks")
+    FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f")
+
+    def __init__(self, loaded: LoadedModels) -> None:
+        super().__init__(loaded)
+        for model in {id(m): m for m in self._models.values()}.values():
+            self._layers(model)  # an architecture it cannot run fails now, not at the first call
+            self._final_norm(model)
+
+    def _decoder_part(self, model: Any, names: Sequence[str], what: str) -> Any:
+        decoder = model.get_decoder()
+        for name in names:
+            part = getattr(decoder, name, None)
+            if part is not None and (what != "blocks" or len(part) == self.n_layers):
+                return part
+        raise BackendUnsupportedError(
+            f"The hf-hooks backend does not know where {type(model).__name__} keeps its {what} "
+            f"(none of {', '.join(names)} on {type(decoder).__name__}); use the bridge backend.")
 
     def _layers(self, model: Any) -> Any:
-        return model.get_decoder().layers
+        return self._decoder_part(model, self.BLOCK_LISTS, "blocks")
+
+    def _final_norm(self, model: Any) -> Any:
+        return self._decoder_part(model, self.FINAL_NORMS, "final norm")
 
     @contextlib.contextmanager
     def _hooked(self, model: Any, edits: Mapping[int, ResidualEdit]) -> Iterator[None]:
@@ -526,7 +607,7 @@ class HFHooksModelPair(ModelPair):
         with self._side(side) as model:
             head = model.get_output_embeddings()
             vectors = vectors.to(device=head.weight.device, dtype=head.weight.dtype)
-            return head(model.get_decoder().norm(vectors))
+            return head(self._final_norm(model)(vectors))
 
 
 BACKENDS: dict[BackendName, type[ModelPair]] = {"bridge": BridgeModelPair, "hf-hooks": HFHooksModelPair}

@@ -15,6 +15,11 @@ class ModelLoadError(AdlError):
     """A model, tokenizer or adapter exists by name but could not be loaded."""
 
 
+class BackendUnsupportedError(ModelLoadError):
+    """A model backend cannot run this model faithfully (an architecture it does not know, or
+    one whose adapter layers it would not run)."""
+
+
 class AssetMissingError(AdlError):
     """An offline asset package (model or corpus) is not installed."""
 

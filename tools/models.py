@@ -8,8 +8,10 @@ switches the adapter off to act as the base model and on to act as the finetuned
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.backend import BACKENDS, BackendName, LoadedModels, ModelPair
-from tools.errors import ModelLoadError, UnknownModelError
+from tools.errors import BackendUnsupportedError, ModelLoadError, UnknownModelError
 from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec, auto_dtype, device_type
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
 from tools.pair_checks import check_pair, hub_cache_dir
@@ -168,7 +170,31 @@ def load_model_pair(
     spec: ModelPairSpec, options: LoadOptions | None = None, backend: BackendName = "bridge"
 ) -> ModelPair:
     """Load the pair described by `spec` (see `ModelPairSpec`) behind `backend` (see
-    `tools.backend`)."""
+    `tools.backend`). Where the bridge cannot run the pair faithfully, it is loaded again on
+    the hf-hooks backend (a warning says why)."""
+    return _with_backend_fallback(lambda name: _load_model_pair(spec, options, name), backend)
+
+
+def _with_backend_fallback(make: Callable[[BackendName], ModelPair], backend: BackendName) -> ModelPair:
+    """`make(backend)`; when the bridge refuses the pair (`BackendUnsupportedError`), the
+    models it has touched are dropped and `make("hf-hooks")` is returned instead."""
+    try:
+        return make(backend)
+    except BackendUnsupportedError as exc:
+        if backend != "bridge":
+            raise
+        reason = str(exc)  # (the traceback, which holds the loaded models, is dropped here)
+    log.warning("%s Loading the pair again on the hf-hooks backend.", reason)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        return make("hf-hooks")
+    except BackendUnsupportedError as exc:
+        raise BackendUnsupportedError(f"{reason} And on the hf-hooks backend: {exc}") from exc
+
+
+def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: BackendName) -> ModelPair:
     options = options or LoadOptions()
     check_device(options)
     pair_class = BACKENDS[backend]
@@ -233,9 +259,16 @@ def pair_from_trained_adapter(
     options: LoadOptions, backend: BackendName = "bridge",
 ) -> ModelPair:
     """The pair of a LoRA adapter just trained in this process (`peft_model` wraps the base model
-    loaded from `location`): the organism builder measures it without reloading it."""
+    loaded from `location`): the organism builder measures it without reloading it, unless the
+    bridge cannot run it: then the adapter saved at `spec.finetuned` is loaded on hf-hooks."""
     peft_model.eval()
     base_model = peft_model.get_base_model()
-    return BACKENDS[backend](LoadedModels(
-        spec, tokenizer, {"base": base_model, "finetuned": base_model}, peft_model,
-        {"base": location, "finetuned": location}, options))
+
+    def make(name: BackendName) -> ModelPair:
+        if name != backend:
+            return _load_model_pair(spec, options, name)
+        return BACKENDS[name](LoadedModels(
+            spec, tokenizer, {"base": base_model, "finetuned": base_model}, peft_model,
+            {"base": location, "finetuned": location}, options))
+
+    return _with_backend_fallback(make, backend)

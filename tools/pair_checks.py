@@ -142,7 +142,11 @@ LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<kind>[
 
 def check_adapter(adapter: Path, base_shapes: dict[str, tuple[int, ...]], names: tuple[str, str]) -> None:
     """The adapter's LoRA matrices must fit modules of the base with the same shapes."""
-    _read_json(adapter / "adapter_config.json", "adapter config")
+    config = _read_json(adapter / "adapter_config.json", "adapter config")
+    # Adapters of parameters (peft's `target_parameters`, e.g. a mixture of experts' fused
+    # expert weights) name modules as the model is in memory, which transformers may store
+    # under other names on disk: those cannot be matched here, and the load checks them.
+    parameter_targets = bool(config.get("target_parameters"))
     files = [adapter / f for f in ADAPTER_WEIGHTS if (adapter / f).is_file()]
     if not files:
         raise ModelLoadError(
@@ -161,7 +165,7 @@ def check_adapter(adapter: Path, base_shapes: dict[str, tuple[int, ...]], names:
         target = suffixes.get(module) or next(
             (s for n, s in suffixes.items() if n.endswith("." + module) or module.endswith("." + n)), None)
         if target is None:
-            if module.rsplit(".", 1)[-1] in TIED_OR_OPTIONAL:
+            if module.rsplit(".", 1)[-1] in TIED_OR_OPTIONAL or parameter_targets:
                 continue  # a tied lm_head is not stored; packed weights were left out above
             raise ModelLoadError(
                 f"The adapter {names[1]!r} was made for another base model: it adapts {module!r}, "
