@@ -1,11 +1,12 @@
-"""The model backends on sixteen architectures, as tiny random models with a LoRA adapter on every
+"""The model backends on seventeen architectures, as tiny random models with a LoRA adapter on every
 linear layer (a finetune of a family this project has never seen): both sides' residuals are
 HF's own hidden states (peft running the adapter is the reference), the logit lens ranks tokens
 as the model's own head does, and the ADL engine's operations run. The transformer_lens bridge
 skips the adapter on some architectures' fused projections (Phi-3, GPT-NeoX, GPT-2) and cannot
 wrap others: those pairs run on the hf-hooks backend instead (tools/backend.py). Mixtral's
 adapter targets its fused expert weights as parameters, stored under other names on disk than in
-memory (tools/pair_checks.py lets those pass to the load)."""
+memory (tools/pair_checks.py lets those pass to the load); so is the multimodal Gemma 3's
+language model (`language_model.model.layers` on disk, `model.language_model.layers` in memory)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ ARCHITECTURES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "qwen3": (hf.Qwen3Config, {**GQA, "head_dim": 8, "tie_word_embeddings": True}),
     "gemma2": (hf.Gemma2Config, {**GQA, "head_dim": 8}),
     "gemma3": (hf.Gemma3TextConfig, {**GQA, "head_dim": 8, "sliding_window": 16}),
+    "gemma3_multimodal": (hf.Gemma3Config, {}),
     "olmo2": (hf.Olmo2Config, {**GQA, "pad_token_id": 1}),
     "granite": (hf.GraniteConfig, GQA),
     "stablelm": (hf.StableLmConfig, GQA),
@@ -64,6 +66,13 @@ def _config(name: str, vocab_size: int) -> Any:
         size = {"vocab_size": vocab_size, "n_embd": 32, "n_layer": 4, "n_head": 4, "initializer_range": 0.2}
     if name == "falcon":
         size.pop("intermediate_size")
+    if name == "gemma3_multimodal":  # Gemma 3 from 4B on: a language model inside a multimodal one
+        text = {**size, **GQA, "head_dim": 8, "sliding_window": 16}
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                  "num_attention_heads": 4, "image_size": 32, "patch_size": 8}
+        return config_class(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                            image_token_index=vocab_size - 1, boi_token_index=vocab_size - 2,
+                            eoi_token_index=vocab_size - 3)
     return config_class(**size, **extra)
 
 

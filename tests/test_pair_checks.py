@@ -89,3 +89,30 @@ def test_a_folder_that_is_neither_model_nor_adapter(tiny_model_dir: Path, tmp_pa
     (tmp_path / "notes" / "README.md").write_text("my finetune")
     with pytest.raises(ModelLoadError, match="neither a peft adapter .*nor a model"):
         load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(tmp_path / "notes")))
+
+
+def _with_prefix(adapter: Path, out: Path, prefix: str) -> Path:
+    """The adapter with its module names under another prefix (as a multimodal model's language
+    model is named in memory, where its checkpoint on disk names it otherwise)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(adapter, out)
+    tensors = load_file(out / "adapter_model.safetensors")
+    renamed = {key.replace("base_model.model.model.", f"base_model.model.{prefix}"): value
+               for key, value in tensors.items()}
+    save_file(renamed, out / "adapter_model.safetensors")
+    return out
+
+
+def test_an_adapter_named_as_in_memory_is_matched_by_its_path_within_the_blocks(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    own = _with_prefix(_adapter_on(tiny_model_dir, tmp_path / "own"), tmp_path / "own-renamed",
+                       "model.language_model.")
+    with pytest.raises(AssertionError, match="weights were loaded"):  # the checks passed
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(own)))
+    wider = save_tiny_model(tmp_path / "wide", hidden=64)
+    other = _with_prefix(_adapter_on(wider, tmp_path / "other"), tmp_path / "other-renamed",
+                         "model.language_model.")
+    with pytest.raises(ModelLoadError, match="made for another base model: .*does not fit"):
+        load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(other)))

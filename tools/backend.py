@@ -116,8 +116,9 @@ class ModelPair(ABC):
 
     @property
     def config(self) -> Any:
-        """The base model's HF config (read-only use)."""
-        return self._models["base"].config
+        """The base model's HF config of its language model (a multimodal model's text config;
+        read-only use)."""
+        return self._models["base"].config.get_text_config()
 
     @property
     def n_layers(self) -> int:

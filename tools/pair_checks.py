@@ -155,32 +155,59 @@ def check_adapter(adapter: Path, base_shapes: dict[str, tuple[int, ...]], names:
     shapes = _shapes(files, "adapter")
     if not base_shapes:
         return
-    suffixes = {name.removesuffix(".weight"): shape for name, shape in base_shapes.items()
-                if name.endswith(".weight")}
+    modules = {name.removesuffix(".weight"): shape for name, shape in base_shapes.items()
+               if name.endswith(".weight")}
+    by_block_path: dict[str, list[tuple[int, ...]]] = {}
+    for module_name, module_shape in modules.items():
+        path = _block_path(module_name)
+        if path is not None:
+            by_block_path.setdefault(path, []).append(module_shape)
     for name, shape in shapes.items():
         match = LORA_KEY.match(name)
         if match is None:
             continue
         module = match["module"]
-        target = suffixes.get(module) or next(
-            (s for n, s in suffixes.items() if n.endswith("." + module) or module.endswith("." + n)), None)
-        if target is None:
+        targets = _matching_shapes(module, modules, by_block_path)
+        if not targets:
             if module.rsplit(".", 1)[-1] in TIED_OR_OPTIONAL or parameter_targets:
                 continue  # a tied lm_head is not stored; packed weights were left out above
             raise ModelLoadError(
                 f"The adapter {names[1]!r} was made for another base model: it adapts {module!r}, "
                 f"which {names[0]!r} does not have. Give the base model it was trained on "
                 "(adapter_config.json, base_model_name_or_path).")
-        if len(target) != 2:
-            continue
         # lora_A: (r, in_features); lora_B: (out_features, r). The base weight is (out, in), or
         # (in, out) for GPT-2-style Conv1D layers: either orientation fits.
         size = shape[1] if match["kind"] == "A" else shape[0]
-        if size not in target:
+        if not any(len(target) != 2 or size in target for target in targets):
             raise ModelLoadError(
                 f"The adapter {names[1]!r} was made for another base model: its {module} matrix "
-                f"has shape {shape}, which does not fit the base's {target} in {names[0]!r}. Give "
-                "the base model it was trained on (adapter_config.json, base_model_name_or_path).")
+                f"has shape {shape}, which does not fit the base's {targets[0]} in {names[0]!r}. "
+                "Give the base model it was trained on (adapter_config.json, base_model_name_or_path).")
+
+
+_BLOCK_PATH = re.compile(r"(?:^|\.)((?:layers|h|blocks)\.\d+\..+)$")
+
+
+def _block_path(module: str) -> str | None:
+    """A module's path from its block on ('layers.3.mlp.down_proj'), None outside the blocks."""
+    match = _BLOCK_PATH.search(module)
+    return match.group(1) if match else None
+
+
+def _matching_shapes(module: str, modules: dict[str, tuple[int, ...]],
+                     by_block_path: dict[str, list[tuple[int, ...]]]) -> list[tuple[int, ...]]:
+    """The shapes of the base's weights an adapter's module name can refer to: the same name, one
+    that ends the other, or else the same path from its block on (transformers stores some
+    models under other prefixes on disk than in memory, such as a multimodal model's language
+    model: `language_model.model.layers.N` on disk, `model.language_model.layers.N` in memory)."""
+    if module in modules:
+        return [modules[module]]
+    found = [shape for name, shape in modules.items()
+             if name.endswith("." + module) or module.endswith("." + name)]
+    if found:
+        return found
+    path = _block_path(module)
+    return by_block_path.get(path, []) if path is not None else []
 
 
 def check_tokenizers(base: Path, finetuned: Path, names: tuple[str, str]) -> None:
