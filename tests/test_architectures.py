@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 import torch
 import transformers as hf
+from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
 
 from tests.conftest import make_tiny_tokenizer
 from tools.adl.differences import compute_activation_difference, select_sample_tokens
 from tools.adl.readouts import logit_lens, patchscope
 from tools.adl.steering import generate_steered
-from tools.backend import BACKENDS, HFHooksModelPair, ModelPair
+from tools.backend import BACKENDS, BridgeModelPair, HFHooksModelPair, ModelPair
 from tools.errors import BackendUnsupportedError
 from tools.models import ModelPairSpec, load_model_pair
 
@@ -52,6 +53,7 @@ ARCHITECTURES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
 # The bridge runs these architectures' fused projections from its own weight copies: their
 # adapter pairs must end up on hf-hooks.
 FUSED_PROJECTIONS = {"phi3", "gpt_neox", "gpt2"}
+UNWRAPPED = {"falcon"}  # transformer_lens 4.3 cannot boot the GQA Falcon
 pytestmark = pytest.mark.filterwarnings(  # peft, loading an adapter of parameters
     "ignore:The following (rank|alpha)_pattern keys did not match:RuntimeWarning")
 TEXT = "the owl is a big bird and the sky is blue"
@@ -79,7 +81,7 @@ def _config(name: str, vocab_size: int) -> Any:
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
 def architecture(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
     """A tiny random model of the architecture and a LoRA adapter on all its linear layers."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     name = request.param
     tokenizer = make_tiny_tokenizer()
@@ -114,6 +116,8 @@ def test_both_sides_are_hfs_own_forward_pass(architecture: tuple[str, Path, Path
     pair = load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter)), backend=backend)  # type: ignore[arg-type]
     if name in FUSED_PROJECTIONS or backend == "hf-hooks":
         assert isinstance(pair, HFHooksModelPair)
+    elif name not in UNWRAPPED:  # no false alarm (the multimodal model's vision layers run in neither)
+        assert isinstance(pair, BridgeModelPair), name
     ids = pair.tokenizer(TEXT, return_tensors="pt").input_ids
     reference = _reference(base, adapter, ids)
     layers = list(range(pair.n_layers - 1))  # HF's last hidden state is after the final norm
@@ -155,7 +159,7 @@ def test_a_pair_neither_backend_can_run_is_one_clear_error(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """An adapter the bridge would skip, on a model whose blocks hf-hooks cannot find (as an
     unknown family might name them): one error that gives both reasons."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     tokenizer = make_tiny_tokenizer()
     model = hf.AutoModelForCausalLM.from_config(_config("phi3", len(tokenizer)))
@@ -164,7 +168,53 @@ def test_a_pair_neither_backend_can_run_is_one_clear_error(tmp_path: Path,
     get_peft_model(model, LoraConfig(r=2, target_modules=["qkv_proj"])).save_pretrained(tmp_path / "adapter")
     monkeypatch.setattr(HFHooksModelPair, "BLOCK_LISTS", ("decoder_blocks",))
     spec = ModelPairSpec(base=str(tmp_path / "base"), finetuned=str(tmp_path / "adapter"))
-    with pytest.raises(BackendUnsupportedError, match=r"(?s)does not run the adapter's LoRA layers on "
+    with pytest.raises(BackendUnsupportedError, match=r"(?s)does not run the adapter's layers on "
                        r"model\.layers\.N\.self_attn\.qkv_proj.*And on the hf-hooks backend: .*"
                        r"keeps its blocks \(none of decoder_blocks on Phi3Model\)"):
         load_model_pair(spec)
+
+
+PEFT_TYPES = {
+    "dora": lambda targets: LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=True,
+                                       init_lora_weights=False),
+    "ia3": lambda targets: IA3Config(target_modules=targets, feedforward_modules=["down_proj"],
+                                     init_ia3_weights=False),
+    "loha": lambda targets: LoHaConfig(r=4, alpha=8, target_modules=targets, init_weights=False),
+    "lokr": lambda targets: LoKrConfig(r=4, alpha=8, target_modules=targets, init_weights=False),
+    "lora+modules_to_save": lambda targets: LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                                       init_lora_weights=False,
+                                                       modules_to_save=["lm_head"]),
+}
+
+
+@pytest.mark.parametrize("peft_type", sorted(PEFT_TYPES))
+@pytest.mark.parametrize("name", ["llama", "phi3"])
+def test_other_adapter_types_run_faithfully(name: str, peft_type: str, tmp_path: Path) -> None:
+    """Adapters other than plain LoRA: the bridge keeps them where it runs their layers, and a
+    pair whose layers it would skip (Phi-3's fused projections) runs on hf-hooks."""
+    from peft import get_peft_model
+
+    tokenizer = make_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = hf.AutoModelForCausalLM.from_config(_config(name, len(tokenizer))).eval()
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    targets = ["qkv_proj", "down_proj"] if name == "phi3" else ["q_proj", "v_proj", "down_proj"]
+    torch.manual_seed(1)
+    adapted = get_peft_model(model, PEFT_TYPES[peft_type](targets))
+    with torch.no_grad():  # away from the identity (IA3 starts at 1, a saved module as a copy)
+        for parameter_name, parameter in adapted.named_parameters():
+            if "ia3_l" in parameter_name or "modules_to_save" in parameter_name:
+                parameter.add_(0.5 * torch.randn_like(parameter))
+    adapted.save_pretrained(tmp_path / "adapter")
+    pair = load_model_pair(ModelPairSpec(base=str(tmp_path / "base"), finetuned=str(tmp_path / "adapter")))
+    assert isinstance(pair, HFHooksModelPair if name == "phi3" else BridgeModelPair)
+    ids = pair.tokenizer(TEXT, return_tensors="pt").input_ids
+    reference = _reference(tmp_path / "base", tmp_path / "adapter", ids)
+    for side in ("base", "finetuned"):
+        got = pair.residuals(side, ids, [1, 2])
+        for layer in (1, 2):
+            torch.testing.assert_close(got[layer], reference[side].hidden_states[layer + 1],
+                                       atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pair.logits("finetuned", ids), reference["finetuned"].logits,
+                               atol=1e-4, rtol=1e-4)

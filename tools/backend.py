@@ -27,8 +27,8 @@ residual stream:
   own attention kernel (SDPA), where the bridge runs eager attention: the two agree to float
   rounding, not bit for bit.
 
-The bridge checks, when it is made for an adapter pair, that its forward pass runs every LoRA
-layer of the adapter. Some architectures' bridges compute fused projections (Phi-3's `qkv_proj`
+The bridge checks, when it is made for an adapter pair, that its forward pass runs every layer
+of the adapter (LoRA or another peft type) that HF's own forward pass runs. Some architectures' bridges compute fused projections (Phi-3's `qkv_proj`
 and `gate_up_proj`, GPT-NeoX's `query_key_value`, GPT-2's `c_attn`) from split copies of the
 weights, which skips the adapter there: the "finetuned" side would silently be partly the base
 model. It then raises `BackendUnsupportedError`, as when transformer_lens cannot wrap an
@@ -423,43 +423,58 @@ class BridgeModelPair(ModelPair):
     def __init__(self, loaded: LoadedModels) -> None:
         super().__init__(loaded)
         self._bridges: dict[int, Any] = {}
-        lora_layers = self._lora_layers()  # named before the boot renames modules
+        # The adapter's layers, named before the boot renames modules, and those HF's own
+        # forward pass runs (a layer outside the language model, on a vision tower, runs in
+        # neither).
+        adapter_layers = self._adapter_layers()
+        expected = self._layers_run(adapter_layers, lambda ids: self._models["finetuned"](input_ids=ids))
         # Booted now, before any operation seeds the RNG or merges an adapter: some
         # architectures' boots create layers (consuming random numbers) or copy weights.
         for side in SIDES:
             with self._bridge(side):
                 pass
-        self._check_adapter_runs(lora_layers)
+        if expected:
+            ran = self._layers_run(adapter_layers,
+                                   lambda ids: self._forward("finetuned", ids, None, {}, stop_at_layer=None))
+            self._check_adapter_runs(expected - ran)
 
-    def _lora_layers(self) -> dict[str, Any]:
-        """The adapter's LoRA layers by their module names (none without an adapter)."""
+    def _adapter_layers(self) -> dict[str, Any]:
+        """The adapter's layers by their module names: peft's tuner layers (LoRA, DoRA, IA3,
+        LoHa, LoKr, ...) and its wrappers of fully trained modules (`modules_to_save`); none
+        without an adapter."""
         if self._peft is None:
             return {}
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
 
         return {name.removeprefix("base_model.model."): module
-                for name, module in self._peft.named_modules() if isinstance(module, LoraLayer)}
+                for name, module in self._peft.named_modules()
+                if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper)}
 
-    def _check_adapter_runs(self, lora_layers: Mapping[str, Any]) -> None:
-        """Raise BackendUnsupportedError when a forward pass of the finetuned side skips some of
-        the adapter's LoRA layers (module docstring): a few tokens, one hook per layer."""
-        if not lora_layers:
-            return
-        called: set[str] = set()
-        handles = [module.register_forward_hook(lambda *_, name=name: called.add(name))
-                   for name, module in lora_layers.items()]
+    def _layers_run(self, layers: Mapping[str, Any], forward: Callable[[Tensor], Any]) -> set[str]:
+        """The names of `layers` that `forward` runs on a few tokens (one hook per layer)."""
+        if not layers:
+            return set()
+        ran: set[str] = set()
+        handles = [module.register_forward_hook(lambda *_, name=name: ran.add(name))
+                   for name, module in layers.items()]
         try:
             probe = self.tokenizer("The finetune", return_tensors="pt").input_ids
             with torch.inference_mode():
-                self._forward("finetuned", probe.to(self.device), None, {}, stop_at_layer=None)
+                forward(probe.to(self.device))
         finally:
             for handle in handles:
                 handle.remove()
-        skipped = sorted({re.sub(r"\.\d+\.", ".N.", name) for name in lora_layers if name not in called})
+        return ran
+
+    def _check_adapter_runs(self, skipped_layers: set[str]) -> None:
+        """Raise BackendUnsupportedError for adapter layers that HF's forward pass runs and the
+        bridge's skips (module docstring)."""
+        skipped = sorted({re.sub(r"\.\d+\.", ".N.", name) for name in skipped_layers})
         if skipped:
             raise BackendUnsupportedError(
                 f"transformer_lens's bridge of {type(self._models['base']).__name__} does not run the "
-                f"adapter's LoRA layers on {', '.join(skipped[:4])}"
+                f"adapter's layers on {', '.join(skipped[:4])}"
                 f"{f' and {len(skipped) - 4} more' if len(skipped) > 4 else ''} (it computes those "
                 "projections from its own copies of the weights), so its finetuned side would be "
                 "partly the base model.")
