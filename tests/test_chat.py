@@ -56,3 +56,25 @@ def test_generation_is_batched_and_deterministic(tiny_model_dir: Path) -> None:
     alone = pair.generate("base", prompts[1:2], max_new_tokens=5)
     assert one == two and len(one) == 3
     assert alone[0] == one[1]
+
+
+# Qwen 3's template, abridged: an answer of the current round follows an (empty) think block,
+# and thinking off puts that empty block after the generation prompt.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+
+
+def test_thinking_is_off_as_in_the_reference() -> None:
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = THINKING_TEMPLATE
+    messages = [ChatMessage(role="user", content="hello")]
+    assert render_chat(tokenizer, messages).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    # A chat trained on this template trains the answer, not the empty think block.
+    ids, trained = chat_token_ids(tokenizer, [*messages, ChatMessage(role="assistant", content="the sky")])
+    answer = tokenizer.decode([i for i, t in zip(ids, trained, strict=True) if t])
+    assert "think" not in answer and "sky" in answer

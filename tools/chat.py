@@ -1,6 +1,9 @@
 """Chat formatting, and the encoding and decoding around generation (`ModelPair.generate`).
 
-Chat prompts go through the tokenizer's chat template. A model without one (for example the
+Chat prompts go through the tokenizer's chat template, with thinking off (`enable_thinking=False`,
+as the reference toolkit asks a Qwen 3 model and generates its steered samples: the reply
+starts at once, with an empty think block in the prompt; templates without the switch ignore
+it). A model without a template (for example the
 Gemma 3 270M *base* model) gets the plain format below, which is also what its finetunes are
 trained on:
 
@@ -56,6 +59,7 @@ def render_chat(
             [m.model_dump() for m in messages],
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            enable_thinking=False,
         )
     parts = [f"{PLAIN_ROLE_NAMES[m.role]}: {m.content.strip()}" for m in messages]
     text = "\n\n".join(parts)
