@@ -92,6 +92,8 @@ class LoadedModels:
 class ModelPair(ABC):
     """A base model and its finetune behind one backend (see the module docstring)."""
 
+    backend_name: BackendName
+
     def __init__(self, loaded: LoadedModels) -> None:
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
@@ -420,6 +422,8 @@ class BridgeModelPair(ModelPair):
     the pair is made and then used for every forward pass and generation. The boot wraps the HF
     model's modules in place and switches it to eager attention."""
 
+    backend_name: BackendName = "bridge"
+
     def __init__(self, loaded: LoadedModels) -> None:
         super().__init__(loaded)
         self._bridges: dict[int, Any] = {}
@@ -547,6 +551,8 @@ class _StopForward(Exception):
 class HFHooksModelPair(ModelPair):
     """The backend on plain PyTorch forward hooks on the HF decoder's blocks (no
     transformer_lens); `resid_post` of block L is block L's output hidden state."""
+
+    backend_name: BackendName = "hf-hooks"
 
     # Where HF decoders keep their blocks and their final norm, by architecture family.
     BLOCK_LISTS = ("layers", "h", "blocks")

@@ -204,6 +204,9 @@ class WorkerInfo(BaseModel):
     finetuned_model: str | None
     device: str
     dtype: str
+    backend: BackendName | None = Field(None, description="The backend that runs the pair (the "
+                                        "bridge falls back to hf-hooks where it cannot run it "
+                                        "faithfully); None from a worker older than this field.")
     datasets: dict[str, str] = Field(description="Anonymized name -> corpus description.")
     layers: list[int]
     n_positions: int
