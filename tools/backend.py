@@ -23,17 +23,18 @@ residual stream:
 - `HFHooksModelPair`: plain PyTorch forward hooks on the HF decoder's blocks (`layers` or `h` of
   `model.get_decoder()`: Llama, Qwen, Gemma, Mistral, Phi, OLMo, GPT-NeoX, GPT-2, Falcon, ...). A
   drop-in: tests/test_backend.py runs the same invariants against both, and
-  tests/test_architectures.py both on tiny models of a dozen architectures. It keeps the model's
-  own attention kernel (SDPA), where the bridge runs eager attention: the two agree to float
-  rounding, not bit for bit.
+  tests/test_architectures.py both on tiny models of seventeen architectures. It keeps the
+  model's own attention kernel (SDPA), where the bridge runs eager attention: the two agree to
+  float rounding, not bit for bit.
 
 The bridge checks, when it is made for an adapter pair, that its forward pass runs every layer
-of the adapter (LoRA or another peft type) that HF's own forward pass runs. Some architectures' bridges compute fused projections (Phi-3's `qkv_proj`
-and `gate_up_proj`, GPT-NeoX's `query_key_value`, GPT-2's `c_attn`) from split copies of the
-weights, which skips the adapter there: the "finetuned" side would silently be partly the base
-model. It then raises `BackendUnsupportedError`, as when transformer_lens cannot wrap an
-architecture at all, and `tools.models.load_model_pair` loads the pair again on the hf-hooks
-backend (logged as a warning; the ADL cache keys name the backend that ran).
+of the adapter (LoRA or another peft type) that HF's own forward pass runs. Some architectures'
+bridges compute fused projections (Phi-3's `qkv_proj` and `gate_up_proj`, GPT-NeoX's
+`query_key_value`, GPT-2's `c_attn`) from split copies of the weights, which skips the adapter
+there: the "finetuned" side would silently be partly the base model. It then raises
+`BackendUnsupportedError`, as when transformer_lens cannot wrap an architecture at all, and
+`tools.models.load_model_pair` loads the pair again on the hf-hooks backend (logged as a
+warning; `backend_name` and the ADL cache keys name the backend that ran).
 
 **Single-threaded contract.** A backend is not thread-safe: the side switch and the LoRA merge
 change shared modules in place. Every public operation holds `_exclusive`, which raises
@@ -59,7 +60,15 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.chat import Conversation, decode_replies, encode_prompts, stop_token_ids
 from tools.errors import AdlInputError, BackendUnsupportedError, ConcurrentModelUseError
-from tools.model_spec import SIDES, BackendName, LoadOptions, ModelPairSpec, Side
+from tools.model_spec import (
+    BLOCK_INDEX,
+    BLOCK_LIST_NAMES,
+    SIDES,
+    BackendName,
+    LoadOptions,
+    ModelPairSpec,
+    Side,
+)
 
 ResidualEdit = Callable[[Tensor], Tensor | None]
 """A function of the residual stream `[batch, pos, d_model]` after one block: it may read it
@@ -399,7 +408,7 @@ class ModelPair(ABC):
             for name, module in self._peft.named_modules():
                 if not isinstance(module, LoraLayer) or module.merged:
                     continue
-                match = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", name)
+                match = BLOCK_INDEX.search(name)
                 if upto_layer is not None and match and int(match.group(1)) > upto_layer:
                     continue
                 # The base layer's own parameters: a weight (and bias), or the fused expert
@@ -555,7 +564,7 @@ class HFHooksModelPair(ModelPair):
     backend_name: BackendName = "hf-hooks"
 
     # Where HF decoders keep their blocks and their final norm, by architecture family.
-    BLOCK_LISTS = ("layers", "h", "blocks")
+    BLOCK_LISTS = BLOCK_LIST_NAMES
     FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f")
 
     def __init__(self, loaded: LoadedModels) -> None:
@@ -565,10 +574,13 @@ class HFHooksModelPair(ModelPair):
             self._final_norm(model)
 
     def _decoder_part(self, model: Any, names: Sequence[str], what: str) -> Any:
-        decoder = model.get_decoder()
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
         for name in names:
             part = getattr(decoder, name, None)
-            if part is not None and (what != "blocks" or len(part) == self.n_layers):
+            if what == "blocks":
+                if isinstance(part, torch.nn.ModuleList) and len(part) == self.n_layers:
+                    return part
+            elif isinstance(part, torch.nn.Module):
                 return part
         raise BackendUnsupportedError(
             f"The hf-hooks backend does not know where {type(model).__name__} keeps its {what} "

@@ -1,11 +1,10 @@
 """Chat formatting, and the encoding and decoding around generation (`ModelPair.generate`).
 
-Chat prompts go through the tokenizer's chat template, with thinking off (`enable_thinking=False`,
-as the reference toolkit asks a Qwen 3 model and generates its steered samples: the reply
-starts at once, with an empty think block in the prompt; templates without the switch ignore
-it). A model without a template (for example the
-Gemma 3 270M *base* model) gets the plain format below, which is also what its finetunes are
-trained on:
+Chat prompts go through the tokenizer's chat template, with thinking off
+(`enable_thinking=False`, as the reference toolkit asks a Qwen 3 model and generates its steered
+samples: the reply starts at once, with an empty think block in the prompt; templates without
+the switch ignore it). A model without a template (for example the Gemma 3 270M *base* model)
+gets the plain format below, which is also what its finetunes are trained on:
 
     System: <system message>          (only when there is one)
 

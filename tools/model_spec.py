@@ -23,6 +23,10 @@ DeviceMap = str | dict[str, str | int]
 _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 # accelerate's placement rules: they spread a model over the accelerators it finds.
 PLACEMENT_RULES = ("auto", "balanced", "balanced_low_0", "sequential")
+# What HF decoders call their list of transformer blocks, by architecture family (Llama and
+# most: `layers`; GPT-2 and Falcon: `h`), and a module name's block index.
+BLOCK_LIST_NAMES = ("layers", "h", "blocks")
+BLOCK_INDEX = re.compile(rf"(?:^|\.)(?:{'|'.join(BLOCK_LIST_NAMES)})\.(\d+)\.")
 
 
 class FinetuneKind(StrEnum):

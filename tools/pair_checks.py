@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.errors import ModelLoadError
+from tools.model_spec import BLOCK_INDEX
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -185,13 +186,10 @@ def check_adapter(adapter: Path, base_shapes: dict[str, tuple[int, ...]], names:
                 "Give the base model it was trained on (adapter_config.json, base_model_name_or_path).")
 
 
-_BLOCK_PATH = re.compile(r"(?:^|\.)((?:layers|h|blocks)\.\d+\..+)$")
-
-
 def _block_path(module: str) -> str | None:
     """A module's path from its block on ('layers.3.mlp.down_proj'), None outside the blocks."""
-    match = _BLOCK_PATH.search(module)
-    return match.group(1) if match else None
+    match = BLOCK_INDEX.search(module)
+    return module[match.start():].lstrip(".") if match else None
 
 
 def _matching_shapes(module: str, modules: dict[str, tuple[int, ...]],
