@@ -85,6 +85,8 @@ class InvestigationReport(BaseModel):
     base: str
     finetune: str
     finetune_kind: str
+    backend: str | None = Field(None, description="The model backend that ran the pair (the "
+                                "bridge falls back to hf-hooks where it cannot run it faithfully).")
     profile: AnalysisProfile
     settings: dict[str, object]
     cache: dict[str, str] = Field(description="ADL and steering cache entries (under $ADL_HOME).")
@@ -149,6 +151,7 @@ def run_investigation(
                                 seconds=round(time.perf_counter() - started, 1)))
         dataset, artifact = next(iter(service.artifacts.items()))
         resolved_kind = "adapter" if service.pair.shares_base_weights else "full"
+        backend = service.pair.backend_name
         steering = service.steering[dataset]
         results: list[AgentResult] = []
         kinds: list[AgentKind] = list(AGENT_KINDS) if agents == "both" else [agents]
@@ -173,7 +176,7 @@ def run_investigation(
     report = InvestigationReport(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         base=pair.base, finetune=pair.finetuned or pair.base, finetune_kind=resolved_kind,
-        profile=profile,
+        backend=backend, profile=profile,
         settings={"adl": adl.model_dump(mode="json"), "steering": analysis.steering.model_dump(mode="json"),
                   "steering_positions": analysis.steering_positions, "budget": budget,
                   "ask_models": (ask or AskSettings()).model_dump()},
@@ -219,7 +222,8 @@ def render_markdown(report: InvestigationReport) -> str:
     """The report as markdown (model text escaped)."""
     lines = [f"# What did `{report.finetune}` learn?", "",
              f"- base: `{report.base}`; finetune: `{report.finetune}` ({report.finetune_kind})",
-             f"- profile: {report.profile}; created {report.created}",
+             (f"- profile: {report.profile}; backend: {report.backend or 'not recorded'}; created "
+              f"{report.created}"),
              (f"- cache ($ADL_HOME {report.cache['home']}): ADL `{report.cache['adl']}`, steering "
              f"`{report.cache['steering']}`"), *[f"- {note}" for note in report.notes], ""]
     for agent in report.agents:

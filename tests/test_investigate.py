@@ -67,6 +67,7 @@ def test_investigate_writes_the_three_report_files(investigated: Path) -> None:
     assert [layer.layer for layer in report.layers] == [1, 2, 3] and report.layers[-1].primary
     assert all(p.logit_lens and p.logit_lens_suppressed for layer in report.layers for p in layer.positions)
     assert report.steering and report.cache["adl"] and report.cache["steering"] != "none"
+    assert report.backend == "bridge"  # the tiny Llama adapter: no fallback
     control = report.steering_control
     assert control is not None and control.pass_rates
     summary = f"search and samples ran at temperature {control.temperature:g}" if control.calibrated \
@@ -74,6 +75,7 @@ def test_investigate_writes_the_three_report_files(investigated: Path) -> None:
     assert {t.step.split()[0] for t in report.timings} >= {"load", "adl", "blackbox"}
     markdown = (investigated / "report.md").read_text()
     assert "## Activation-difference readouts" in markdown and "No LLM was used" in markdown
+    assert "backend: bridge" in markdown and "backend bridge" in (investigated / "report.html").read_text()
     assert "Unsteered control: the model's own unsteered samples pass" in markdown
     assert summary in markdown
     # "nothing is graded" is the one grade word besides the control's "coherence grader".
