@@ -1,8 +1,8 @@
-"""The model backends on seventeen architectures, as tiny random models with a LoRA adapter on every
+"""The model backends on twenty-two architectures, as tiny random models with a LoRA adapter on every
 linear layer (a finetune of a family this project has never seen): both sides' residuals are
 HF's own hidden states (peft running the adapter is the reference), the logit lens ranks tokens
 as the model's own head does, and the ADL engine's operations run. The transformer_lens bridge
-skips the adapter on some architectures' fused projections (Phi-3, GPT-NeoX, GPT-2) and cannot
+skips the adapter on some architectures' fused projections (Phi-3, GLM-4, GPT-NeoX, GPT-2) and cannot
 wrap others: those pairs run on the hf-hooks backend instead (tools/backend.py). Mixtral's
 adapter targets its fused expert weights as parameters, stored under other names on disk than in
 memory (tools/pair_checks.py lets those pass to the load); so is the multimodal Gemma 3's
@@ -47,12 +47,22 @@ ARCHITECTURES: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "gpt2": (hf.GPT2Config, {"n_positions": 256}),
     "falcon": (hf.FalconConfig, {"new_decoder_architecture": True, "num_kv_heads": 2}),
     "mixtral": (hf.MixtralConfig, {**GQA, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3_moe": (hf.Qwen3MoeConfig, {**GQA, "head_dim": 8, "moe_intermediate_size": 32,
+                                      "num_experts": 4, "num_experts_per_tok": 2}),
+    "smollm3": (hf.SmolLM3Config, {**GQA, "pad_token_id": 1}),
+    "cohere2": (hf.Cohere2Config, {**GQA, "head_dim": 8, "sliding_window": 16}),
+    "glm4": (hf.Glm4Config, {**GQA, "head_dim": 8, "pad_token_id": 1}),
+    "deepseek_v3": (hf.DeepseekV3Config, {"num_key_value_heads": 4, "moe_intermediate_size": 32,
+                                          "n_routed_experts": 4, "num_experts_per_tok": 2,
+                                          "n_group": 1, "topk_group": 1, "kv_lora_rank": 16,
+                                          "q_lora_rank": 16, "qk_rope_head_dim": 8, "v_head_dim": 8,
+                                          "qk_nope_head_dim": 8, "first_k_dense_replace": 1}),
     "qwen2_moe": (hf.Qwen2MoeConfig, {**GQA, "moe_intermediate_size": 32, "num_experts": 4,
                                       "num_experts_per_tok": 2, "shared_expert_intermediate_size": 32}),
 }
 # The bridge runs these architectures' fused projections from its own weight copies: their
 # adapter pairs must end up on hf-hooks.
-FUSED_PROJECTIONS = {"phi3", "gpt_neox", "gpt2"}
+FUSED_PROJECTIONS = {"phi3", "glm4", "gpt_neox", "gpt2"}
 UNWRAPPED = {"falcon"}  # transformer_lens 4.3 cannot boot the GQA Falcon
 pytestmark = pytest.mark.filterwarnings(  # peft, loading an adapter of parameters
     "ignore:The following (rank|alpha)_pattern keys did not match:RuntimeWarning")

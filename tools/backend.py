@@ -23,14 +23,14 @@ residual stream:
 - `HFHooksModelPair`: plain PyTorch forward hooks on the HF decoder's blocks (`layers` or `h` of
   `model.get_decoder()`: Llama, Qwen, Gemma, Mistral, Phi, OLMo, GPT-NeoX, GPT-2, Falcon, ...). A
   drop-in: tests/test_backend.py runs the same invariants against both, and
-  tests/test_architectures.py both on tiny models of seventeen architectures. It keeps the
+  tests/test_architectures.py both on tiny models of twenty-two architectures. It keeps the
   model's own attention kernel (SDPA), where the bridge runs eager attention: the two agree to
   float rounding, not bit for bit.
 
 The bridge checks, when it is made for an adapter pair, that its forward pass runs every layer
 of the adapter (LoRA or another peft type) that HF's own forward pass runs. Some architectures'
-bridges compute fused projections (Phi-3's `qkv_proj` and `gate_up_proj`, GPT-NeoX's
-`query_key_value`, GPT-2's `c_attn`) from split copies of the weights, which skips the adapter
+bridges compute fused projections (Phi-3's `qkv_proj` and `gate_up_proj`, GLM-4's
+`gate_up_proj`, GPT-NeoX's `query_key_value`, GPT-2's `c_attn`) from split copies of the weights, which skips the adapter
 there: the "finetuned" side would silently be partly the base model. It then raises
 `BackendUnsupportedError`, as when transformer_lens cannot wrap an architecture at all, and
 `tools.models.load_model_pair` loads the pair again on the hf-hooks backend (logged as a
