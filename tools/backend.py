@@ -30,11 +30,11 @@ residual stream:
 The bridge checks, when it is made for an adapter pair, that its forward pass runs every layer
 of the adapter (LoRA or another peft type) that HF's own forward pass runs. Some architectures'
 bridges compute fused projections (Phi-3's `qkv_proj` and `gate_up_proj`, GLM-4's
-`gate_up_proj`, GPT-NeoX's `query_key_value`, GPT-2's `c_attn`) from split copies of the weights, which skips the adapter
-there: the "finetuned" side would silently be partly the base model. It then raises
-`BackendUnsupportedError`, as when transformer_lens cannot wrap an architecture at all, and
-`tools.models.load_model_pair` loads the pair again on the hf-hooks backend (logged as a
-warning; `backend_name` and the ADL cache keys name the backend that ran).
+`gate_up_proj`, GPT-NeoX's `query_key_value`, GPT-2's `c_attn`) from split copies of the
+weights, which skips the adapter there: the "finetuned" side would silently be partly the base
+model. It then raises `BackendUnsupportedError`, as when transformer_lens cannot wrap an
+architecture at all, and `tools.models.load_model_pair` loads the pair again on the hf-hooks
+backend (logged as a warning; `backend_name` and the ADL cache keys name the backend that ran).
 
 **Single-threaded contract.** A backend is not thread-safe: the side switch and the LoRA merge
 change shared modules in place. Every public operation holds `_exclusive`, which raises
