@@ -25,6 +25,7 @@ from tools.adl.pipeline import AdlReadouts
 from tools.adl.profiles import AnalysisProfile, profile_settings
 from tools.adl.steering import PositionSteering, UnsteeredControl
 from tools.cache import adl_home
+from tools.model_spec import BackendName
 from tools.models import LoadOptions, ModelPairSpec
 from tools.toolbox import AGENT_KINDS, AgentKind, AskSettings, Hypothesis
 from tools.worker.schema import WorkerConfig
@@ -85,7 +86,7 @@ class InvestigationReport(BaseModel):
     base: str
     finetune: str
     finetune_kind: str
-    backend: str | None = Field(None, description="The model backend that ran the pair (the "
+    backend: BackendName | None = Field(None, description="The model backend that ran the pair (the "
                                 "bridge falls back to hf-hooks where it cannot run it faithfully).")
     profile: AnalysisProfile
     settings: dict[str, object]
