@@ -44,7 +44,7 @@ from tools.models import LoadOptions, ModelPair, ModelPairSpec
 def _pair(base: str = "/nowhere/base") -> ModelPair:
     """A stand-in model pair: keys read only its spec, options and base location."""
     return cast(ModelPair, SimpleNamespace(spec=ModelPairSpec(base=base), options=LoadOptions(),
-                                           base_location=base))
+                                           base_location=base, tokenizer_side="base"))
 
 
 class _NamedOffline:
@@ -88,21 +88,26 @@ def test_steering_key_follows_the_grader_used_and_its_settings(tmp_path: Path) -
 
 
 def test_steering_key_follows_the_pair_that_steers(tmp_path: Path) -> None:
-    """Another pair (other model files, other load options) under the same ADL entry and
-    settings gives another steering key; the same pair gives the same key."""
+    """Another pair (other model files, other load options, the finetune's tokenizer) under the
+    same ADL entry and settings gives another steering key; the same pair gives the same key."""
     for name in ("base", "other"):
         (tmp_path / name).mkdir()
     (tmp_path / "other" / "config.json").write_text("{}")
     pair, other = _pair(str(tmp_path / "base")), _pair(str(tmp_path / "other"))
     other_load = cast(ModelPair, SimpleNamespace(spec=pair.spec, options=LoadOptions(dtype="bfloat16"),
-                                                 base_location=pair.base_location))
+                                                 base_location=pair.base_location,
+                                                 tokenizer_side="base"))
 
     def key(steerer: ModelPair) -> str:
         return steering_key("adl-entry", SteeringSettings(), 3, [1, 2], ["search"], ["final"],
                             OfflineCoherenceGrader(steerer), steerer)  # each judges itself
 
-    keys = [key(pair), key(other), key(other_load)]
-    assert len(set(keys)) == 3
+    with_template = cast(ModelPair, SimpleNamespace(
+        spec=pair.spec, options=pair.options, base_location=pair.base_location,
+        tokenizer_side="finetuned", tokenizer=SimpleNamespace(
+            chat_template="{{ messages }}", special_tokens_map={"eos_token": "<|im_end|>"})))
+    keys = [key(pair), key(other), key(other_load), key(with_template)]
+    assert len(set(keys)) == 4
     assert key(_pair(str(tmp_path / "base"))) == keys[0]
 
 

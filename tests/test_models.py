@@ -60,6 +60,55 @@ def test_full_checkpoint_pair(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert not torch.equal(pair.residuals("base", ids, [0])[0], pair.residuals("finetuned", ids, [0])[0])
 
 
+def _with_tokenizer(target: Path, *, chat_template: bool, extra_token: str | None = None) -> Path:
+    """`target` (a checkpoint or adapter folder) with the tiny tokenizer saved beside it."""
+    from tests.conftest import make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer(chat_template=chat_template)
+    if extra_token is not None:
+        tokenizer.add_tokens([extra_token])
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def test_a_chat_finetune_of_a_base_without_template_is_asked_in_its_format(tmp_path: Path) -> None:
+    """As in the reference toolkit: the base's tokenizer, unless the base has no chat template
+    and the finetune ships one; then both models are asked with the finetune's."""
+    from tools.chat import ChatMessage, render_chat
+
+    base = save_tiny_model(tmp_path / "base", chat_template=False)
+    chat_finetune = save_tiny_model(tmp_path / "chat-ft", seed=7)  # same vocabulary, a template
+    plain_finetune = save_tiny_model(tmp_path / "plain-ft", seed=7, chat_template=False)
+    question = [ChatMessage(role="user", content="the cat")]
+
+    pair = load_model_pair(ModelPairSpec(base=str(base), finetuned=str(chat_finetune)))
+    assert pair.tokenizer_side == "finetuned"
+    assert render_chat(pair.tokenizer, question).startswith("<|im_start|>user")
+    plain = load_model_pair(ModelPairSpec(base=str(base), finetuned=str(plain_finetune)))
+    assert plain.tokenizer_side == "base"
+    assert render_chat(plain.tokenizer, question) == "User: the cat\n\nAssistant:"
+    # A base with a template keeps its own, whatever the finetune ships.
+    assert load_model_pair(ModelPairSpec(base=str(chat_finetune), finetuned=str(base))).tokenizer_side == "base"
+
+
+def test_an_adapter_saved_with_a_tokenizer(tmp_path: Path) -> None:
+    """An adapter folder's tokenizer counts as the finetune's: its template is used where the
+    base has none, and one with another vocabulary is refused before any weights load."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = save_tiny_model(tmp_path / "base", chat_template=False)
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                   LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    assert load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter))).tokenizer_side == "base"
+    _with_tokenizer(adapter, chat_template=True)
+    assert load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter))).tokenizer_side == "finetuned"
+    _with_tokenizer(adapter, chat_template=True, extra_token="zebra")
+    with pytest.raises(ModelLoadError, match="different tokenizers"):
+        load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter)))
+
+
 def test_mismatched_pair_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     wider = save_tiny_model(tmp_path / "wide", hidden=64)
     with pytest.raises(ModelLoadError, match="Cannot diff .*different hidden_size"):

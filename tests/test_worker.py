@@ -86,6 +86,7 @@ def test_every_tool_answers_the_same_over_http_and_in_process(service: AdlServic
     assert local.overview() == remote.overview()
     assert http.info().label == "tiny" and http.info().status == "ready"
     assert http.info().backend == "bridge"  # the tiny Llama runs on the bridge, no fallback
+    assert http.info().tokenizer == "base"  # the tiny adapter ships no tokenizer
     assert remote.submitted == "The finetune is about owls."
     assert remote.interactions_used == 2 + 4
 

@@ -88,7 +88,7 @@ class Steering:
 class LoadedModels:
     """What `tools.models.load_model_pair` loaded: the tokenizer, the HF model of each side (the
     same object for an adapter pair or a control), the peft wrapper of an adapter pair, and
-    where each side came from."""
+    where each side came from, and whose the tokenizer is (`tools.models.load_pair_tokenizer`)."""
 
     spec: ModelPairSpec
     tokenizer: PreTrainedTokenizerBase
@@ -96,6 +96,7 @@ class LoadedModels:
     peft: Any | None
     locations: dict[Side, str]
     options: LoadOptions
+    tokenizer_side: Side = "base"
 
 
 class ModelPair(ABC):
@@ -106,6 +107,7 @@ class ModelPair(ABC):
     def __init__(self, loaded: LoadedModels) -> None:
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
+        self.tokenizer_side = loaded.tokenizer_side
         self.options = loaded.options
         self._models = loaded.models
         self._peft = loaded.peft

@@ -20,10 +20,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from tools.backend import BACKENDS, BackendName, LoadedModels, ModelPair
+from tools.chat import has_chat_template
 from tools.errors import BackendUnsupportedError, ModelLoadError, UnknownModelError
-from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec, auto_dtype, device_type
+from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec, Side, auto_dtype, device_type
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
-from tools.pair_checks import check_pair, hub_cache_dir
+from tools.pair_checks import TOKENIZER_FILES, check_pair, different_tokenizers, hub_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,50 @@ def load_tokenizer(location: str, revision: str | None = None) -> PreTrainedToke
     return tokenizer
 
 
+def _finetune_tokenizer(location: str, revision: str | None) -> PreTrainedTokenizerBase | None:
+    """The tokenizer a finetune ships (a checkpoint's, or one saved beside an adapter), None when
+    it ships none (a local folder without tokenizer files, a hub repository without one)."""
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return None
+        return load_tokenizer(str(folder))
+    try:
+        return load_tokenizer(location, revision)
+    except ModelLoadError as exc:
+        log.debug("No tokenizer with the finetune %r (%s): the base's is used.", location, exc)
+        return None
+
+
+def load_pair_tokenizer(
+    base_location: str, finetuned_location: str | None, *, base_revision: str | None = None,
+    finetuned_revision: str | None = None, names: tuple[str, str] | None = None,
+) -> tuple[PreTrainedTokenizerBase, Side]:
+    """The one tokenizer both models run with, and whose it is. As in the reference toolkit
+    (`DiffingMethod.tokenizer`), the base's, unless the base has no chat template and the
+    finetune ships a tokenizer with one (a chat finetune of a base model): then the finetune's,
+    so that both models are asked in the format the finetune was trained on. A finetune's
+    tokenizer must have the base's vocabulary (the difference is taken token by token)."""
+    names = names or (base_location, finetuned_location or base_location)
+    base = load_tokenizer(base_location, base_revision)
+    if finetuned_location is None:
+        return base, "base"
+    finetuned = _finetune_tokenizer(finetuned_location, finetuned_revision)
+    if finetuned is None:
+        return base, "base"
+    if finetuned.get_vocab() != base.get_vocab():
+        raise different_tokenizers(names)
+    if has_chat_template(base) or not has_chat_template(finetuned):
+        if has_chat_template(finetuned) and finetuned.chat_template != base.chat_template:
+            log.warning("The finetune %r ships another chat template than its base; both models are "
+                        "asked with the base's, as in the reference toolkit.", names[1])
+        return base, "base"
+    log.info("The base %r has no chat template and the finetune %r ships one: both models are "
+             "asked with the finetune's tokenizer and template (as the reference toolkit does).",
+             names[0], names[1])
+    return finetuned, "finetuned"
+
+
 def load_causal_lm(location: str, options: LoadOptions, revision: str | None = None) -> Any:
     """Load a causal LM in eval mode on the requested device and dtype; with a device_map,
     accelerate places its weights as the map says (the model is not moved afterwards)."""
@@ -216,7 +261,10 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
     check_pair(base_location, ft_location, kind.value, base_revision=spec.base_revision,
                finetuned_revision=spec.finetuned_revision,
                names=(spec.base, spec.finetuned or spec.base))
-    tokenizer = load_tokenizer(base_location, spec.base_revision)
+    tokenizer, tokenizer_side = load_pair_tokenizer(
+        base_location, ft_location if kind != FinetuneKind.NONE else None,
+        base_revision=spec.base_revision, finetuned_revision=spec.finetuned_revision,
+        names=(spec.base, spec.finetuned or spec.base))
     base_model = load_causal_lm(base_location, options, spec.base_revision)
     if kind == FinetuneKind.NONE or ft_location is None:
         return pair_class(LoadedModels(
@@ -241,7 +289,7 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
         # and `peft_model.disable_adapter()` turns it back into the base model.
         return pair_class(LoadedModels(
             spec, tokenizer, {"base": base_model, "finetuned": base_model}, peft_model,
-            {"base": base_location, "finetuned": base_location}, options))
+            {"base": base_location, "finetuned": base_location}, options, tokenizer_side))
 
     finetuned_model = load_causal_lm(ft_location, options, spec.finetuned_revision)
     if not (Path(base_location).is_dir() and Path(ft_location).is_dir()):
@@ -251,7 +299,7 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
                    names=(spec.base, spec.finetuned or spec.base), downloaded=True)
     return pair_class(LoadedModels(
         spec, tokenizer, {"base": base_model, "finetuned": finetuned_model}, None,
-        {"base": base_location, "finetuned": ft_location}, options))
+        {"base": base_location, "finetuned": ft_location}, options, tokenizer_side))
 
 
 def pair_from_trained_adapter(

@@ -184,6 +184,26 @@ def pair_fingerprint(spec: ModelPairSpec, options: LoadOptions | None = None,
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def loaded_pair_fingerprint(pair: ModelPair) -> str:
+    """`pair_fingerprint` of a loaded pair, plus its tokenizer when it is the finetune's
+    (`tools.models.load_pair_tokenizer`: its chat template and special tokens then shape every
+    prompt). A pair run with its base's tokenizer keeps the fingerprint it always had."""
+    fingerprint = pair_fingerprint(pair.spec, pair.options, pair.base_location)
+    tokenizer = _tokenizer_payload(pair)
+    if not tokenizer:
+        return fingerprint
+    return hashlib.sha256(json.dumps([fingerprint, tokenizer], sort_keys=True).encode()).hexdigest()
+
+
+def _tokenizer_payload(pair: ModelPair) -> dict[str, Any]:
+    """Empty for the base's tokenizer; else what the finetune's changes: template and specials."""
+    if pair.tokenizer_side == "base":
+        return {}
+    tokenizer = pair.tokenizer
+    return {"tokenizer": pair.tokenizer_side, "chat_template": tokenizer.chat_template,
+            "special_tokens": tokenizer.special_tokens_map}
+
+
 def _load_payload(options: LoadOptions) -> dict[str, Any]:
     load: dict[str, Any] = {"dtype": options.dtype, "device": torch.device(options.device).type}
     if options.device_map is not None:
@@ -193,13 +213,15 @@ def _load_payload(options: LoadOptions) -> dict[str, Any]:
 
 def base_model_fingerprint(pair: ModelPair) -> str:
     """Identity of a pair's base model as it runs: its name and revision, the load options and
-    its files (as in `pair_fingerprint`), and the backend class. Whatever the finetune, the base
-    side of two pairs with one fingerprint computes the same thing."""
+    its files (as in `pair_fingerprint`), the backend class, and the finetune's tokenizer when the
+    pair runs with it. Whatever the finetune, the base side of two pairs with one fingerprint
+    computes the same thing."""
     payload = {
         "base": pair.spec.base, "base_revision": pair.spec.base_revision,
         "load": _load_payload(pair.options),
         "base_files": model_fingerprint(pair.base_location, pair.spec.base_revision),
         "backend": type(pair).__name__,
+        **_tokenizer_payload(pair),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -260,9 +282,9 @@ def judge_identity(judge: CoherenceGrader | ScaleChooser) -> JudgeIdentity:
 
 def adl_key(pair_id: str, corpus_fingerprint: str, settings: AdlSettings, layers: list[int],
             scale_chooser: ScaleChooser) -> str:
-    """The ADL entry's key, from what produces it: the pair as loaded (`pair_fingerprint`: spec,
-    load options, model files), the corpus' content, the settings, the resolved layers and the
-    scale chooser used. The offline rule adds nothing (the keys of entries written before are
+    """The ADL entry's key, from what produces it: the pair as loaded (`loaded_pair_fingerprint`:
+    spec, load options, model files, tokenizer), the corpus' content, the settings, the resolved
+    layers and the scale chooser used. The offline rule adds nothing (the keys of entries written before are
     unchanged); any other chooser adds its identity, settings included."""
     parts: list[Any] = [METHOD_VERSION, pair_id, corpus_fingerprint, settings.difference_key_payload(),
                         layers]
@@ -278,7 +300,7 @@ def coherence_key_payload(grader: CoherenceGrader, pair: ModelPair) -> dict[str,
         payload: dict[str, Any] = {"offline_coherence": grader.settings.model_dump(mode="json")}
         if grader.pair is not pair:
             judge = grader.pair
-            payload["judge_pair"] = pair_fingerprint(judge.spec, judge.options, judge.base_location)
+            payload["judge_pair"] = loaded_pair_fingerprint(judge)
         return payload
     return {"coherence_grader": judge_identity(grader).model_dump(mode="json")}
 
@@ -287,10 +309,10 @@ def steering_key(adl_entry: str, settings: SteeringSettings, layer: int, positio
                  search_prompts: list[str], prompts: list[str], grader: CoherenceGrader,
                  pair: ModelPair) -> str:
     """The steering entry's key: the ADL entry's key, the pair that steers as loaded
-    (`pair_fingerprint`, as in `adl_key`: spec, load options, model files), the steering
+    (`loaded_pair_fingerprint`, as in `adl_key`), the steering
     settings, layer, positions, both prompt lists and the coherence grader used
     (`coherence_key_payload`)."""
-    pair_id = pair_fingerprint(pair.spec, pair.options, pair.base_location)
+    pair_id = loaded_pair_fingerprint(pair)
     return _key(STEERING_METHOD_VERSION, adl_entry, pair_id, settings.model_dump(mode="json"), layer,
                 positions, search_prompts, prompts, coherence_key_payload(grader, pair))
 
@@ -395,7 +417,7 @@ def run_adl(
         )
     corpus = load_corpus(settings.corpus)
     chooser = scale_chooser or OfflineScaleChooser()
-    pair_id = pair_fingerprint(pair.spec, pair.options, pair.base_location)
+    pair_id = loaded_pair_fingerprint(pair)
     key = adl_key(pair_id, corpus.fingerprint, settings, layers, chooser)
     target = adl_home() / "adl" / key
 

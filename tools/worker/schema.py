@@ -207,6 +207,9 @@ class WorkerInfo(BaseModel):
     backend: BackendName | None = Field(None, description="The backend that runs the pair (the "
                                         "bridge falls back to hf-hooks where it cannot run it "
                                         "faithfully); None from a worker older than this field.")
+    tokenizer: Side | None = Field(None, description="Whose tokenizer and chat template both models "
+                                   "are asked with: the base's, or the finetune's where the base "
+                                   "has no chat template; None from a worker older than this field.")
     datasets: dict[str, str] = Field(description="Anonymized name -> corpus description.")
     layers: list[int]
     n_positions: int
