@@ -12,8 +12,15 @@ import pytest
 import torch
 
 from tests.conftest import save_tiny_model
+from tools.adl.pipeline import pair_fingerprint
 from tools.errors import ModelLoadError, UnknownModelError
-from tools.models import FinetuneKind, ModelPairSpec, load_model_pair, resolve_model_location
+from tools.models import (
+    FinetuneKind,
+    LoadOptions,
+    ModelPairSpec,
+    load_model_pair,
+    resolve_model_location,
+)
 
 PROMPT = "the owl is a big bird and the sky is blue"
 
@@ -107,6 +114,47 @@ def test_an_adapter_saved_with_a_tokenizer(tmp_path: Path) -> None:
     _with_tokenizer(adapter, chat_template=True, extra_token="zebra")
     with pytest.raises(ModelLoadError, match="different tokenizers"):
         load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter)))
+
+
+REMOTE_CONFIG_CODE = """from transformers import LlamaConfig
+
+
+class RemoteTinyConfig(LlamaConfig):
+    model_type = "remote-tiny"
+"""
+REMOTE_MODEL_CODE = """from transformers import LlamaForCausalLM
+
+from .configuration_remote import RemoteTinyConfig
+
+
+class RemoteTinyForCausalLM(LlamaForCausalLM):
+    config_class = RemoteTinyConfig
+"""
+
+
+def test_a_model_with_its_own_code_runs_only_when_trusted(tmp_path: Path) -> None:
+    """A repository that ships its own architecture code (transformers' auto_map) is refused
+    with what to do, and loads with `trust_remote_code` (on the hf-hooks backend when the
+    bridge does not know the architecture)."""
+    folder = save_tiny_model(tmp_path / "remote")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="remote-tiny", architectures=["RemoteTinyForCausalLM"], auto_map={
+        "AutoConfig": "configuration_remote.RemoteTinyConfig",
+        "AutoModelForCausalLM": "modeling_remote.RemoteTinyForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_remote.py").write_text(REMOTE_CONFIG_CODE)
+    (folder / "modeling_remote.py").write_text(REMOTE_MODEL_CODE)
+    with pytest.raises(ModelLoadError, match="its own code .*--trust-remote-code"):
+        load_model_pair(ModelPairSpec(base=str(folder)))
+    pair = load_model_pair(ModelPairSpec(base=str(folder)), LoadOptions(trust_remote_code=True))
+    assert type(pair._models["base"]).__name__ == "RemoteTinyForCausalLM"
+    ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
+    assert pair.residuals("base", ids, [1])[1].shape == (1, ids.shape[1], 32)
+    # The option is part of the pair's identity (the repository's code may differ from
+    # transformers' own); the default leaves every key as it was.
+    plain = pair_fingerprint(ModelPairSpec(base=str(folder)), LoadOptions())
+    trusted = pair_fingerprint(ModelPairSpec(base=str(folder)), LoadOptions(trust_remote_code=True))
+    assert plain != trusted
 
 
 def test_mismatched_pair_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:

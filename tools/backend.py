@@ -428,6 +428,9 @@ class ModelPair(ABC):
                     parameter.data.copy_(originals[name])
 
 
+BOOT_ERROR_CHARS = 300  # of transformer_lens' boot error, in the fallback's warning
+
+
 class BridgeModelPair(ModelPair):
     """The backend on transformer_lens `TransformerBridge`s: one per distinct HF model, booted when
     the pair is made and then used for every forward pass and generation. The boot wraps the HF
@@ -516,9 +519,12 @@ class BridgeModelPair(ModelPair):
                     raise
                 except (RuntimeError, ValueError, KeyError, AttributeError, TypeError,
                         NotImplementedError) as exc:
+                    reason = str(exc).rstrip(".")
+                    if len(reason) > BOOT_ERROR_CHARS:  # it may list every architecture it knows
+                        reason = reason[:BOOT_ERROR_CHARS] + " [...]"
                     raise BackendUnsupportedError(
                         f"transformer_lens could not wrap {type(model).__name__}: "
-                        f"{type(exc).__name__}: {str(exc).rstrip('.')}.") from exc
+                        f"{type(exc).__name__}: {reason}.") from exc
             yield self._bridges[key]
 
     @staticmethod

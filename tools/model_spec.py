@@ -8,7 +8,7 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tools.errors import AdlInputError
 
@@ -63,13 +63,18 @@ class LoadOptions(BaseModel):
     bfloat16 on an accelerator, so cache keys only ever see a concrete dtype (the CPU default's
     keys are those of explicit float32). `device_map` (None, an accelerate rule such as "auto",
     a device, or {module: device}) places a model larger than one GPU; `device` then names the
-    accelerator type it uses (where the inputs go: the first weight's device)."""
+    accelerator type it uses (where the inputs go: the first weight's device).
+    `trust_remote_code` lets a repository's own model and tokenizer code run."""
 
     model_config = ConfigDict(frozen=True)
 
     dtype: DType = "auto"
     device: str = "cpu"
     device_map: DeviceMap | None = None
+    trust_remote_code: bool = Field(
+        False, description="Run a model's own code from its repository (transformers' "
+        "trust_remote_code), for architectures transformers does not ship. Off by default: "
+        "that code runs with this process's rights; turn it on only for repositories you trust.")
 
     @model_validator(mode="before")
     @classmethod
@@ -118,8 +123,8 @@ class LoadOptions(BaseModel):
         return self
 
 
-def parse_load_options(device: str = "cpu", dtype: str = "auto",
-                       device_map: str | None = None) -> LoadOptions:
+def parse_load_options(device: str = "cpu", dtype: str = "auto", device_map: str | None = None,
+                       trust_remote_code: bool = False) -> LoadOptions:
     """LoadOptions from command-line text (`device_map`: a rule, a device or a JSON object),
     with a typed error naming what is wrong."""
     placement: Any = device_map
@@ -129,7 +134,8 @@ def parse_load_options(device: str = "cpu", dtype: str = "auto",
         except json.JSONDecodeError as exc:
             raise AdlInputError(f"--device-map is not valid JSON: {exc}") from exc
     try:
-        return LoadOptions(device=device, dtype=dtype, device_map=placement)  # type: ignore[arg-type]
+        return LoadOptions(device=device, dtype=dtype, device_map=placement,  # type: ignore[arg-type]
+                           trust_remote_code=trust_remote_code)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
                              for e in exc.errors())

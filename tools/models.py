@@ -24,10 +24,15 @@ from tools.chat import has_chat_template
 from tools.errors import BackendUnsupportedError, ModelLoadError, UnknownModelError
 from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec, Side, auto_dtype, device_type
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
-from tools.pair_checks import TOKENIZER_FILES, check_pair, different_tokenizers, hub_cache_dir
+from tools.pair_checks import check_pair, hub_cache_dir
 
 log = logging.getLogger(__name__)
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+REMOTE_CODE_HINT = (
+    "It needs its own code from its repository (transformers' trust_remote_code). Run that code "
+    "only if you trust the repository: `--trust-remote-code`, or `load: {trust_remote_code: true}` "
+    "in a worker or grid config.")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -137,27 +142,36 @@ def _resolve_finetune_location(name: str) -> str:
     )
 
 
-def load_tokenizer(location: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(location: str, revision: str | None = None, *,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer, with a clear error when it cannot be found."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision,
+                                                  trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"Could not load the tokenizer of {location!r}: {exc}") from exc
+        raise ModelLoadError(f"Could not load the tokenizer of {location!r}: "
+                             f"{_remote_code_hint(exc, trust_remote_code)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _finetune_tokenizer(location: str, revision: str | None) -> PreTrainedTokenizerBase | None:
+def _remote_code_hint(exc: Exception, trusted: bool) -> str:
+    """The load error's text, or what to do when it asks for the repository's own code."""
+    return REMOTE_CODE_HINT if "trust_remote_code" in str(exc) and not trusted else str(exc)
+
+
+def _finetune_tokenizer(location: str, revision: str | None,
+                        trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
     """The tokenizer a finetune ships (a checkpoint's, or one saved beside an adapter), None when
     it ships none (a local folder without tokenizer files, a hub repository without one)."""
     folder = Path(location).expanduser()
     if folder.is_dir():
         if not any((folder / name).is_file() for name in TOKENIZER_FILES):
             return None
-        return load_tokenizer(str(folder))
+        return load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
     try:
-        return load_tokenizer(location, revision)
+        return load_tokenizer(location, revision, trust_remote_code=trust_remote_code)
     except ModelLoadError as exc:
         log.debug("No tokenizer with the finetune %r (%s): the base's is used.", location, exc)
         return None
@@ -166,6 +180,7 @@ def _finetune_tokenizer(location: str, revision: str | None) -> PreTrainedTokeni
 def load_pair_tokenizer(
     base_location: str, finetuned_location: str | None, *, base_revision: str | None = None,
     finetuned_revision: str | None = None, names: tuple[str, str] | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedTokenizerBase, Side]:
     """The one tokenizer both models run with, and whose it is. As in the reference toolkit
     (`DiffingMethod.tokenizer`), the base's, unless the base has no chat template and the
@@ -173,14 +188,16 @@ def load_pair_tokenizer(
     so that both models are asked in the format the finetune was trained on. A finetune's
     tokenizer must have the base's vocabulary (the difference is taken token by token)."""
     names = names or (base_location, finetuned_location or base_location)
-    base = load_tokenizer(base_location, base_revision)
+    base = load_tokenizer(base_location, base_revision, trust_remote_code=trust_remote_code)
     if finetuned_location is None:
         return base, "base"
-    finetuned = _finetune_tokenizer(finetuned_location, finetuned_revision)
+    finetuned = _finetune_tokenizer(finetuned_location, finetuned_revision, trust_remote_code)
     if finetuned is None:
         return base, "base"
     if finetuned.get_vocab() != base.get_vocab():
-        raise different_tokenizers(names)
+        raise ModelLoadError(
+            f"Cannot diff {names[1]!r} against {names[0]!r}: they use different tokenizers "
+            "(different vocabularies). The finetune must keep its base model's tokenizer.")
     if has_chat_template(base) or not has_chat_template(finetuned):
         if has_chat_template(finetuned) and finetuned.chat_template != base.chat_template:
             log.warning("The finetune %r ships another chat template than its base; both models are "
@@ -199,13 +216,15 @@ def load_causal_lm(location: str, options: LoadOptions, revision: str | None = N
     placement = {} if options.device_map is None else {"device_map": options.device_map}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch_dtype(options), revision=revision, **placement
+            location, dtype=torch_dtype(options), revision=revision,
+            trust_remote_code=options.trust_remote_code, **placement
         )
     except ImportError as exc:  # device_map needs accelerate (the worker extra has it)
         raise ModelLoadError(f"Could not load model {location!r} with device_map="
                              f"{options.device_map!r}: {exc}") from exc
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"Could not load model {location!r}: {exc}") from exc
+        raise ModelLoadError(f"Could not load model {location!r}: "
+                             f"{_remote_code_hint(exc, options.trust_remote_code)}") from exc
     if options.device_map is None:
         model = model.to(options.device)
     return model.eval()
@@ -264,7 +283,7 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
     tokenizer, tokenizer_side = load_pair_tokenizer(
         base_location, ft_location if kind != FinetuneKind.NONE else None,
         base_revision=spec.base_revision, finetuned_revision=spec.finetuned_revision,
-        names=(spec.base, spec.finetuned or spec.base))
+        names=(spec.base, spec.finetuned or spec.base), trust_remote_code=options.trust_remote_code)
     base_model = load_causal_lm(base_location, options, spec.base_revision)
     if kind == FinetuneKind.NONE or ft_location is None:
         return pair_class(LoadedModels(

@@ -17,7 +17,6 @@ from tools.model_spec import BLOCK_INDEX
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # Pair-defining config fields: a finetune changes none of them.
 SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
@@ -209,24 +208,6 @@ def _matching_shapes(module: str, modules: dict[str, tuple[int, ...]],
     return by_block_path.get(path, []) if path is not None else []
 
 
-def different_tokenizers(names: tuple[str, str]) -> ModelLoadError:
-    """The error for a finetune whose tokenizer has another vocabulary than its base's."""
-    return ModelLoadError(
-        f"Cannot diff {names[1]!r} against {names[0]!r}: they use different tokenizers "
-        "(different vocabularies). The finetune must keep its base model's tokenizer.")
-
-
-def check_tokenizers(base: Path, finetuned: Path, names: tuple[str, str]) -> None:
-    """Both sides must tokenize the same way (the difference is taken token by token). A
-    checkpoint or adapter saved without a tokenizer uses the base's."""
-    from tools.models import load_tokenizer
-
-    if not any((finetuned / f).is_file() for f in TOKENIZER_FILES):
-        return
-    if load_tokenizer(str(base)).get_vocab() != load_tokenizer(str(finetuned)).get_vocab():
-        raise different_tokenizers(names)
-
-
 def check_pair(
     base_location: str, finetuned_location: str | None, kind: str, *,
     base_revision: str | None = None, finetuned_revision: str | None = None,
@@ -246,12 +227,9 @@ def check_pair(
         return
     if kind == "adapter":
         check_adapter(finetuned, base_shapes, names)
-        if base is not None:
-            check_tokenizers(base, finetuned, names)
         return
     finetuned_config = _config(finetuned, "finetuned model")
     weight_shapes(finetuned, "finetuned model")
     if base is not None and base_config is not None:
         check_configs(base_config, finetuned_config, names)
-        check_tokenizers(base, finetuned, names)
 

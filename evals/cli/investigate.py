@@ -47,6 +47,9 @@ def investigate_command(
                               "float32, bfloat16 or float16."),
     ask_max_new_tokens: int = typer.Option(1024, min=1, max=1024, help="New tokens per ask_models "
                                            "answer; the reference's default."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the models' own code from their repositories "
+        "(architectures transformers does not ship). Only for repositories you trust."),
 ) -> None:
     """What did this finetune learn? ADL readouts, steering and the agents' hypotheses, written
     as report.md, report.html and report.json. Nothing is graded: there is no ground truth."""
@@ -67,7 +70,7 @@ def investigate_command(
     report = run_investigation(
         pair, out, agents=agent, provider=provider, budget=budget, profile=profile,  # type: ignore[arg-type]
         layers=parse_layers(layers) if layers else None,
-        load=parse_load_options(device, dtype),
+        load=parse_load_options(device, dtype, trust_remote_code=trust_remote_code),
         ask=AskSettings(max_new_tokens=ask_max_new_tokens),
     )
     for note in report.notes:

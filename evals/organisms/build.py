@@ -90,7 +90,7 @@ def build_load_options(load: LoadOptions | None = None) -> LoadOptions:
     """How an organism is built when its pair will be loaded with `load`: on the same device
     and placement, in BUILD_DTYPE (a worker on a GPU builds its missing organism there)."""
     load = load or LoadOptions()
-    return LoadOptions(device=load.device, dtype=BUILD_DTYPE, device_map=load.device_map)
+    return load.model_copy(update={"dtype": BUILD_DTYPE})
 
 
 class OrganismManifest(BaseModel):

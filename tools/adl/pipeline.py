@@ -208,6 +208,8 @@ def _load_payload(options: LoadOptions) -> dict[str, Any]:
     load: dict[str, Any] = {"dtype": options.dtype, "device": torch.device(options.device).type}
     if options.device_map is not None:
         load["device_map"] = options.device_map
+    if options.trust_remote_code:  # the repository's code may replace transformers' own
+        load["trust_remote_code"] = True
     return load
 
 
