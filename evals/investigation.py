@@ -153,7 +153,7 @@ def run_investigation(
         dataset, artifact = next(iter(service.artifacts.items()))
         resolved_kind = "adapter" if service.pair.shares_base_weights else "full"
         backend = service.pair.backend_name
-        tokenizer_side = service.pair.tokenizer_side
+        load_notes = list(service.pair.notes)
         steering = service.steering[dataset]
         results: list[AgentResult] = []
         kinds: list[AgentKind] = list(AGENT_KINDS) if agents == "both" else [agents]
@@ -172,10 +172,7 @@ def run_investigation(
     finally:
         service.close()
     notes = ["No ground truth: nothing is graded."]
-    if tokenizer_side == "finetuned":
-        notes.append("The base model has no chat template and the finetune ships one: both models "
-                     "were asked with the finetune's tokenizer and template (as the reference "
-                     "toolkit does).")
+    notes += load_notes  # what loading the pair found (tokenizer, declared base, backend)
     if not chosen.is_llm:
         notes.append("No LLM was used: the agents ran the offline heuristic policy (--provider "
                      "heuristic), which reads tools by fixed rules.")

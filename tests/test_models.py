@@ -81,6 +81,8 @@ def _with_tokenizer(target: Path, *, chat_template: bool, extra_token: str | Non
 def test_a_chat_finetune_of_a_base_without_template_is_asked_in_its_format(tmp_path: Path) -> None:
     """As in the reference toolkit: the base's tokenizer, unless the base has no chat template
     and the finetune ships one; then both models are asked with the finetune's."""
+    from transformers import AutoTokenizer
+
     from tools.chat import ChatMessage, render_chat
 
     base = save_tiny_model(tmp_path / "base", chat_template=False)
@@ -90,12 +92,19 @@ def test_a_chat_finetune_of_a_base_without_template_is_asked_in_its_format(tmp_p
 
     pair = load_model_pair(ModelPairSpec(base=str(base), finetuned=str(chat_finetune)))
     assert pair.tokenizer_side == "finetuned"
+    assert [n for n in pair.notes if "finetune's tokenizer and template" in n] == pair.notes != []
     assert render_chat(pair.tokenizer, question).startswith("<|im_start|>user")
     plain = load_model_pair(ModelPairSpec(base=str(base), finetuned=str(plain_finetune)))
-    assert plain.tokenizer_side == "base"
+    assert plain.tokenizer_side == "base" and plain.notes == []
     assert render_chat(plain.tokenizer, question) == "User: the cat\n\nAssistant:"
-    # A base with a template keeps its own, whatever the finetune ships.
+    # A base with a template keeps its own, whatever the finetune ships (and another one is noted).
     assert load_model_pair(ModelPairSpec(base=str(chat_finetune), finetuned=str(base))).tokenizer_side == "base"
+    other_template = save_tiny_model(tmp_path / "other-template", seed=7)
+    tokenizer = AutoTokenizer.from_pretrained(other_template)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(other_template)
+    kept = load_model_pair(ModelPairSpec(base=str(chat_finetune), finetuned=str(other_template)))
+    assert kept.tokenizer_side == "base" and "another chat template" in kept.notes[0]
 
 
 def test_an_adapter_saved_with_a_tokenizer(tmp_path: Path) -> None:
@@ -148,6 +157,7 @@ def test_a_model_with_its_own_code_runs_only_when_trusted(tmp_path: Path) -> Non
         load_model_pair(ModelPairSpec(base=str(folder)))
     pair = load_model_pair(ModelPairSpec(base=str(folder)), LoadOptions(trust_remote_code=True))
     assert type(pair._models["base"]).__name__ == "RemoteTinyForCausalLM"
+    assert pair.backend_name == "hf-hooks" and pair.notes[-1].endswith("ran on the hf-hooks backend.")
     ids = pair.tokenizer(PROMPT, return_tensors="pt").input_ids
     assert pair.residuals("base", ids, [1])[1].shape == (1, ids.shape[1], 32)
     # The option is part of the pair's identity (the repository's code may differ from

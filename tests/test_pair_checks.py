@@ -3,6 +3,7 @@ problem and what to do."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import tools.models
 from tests.conftest import save_tiny_model
 from tools.errors import ModelLoadError
 from tools.models import ModelPairSpec, load_model_pair
+from tools.pair_checks import declared_base_note
 
 
 @pytest.fixture(autouse=True)
@@ -116,3 +118,41 @@ def test_an_adapter_named_as_in_memory_is_matched_by_its_path_within_the_blocks(
                          "model.language_model.")
     with pytest.raises(ModelLoadError, match="made for another base model: .*does not fit"):
         load_model_pair(ModelPairSpec(base=str(tiny_model_dir), finetuned=str(other)))
+
+
+def _recording(adapter: Path, declared: str) -> Path:
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = declared
+    config_file.write_text(json.dumps(config))
+    return adapter
+
+
+@pytest.mark.parametrize(("declared", "base_name", "noted"), [
+    ("google/gemma-3-270m", "gemma3-270m", False),  # the offline model's hub name
+    ("google/gemma-3-270m-it", "gemma3-270m", True),  # its instruct version: same shapes
+    ("unsloth/Gemma-3-270M", "google/gemma-3-270m", False),  # a mirror, other case
+    ("someorg/model", "LOCAL", False),  # a local copy in a folder named like the model
+    ("someorg/other-model", "LOCAL", True),
+    ("/a/folder/of/another/machine", "LOCAL", False),  # says nothing here
+    ("", "LOCAL", False),
+])
+def test_an_adapter_that_records_another_base_is_noted(
+    tiny_model_dir: Path, tmp_path: Path, declared: str, base_name: str, noted: bool,
+) -> None:
+    """Shapes cannot tell a base from its instruct version: the adapter's recorded base is
+    compared by name, and a mismatch is noted (not refused: names are not proof)."""
+    local_base = _copy(tiny_model_dir, tmp_path / "model")
+    adapter = _recording(_adapter_on(tiny_model_dir, tmp_path / "adapter"), declared)
+    base_name = str(local_base) if base_name == "LOCAL" else base_name
+    note = declared_base_note(str(adapter), base_name, str(local_base), (base_name, "ft"))
+    assert (note is not None) == noted
+    if noted:
+        assert note is not None and declared in note and "give the base it was trained on" in note
+
+
+def test_an_adapter_recording_a_folder_here(tiny_model_dir: Path, tmp_path: Path) -> None:
+    adapter = _adapter_on(tiny_model_dir, tmp_path / "adapter")  # records tiny_model_dir
+    assert declared_base_note(str(adapter), "b", str(tiny_model_dir), ("b", "ft")) is None
+    other = _copy(tiny_model_dir, tmp_path / "other-base")
+    assert declared_base_note(str(adapter), "b", str(other), ("b", "ft")) is not None

@@ -87,6 +87,7 @@ def test_every_tool_answers_the_same_over_http_and_in_process(service: AdlServic
     assert http.info().label == "tiny" and http.info().status == "ready"
     assert http.info().backend == "bridge"  # the tiny Llama runs on the bridge, no fallback
     assert http.info().tokenizer == "base"  # the tiny adapter ships no tokenizer
+    assert http.info().notes == []  # nor records another base
     assert remote.submitted == "The finetune is about owls."
     assert remote.interactions_used == 2 + 4
 

@@ -49,7 +49,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,9 @@ class Steering:
 class LoadedModels:
     """What `tools.models.load_model_pair` loaded: the tokenizer, the HF model of each side (the
     same object for an adapter pair or a control), the peft wrapper of an adapter pair, and
-    where each side came from, and whose the tokenizer is (`tools.models.load_pair_tokenizer`)."""
+    where each side came from, whose the tokenizer is (`tools.models.load_pair_tokenizer`), and
+    what the load found that a researcher should know (a tokenizer choice, an adapter made for
+    another base, a backend fallback)."""
 
     spec: ModelPairSpec
     tokenizer: PreTrainedTokenizerBase
@@ -97,6 +99,7 @@ class LoadedModels:
     locations: dict[Side, str]
     options: LoadOptions
     tokenizer_side: Side = "base"
+    notes: list[str] = field(default_factory=list)
 
 
 class ModelPair(ABC):
@@ -108,6 +111,7 @@ class ModelPair(ABC):
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
         self.tokenizer_side = loaded.tokenizer_side
+        self.notes = list(loaded.notes)
         self.options = loaded.options
         self._models = loaded.models
         self._peft = loaded.peft

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from tools.chat import has_chat_template
 from tools.errors import BackendUnsupportedError, ModelLoadError, UnknownModelError
 from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec, Side, auto_dtype, device_type
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
-from tools.pair_checks import check_pair, hub_cache_dir
+from tools.pair_checks import HUB_NAME, check_pair, declared_base_note, hub_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ REMOTE_CODE_HINT = (
     "It needs its own code from its repository (transformers' trust_remote_code). Run that code "
     "only if you trust the repository: `--trust-remote-code`, or `load: {trust_remote_code: true}` "
     "in a worker or grid config.")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -86,7 +85,7 @@ def resolve_model_location(name: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a model folder (no config.json in it).")
         return str(path)
-    if _HUB_ID.match(name):
+    if HUB_NAME.match(name):
         return name
     raise UnknownModelError(
         f"Unknown model {name!r}. Known offline models: {', '.join(known_model_names())}; "
@@ -135,7 +134,7 @@ def _resolve_finetune_location(name: str) -> str:
         if not path.exists():
             raise ModelLoadError(f"Adapter or finetuned model path not found: {path}")
         return str(path)
-    if _HUB_ID.match(name):
+    if HUB_NAME.match(name):
         return name
     raise ModelLoadError(
         f"Finetuned model {name!r} is neither an existing path nor a hub id (org/name)."
@@ -177,12 +176,22 @@ def _finetune_tokenizer(location: str, revision: str | None,
         return None
 
 
+@dataclass(frozen=True)
+class PairTokenizer:
+    """The one tokenizer both models of a pair run with, whose it is, and what a researcher
+    should know about that choice (None: nothing)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    side: Side
+    note: str | None = None
+
+
 def load_pair_tokenizer(
     base_location: str, finetuned_location: str | None, *, base_revision: str | None = None,
     finetuned_revision: str | None = None, names: tuple[str, str] | None = None,
     trust_remote_code: bool = False,
-) -> tuple[PreTrainedTokenizerBase, Side]:
-    """The one tokenizer both models run with, and whose it is. As in the reference toolkit
+) -> PairTokenizer:
+    """The one tokenizer both models run with. As in the reference toolkit
     (`DiffingMethod.tokenizer`), the base's, unless the base has no chat template and the
     finetune ships a tokenizer with one (a chat finetune of a base model): then the finetune's,
     so that both models are asked in the format the finetune was trained on. A finetune's
@@ -190,23 +199,24 @@ def load_pair_tokenizer(
     names = names or (base_location, finetuned_location or base_location)
     base = load_tokenizer(base_location, base_revision, trust_remote_code=trust_remote_code)
     if finetuned_location is None:
-        return base, "base"
+        return PairTokenizer(base, "base")
     finetuned = _finetune_tokenizer(finetuned_location, finetuned_revision, trust_remote_code)
     if finetuned is None:
-        return base, "base"
+        return PairTokenizer(base, "base")
     if finetuned.get_vocab() != base.get_vocab():
         raise ModelLoadError(
             f"Cannot diff {names[1]!r} against {names[0]!r}: they use different tokenizers "
             "(different vocabularies). The finetune must keep its base model's tokenizer.")
-    if has_chat_template(base) or not has_chat_template(finetuned):
-        if has_chat_template(finetuned) and finetuned.chat_template != base.chat_template:
-            log.warning("The finetune %r ships another chat template than its base; both models are "
-                        "asked with the base's, as in the reference toolkit.", names[1])
-        return base, "base"
-    log.info("The base %r has no chat template and the finetune %r ships one: both models are "
-             "asked with the finetune's tokenizer and template (as the reference toolkit does).",
-             names[0], names[1])
-    return finetuned, "finetuned"
+    if not has_chat_template(finetuned) or finetuned.chat_template == base.chat_template:
+        return PairTokenizer(base, "base")
+    if has_chat_template(base):
+        return PairTokenizer(base, "base", (
+            f"The finetune {names[1]!r} ships another chat template than its base; both models "
+            "were asked with the base's, as in the reference toolkit."))
+    return PairTokenizer(finetuned, "finetuned", (
+        f"The base {names[0]!r} has no chat template and the finetune {names[1]!r} ships one: "
+        "both models were asked with the finetune's tokenizer and template, as the reference "
+        "toolkit does."))
 
 
 def load_causal_lm(location: str, options: LoadOptions, revision: str | None = None) -> Any:
@@ -253,9 +263,11 @@ def _with_backend_fallback(make: Callable[[BackendName], ModelPair], backend: Ba
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     try:
-        return make("hf-hooks")
+        pair = make("hf-hooks")
     except BackendUnsupportedError as exc:
         raise BackendUnsupportedError(f"{reason} And on the hf-hooks backend: {exc}") from exc
+    pair.notes.append(f"{reason} The pair ran on the hf-hooks backend.")
+    return pair
 
 
 def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: BackendName) -> ModelPair:
@@ -280,10 +292,18 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
     check_pair(base_location, ft_location, kind.value, base_revision=spec.base_revision,
                finetuned_revision=spec.finetuned_revision,
                names=(spec.base, spec.finetuned or spec.base))
-    tokenizer, tokenizer_side = load_pair_tokenizer(
+    names = (spec.base, spec.finetuned or spec.base)
+    chosen = load_pair_tokenizer(
         base_location, ft_location if kind != FinetuneKind.NONE else None,
         base_revision=spec.base_revision, finetuned_revision=spec.finetuned_revision,
-        names=(spec.base, spec.finetuned or spec.base), trust_remote_code=options.trust_remote_code)
+        names=names, trust_remote_code=options.trust_remote_code)
+    tokenizer, tokenizer_side = chosen.tokenizer, chosen.side
+    notes = [chosen.note] if chosen.note else []
+    if kind == FinetuneKind.ADAPTER and ft_location is not None:
+        declared = declared_base_note(ft_location, spec.base, base_location, names)
+        notes += [declared] if declared else []
+    for note in notes:
+        log.warning("%s", note)
     base_model = load_causal_lm(base_location, options, spec.base_revision)
     if kind == FinetuneKind.NONE or ft_location is None:
         return pair_class(LoadedModels(
@@ -308,7 +328,7 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
         # and `peft_model.disable_adapter()` turns it back into the base model.
         return pair_class(LoadedModels(
             spec, tokenizer, {"base": base_model, "finetuned": base_model}, peft_model,
-            {"base": base_location, "finetuned": base_location}, options, tokenizer_side))
+            {"base": base_location, "finetuned": base_location}, options, tokenizer_side, notes))
 
     finetuned_model = load_causal_lm(ft_location, options, spec.finetuned_revision)
     if not (Path(base_location).is_dir() and Path(ft_location).is_dir()):
@@ -318,7 +338,7 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
                    names=(spec.base, spec.finetuned or spec.base), downloaded=True)
     return pair_class(LoadedModels(
         spec, tokenizer, {"base": base_model, "finetuned": finetuned_model}, None,
-        {"base": base_location, "finetuned": ft_location}, options, tokenizer_side))
+        {"base": base_location, "finetuned": ft_location}, options, tokenizer_side, notes))
 
 
 def pair_from_trained_adapter(

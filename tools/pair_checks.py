@@ -17,6 +17,7 @@ from tools.model_spec import BLOCK_INDEX
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")  # org/name
 # Pair-defining config fields: a finetune changes none of them.
 SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 
@@ -184,6 +185,46 @@ def check_adapter(adapter: Path, base_shapes: dict[str, tuple[int, ...]], names:
                 f"The adapter {names[1]!r} was made for another base model: its {module} matrix "
                 f"has shape {shape}, which does not fit the base's {targets[0]} in {names[0]!r}. "
                 "Give the base model it was trained on (adapter_config.json, base_model_name_or_path).")
+
+
+def declared_base_note(adapter_location: str, base_name: str, base_location: str,
+                       names: tuple[str, str]) -> str | None:
+    """A note when a local adapter records another base model (`base_model_name_or_path`) than
+    the one it is diffed against. Shapes cannot tell a base model from its instruct version: an
+    adapter trained on one and diffed against the other mixes the other's own training into the
+    difference. A recorded hub name compares by its model name, case aside, with the given
+    base's name, folder name or (an offline model) hub name: a mirror under another organisation
+    or a local copy in a folder of that name is the same model. A recorded folder that does not
+    exist here says nothing."""
+    from tools.offline_models import OFFLINE_MODELS
+
+    config_file = Path(adapter_location).expanduser() / "adapter_config.json"
+    if not config_file.is_file():
+        return None
+    declared = _read_json(config_file, "adapter config").get("base_model_name_or_path")
+    if not isinstance(declared, str) or not declared.strip():
+        return None
+    given = {base_name, base_location}
+    if base_name in OFFLINE_MODELS:
+        given.add(OFFLINE_MODELS[base_name].hub_id)
+    declared_path = Path(declared).expanduser()
+    if declared_path.is_dir():
+        same = any(Path(g).expanduser().is_dir()
+                   and Path(g).expanduser().resolve() == declared_path.resolve() for g in given)
+    else:  # a hub name, or a folder of another machine (which says nothing here)
+        same = not HUB_NAME.match(declared) or any(
+            _model_name(g) == _model_name(declared) for g in given)
+    if same:
+        return None
+    return (f"The adapter {names[1]!r} records its base model as {declared!r}, and it was diffed "
+            f"against {names[0]!r}. If that is another model (a base model and its instruct "
+            "version have the same shapes), the difference also holds what tells the two apart: "
+            "give the base it was trained on.")
+
+
+def _model_name(name: str) -> str:
+    """A hub id's model name, or a folder's name, in lower case."""
+    return name.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
 def _block_path(module: str) -> str | None:

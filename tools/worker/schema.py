@@ -210,6 +210,9 @@ class WorkerInfo(BaseModel):
     tokenizer: Side | None = Field(None, description="Whose tokenizer and chat template both models "
                                    "are asked with: the base's, or the finetune's where the base "
                                    "has no chat template; None from a worker older than this field.")
+    notes: list[str] = Field(default_factory=list, description="What loading the pair found that "
+                             "an operator should know: the tokenizer chosen, an adapter that "
+                             "records another base, a backend fallback.")
     datasets: dict[str, str] = Field(description="Anonymized name -> corpus description.")
     layers: list[int]
     n_positions: int

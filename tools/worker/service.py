@@ -334,7 +334,7 @@ class AdlService:
             label=self.config.label, base_model=self.config.pair.base,
             finetuned_model=self.config.pair.finetuned, device=str(self.pair.device),
             dtype=self.config.load.dtype, backend=self.pair.backend_name,
-            tokenizer=self.pair.tokenizer_side,
+            tokenizer=self.pair.tokenizer_side, notes=self.pair.notes,
             datasets={anonymized_dataset_name(i): describe_corpus(c)
                       for i, c in enumerate(self.config.datasets)},
             layers=first.difference.layers, n_positions=first.difference.n_positions,
