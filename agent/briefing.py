@@ -23,6 +23,9 @@ class OverviewSteering(BaseModel):
     """The steered samples of one token position."""
 
     position: int
+    note: str | None = None
+    null_difference: bool = Field(False, description="The difference here is zero: the steered "
+                                  "samples are unsteered ones.")
     samples: list[OverviewSample]
 
 
@@ -35,6 +38,9 @@ class OverviewDataset(BaseModel):
     logit_lens_suppressed: dict[str, list[str]]
     patchscope: dict[str, list[str]]
     patchscope_note: str | None = None
+    null_positions: list[int] = Field(default_factory=list, description="Positions whose "
+                                      "difference is zero: their tokens are a zero vector's.")
+    difference_note: str | None = None
     steering: list[OverviewSteering]
 
 

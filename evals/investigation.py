@@ -153,7 +153,7 @@ def run_investigation(
         dataset, artifact = next(iter(service.artifacts.items()))
         resolved_kind = "adapter" if service.pair.shares_base_weights else "full"
         backend = service.pair.backend_name
-        load_notes = list(service.pair.notes)
+        load_notes = service.notes()
         steering = service.steering[dataset]
         results: list[AgentResult] = []
         kinds: list[AgentKind] = list(AGENT_KINDS) if agents == "both" else [agents]
@@ -172,7 +172,7 @@ def run_investigation(
     finally:
         service.close()
     notes = ["No ground truth: nothing is graded."]
-    notes += load_notes  # what loading the pair found (tokenizer, declared base, backend)
+    notes += load_notes  # tokenizer, declared base, backend fallback, a zero difference
     if not chosen.is_llm:
         notes.append("No LLM was used: the agents ran the offline heuristic policy (--provider "
                      "heuristic), which reads tools by fixed rules.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,18 @@ def test_self_pair_has_zero_difference(tiny_model_dir: Path) -> None:
     tokens = select_sample_tokens(same.tokenizer, SAMPLES, n_positions=3, n_samples=8)
     result = compute_activation_difference(same, tokens, [0, 3], show_progress=False)
     assert torch.count_nonzero(result.mean_diff) == 0
+    assert result.null_positions(0) == result.null_positions(3) == [0, 1, 2]
+
+
+def test_a_real_difference_is_not_null(pair) -> None:
+    """The zero-difference check is relative to the activations: the adapter's difference is
+    far above it, and one scaled to rounding size (1e-7 of the activations) is under it."""
+    tokens = select_sample_tokens(pair.tokenizer, SAMPLES, n_positions=3, n_samples=8)
+    result = compute_activation_difference(pair, tokens, [3], show_progress=False)
+    assert result.null_positions(3) == []
+    ratio = result.mean_diff[0].norm(dim=-1) / result.norm_base[0]
+    tiny = dataclasses.replace(result, mean_diff=result.mean_diff / ratio.max() * 1e-7)
+    assert tiny.null_positions(3) == [0, 1, 2]
 
 
 def test_bad_sample_requests(pair) -> None:

@@ -358,3 +358,43 @@ def test_the_cached_steering_samples_of_every_prompt_are_served_whatever_the_pro
                                                          prompts=TINY_STEERING_PROMPTS))
     finally:
         strict.close()
+
+
+def test_a_zero_difference_is_said_to_mean_nothing(
+    worker_config, worker_home: Path, service: AdlService, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The base model diffed with itself (as identical weights, an adapter that adds nothing):
+    the difference is zero, so its readouts are a zero vector's tokens and its steered samples
+    unsteered ones. Every tool and the first message say so, and the offline policy takes no
+    evidence from them; a real finetune's difference is not marked."""
+    from agent.loop import Budgets, investigate
+    from agent.providers import make_provider
+    from agent.transcript import ToolCallEvent, read_transcript
+    from tools.models import ModelPairSpec
+    from tools.worker.schema import SteeredSamplesRequest
+
+    monkeypatch.setenv("ADL_HOME", str(worker_home / "cache"))
+    same = worker_config.model_copy(update={"pair": ModelPairSpec(base=worker_config.pair.base)})
+    null_service = AdlService.start(same, show_progress=False)
+    try:
+        dataset = next(iter(null_service.artifacts))
+        readouts = null_service.readouts(ReadoutRequest(dataset=dataset, positions=[1, 2]))
+        assert readouts.null_positions == [1, 2] and "is zero at position(s) [1, 2]" in (readouts.note or "")
+        steered = null_service.steered_samples(SteeredSamplesRequest(dataset=dataset, position=1))
+        assert steered.null_difference and "steering along it adds nothing" in (steered.note or "")
+        first_look = Toolbox(null_service, "adl").overview()["datasets"][0]
+        assert first_look["null_positions"] == [0, 1, 2] and first_look["difference_note"]
+        assert all(s["null_difference"] and s["note"] for s in first_look["steering"])
+        assert [n for n in null_service.info().notes if "zero at every computed block" in n]
+        outcome = investigate(null_service, make_provider("heuristic"), "adl", Budgets(interactions=0),
+                              tmp_path / "t.jsonl", ask=TINY_ASK)
+        assert outcome.hypothesis is not None
+        assert "logit lens" not in outcome.hypothesis and "steering" not in outcome.hypothesis
+        results = [e.data for e in read_transcript(tmp_path / "t.jsonl") if isinstance(e, ToolCallEvent)]
+        assert results and "null_positions" in json.dumps(results[0].result)
+    finally:
+        null_service.close()
+    real = service.readouts(ReadoutRequest(dataset=next(iter(service.artifacts))))
+    assert real.null_positions == [] and "zero" not in (real.note or "")
+    assert "null_positions" not in Toolbox(service, "adl").overview()["datasets"][0]

@@ -205,6 +205,8 @@ class Toolbox:
         }
         if response.note:
             result["note"] = response.note
+        if response.null_positions:
+            result["null_positions"] = response.null_positions
         return result
 
     @tool(agents=("adl",))
@@ -224,7 +226,8 @@ class Toolbox:
         # baseline does not get (its unsteered answers cost interactions): they are not shown.
         for sample in response.samples:
             sample.unsteered = (sample.unsteered or [])[:1]
-        return response.model_dump(exclude_none=True)
+        return response.model_dump(exclude_none=True,
+                                   exclude=None if response.null_difference else {"null_difference"})
 
     @tool(cost=lambda args: len(args["prompts"]) * args["n"], agents=("adl",))
     def generate_steered(
@@ -361,8 +364,12 @@ class Toolbox:
                 "logit_lens_suppressed": {str(p.position): [t.token for t in p.tokens] for p in d.positions},
                 "patchscope": {str(p.position): [t.token for t in p.tokens] for p in d.patchscope},
                 **({"patchscope_note": d.patchscope_note} if d.patchscope_note else {}),
+                **({"null_positions": d.null_positions, "difference_note": d.difference_note}
+                   if d.null_positions else {}),
                 "steering": [{
                     "position": s.position,
+                    **({"note": s.note} if s.note else {}),
+                    **({"null_difference": True} if s.null_difference else {}),
                     "samples": [{"prompt": x.prompt, "strength": x.strength,
                                  "steered": x.steered[0][:OVERVIEW_SAMPLE_CHARS],
                                  "unsteered": (x.unsteered or [""])[0][:OVERVIEW_SAMPLE_CHARS]}

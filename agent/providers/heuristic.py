@@ -9,7 +9,9 @@ evidence guidance of the LLM agents' prompt (prompts/agent_system.md):
    unsteered twin does not; one source per position), the finetuned model's unsteered samples
    that both agents' first message holds (one source per prompt), and answers to questions
    (words the finetuned model's answer uses; one source per question). Position 0 of a readout
-   is skipped (it reads the first token, whose difference is dominated by the start of text).
+   is skipped (it reads the first token, whose difference is dominated by the start of text),
+   and so are positions whose difference is zero (the worker marks them: their tokens are a zero
+   vector's and their steered samples unsteered ones).
    Patchscope at the model's last block is the plain logit lens of the same difference (the
    patched residual meets only the final norm and the unembedding; the worker's note says so),
    so there it counts as the logit-lens family, not as a second kind of evidence.
@@ -210,8 +212,9 @@ class _State:
     def _collect(self) -> Evidence:
         evidence = Evidence()
 
-        def readout(family: str, dataset: str, position: str, tokens: list[str]) -> None:
-            if position == "0":
+        def readout(family: str, dataset: str, position: str, tokens: list[str],
+                    null: list[int]) -> None:
+            if position == "0" or int(position) in null:
                 return
             for rank, entry in enumerate(tokens):
                 for word in content_words(_readout_token(entry)):
@@ -230,8 +233,11 @@ class _State:
             for method, positions in (("logit_lens_suppressed", dataset.logit_lens_suppressed),
                                       ("patchscope", dataset.patchscope)):
                 for position, tokens in positions.items():
-                    readout(family_of(method, dataset.layer), name, position, tokens)
+                    readout(family_of(method, dataset.layer), name, position, tokens,
+                            dataset.null_positions)
             for entry in dataset.steering:
+                if entry.null_difference:
+                    continue
                 for sample in entry.samples:
                     unsteered = set(content_words(sample.unsteered))
                     for word in set(content_words(sample.steered)) - unsteered:
@@ -239,7 +245,8 @@ class _State:
         for result in self.readouts:
             family = family_of(result.get("method", ""), result.get("layer"))
             for position, tokens in result["positions"].items():
-                readout(family, result.get("dataset", "dataset"), position, tokens)
+                readout(family, result.get("dataset", "dataset"), position, tokens,
+                        result.get("null_positions", []))
         for sample in self.samples:
             asked = set(content_words(sample.prompt))
             for word in set(content_words(sample.generation)) - asked:

@@ -49,6 +49,7 @@ def diff(
 ) -> None:
     """Compute the ADL of an organism (cached) and show readouts and steered samples."""
     from evals.organisms.build import load_organism_pair
+    from tools.adl.differences import difference_notes
     from tools.adl.pipeline import run_adl, run_steering
 
     use_organism_dirs(organism_dirs)
@@ -77,6 +78,8 @@ def diff(
     console.print(f"[bold]{escape(organism)}[/]: N={artifact.difference.n_samples}, layers "
                   f"{artifact.difference.layers}, primary layer {readouts.primary_layer}; "
                   f"cached at {escape(str(artifact.path))}")
+    for note in difference_notes(organism, artifact.difference):
+        console.print(Text(note, style="yellow"))
     for layer in readouts.layers:
         table = Table("pos", "|delta|", "logit lens", "logit lens (hub-suppressed)",
                       "patchscope (scale)", title=f"layer {layer.layer} (mean norm "

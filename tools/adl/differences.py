@@ -107,6 +107,14 @@ def select_sample_tokens(
     )
 
 
+# A mean difference whose norm is at most this fraction of the base's mean residual norm is
+# zero up to float rounding (float32's epsilon is 1.2e-7): the finetune did not change those
+# activations (identical weights, an adapter that adds nothing, the base diffed with itself).
+# Its readouts are a zero vector's and steering along it adds nothing. A numerical limit, not
+# chosen by looking at any organism.
+NULL_DIFFERENCE_RTOL = 1e-6
+
+
 @dataclass
 class ActivationDifference:
     """Per (layer, position): mean finetuned - base residual, both means, and mean norms."""
@@ -137,6 +145,14 @@ class ActivationDifference:
         self.check_position(position)
         return self.mean_diff[self.layer_index(layer), position]
 
+    def null_positions(self, layer: int) -> list[int]:
+        """Positions whose mean difference at `layer` is zero up to rounding
+        (`NULL_DIFFERENCE_RTOL` of the base's mean residual norm there)."""
+        index = self.layer_index(layer)
+        norms = self.mean_diff[index].double().norm(dim=-1)
+        limits = NULL_DIFFERENCE_RTOL * self.norm_base[index].double()
+        return [p for p in range(self.n_positions) if norms[p] <= limits[p]]
+
     def reference_norm(self, layer: int, side: Side = "base") -> float:
         """Mean residual norm of `side` at a layer over positions 1.. (position 0 is an attention
         sink with a norm orders of magnitude larger, so it is left out when there are others)."""
@@ -149,6 +165,30 @@ class ActivationDifference:
             "mean_finetuned": self.mean_finetuned, "norm_base": self.norm_base,
             "norm_finetuned": self.norm_finetuned,
         }
+
+
+def null_difference_note(layer: int, positions: Sequence[int]) -> str | None:
+    """The note that the difference is zero at these positions of `layer` (None: none is)."""
+    if not positions:
+        return None
+    return (f"The activation difference at block {layer} is zero at position(s) {list(positions)} "
+            f"(its norm is below {NULL_DIFFERENCE_RTOL:g} of the activations'): there the "
+            "finetuned model's activations equal the base model's on this text. Their tokens are "
+            "those of a zero vector and steering along it adds nothing: they say nothing about "
+            "the finetune.")
+
+
+def difference_notes(dataset: str, difference: ActivationDifference) -> list[str]:
+    """Where a dataset's difference is zero: one note when it is zero everywhere (the finetune
+    does not change these activations), else one per block with zero positions."""
+    null = {layer: difference.null_positions(layer) for layer in difference.layers}
+    if all(len(positions) == difference.n_positions for positions in null.values()):
+        return [(f"{dataset}: the activation difference is zero at every computed block and "
+                "position: on this text the finetuned model's activations equal the base "
+                "model's (identical weights, or an adapter that adds nothing). Its readouts and "
+                "steered samples say nothing about the finetune.")]
+    return [f"{dataset}: {note}" for layer, positions in null.items()
+            if (note := null_difference_note(layer, positions))]
 
 
 class _Accumulator:

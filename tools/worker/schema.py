@@ -131,6 +131,8 @@ class ReadoutResponse(BaseModel):
     k: int
     positions: list[PositionTokens]
     note: str | None = None
+    null_positions: list[int] = Field(default_factory=list, description="Shown positions whose "
+                                      "difference is zero: their tokens are a zero vector's.")
 
 
 class SteeredSamplesRequest(BaseModel):
@@ -157,6 +159,8 @@ class SteeredSamplesResponse(BaseModel):
     position: int
     samples: list[SteeredPrompt]
     note: str | None = None
+    null_difference: bool = Field(False, description="The difference here is zero: steering adds "
+                                  "nothing, the steered samples are unsteered ones.")
 
 
 class GenerateSteeredRequest(BaseModel):
@@ -186,6 +190,9 @@ class DatasetOverview(BaseModel):
     patchscope: list[PositionTokens]
     patchscope_note: str | None = Field(None, description="Set when the layer is the model's last "
                                         "block: Patchscope there is the plain logit lens.")
+    null_positions: list[int] = Field(default_factory=list, description="Positions whose "
+                                      "difference at this layer is zero.")
+    difference_note: str | None = Field(None, description="Set when some difference is zero.")
     steering: list[SteeredSamplesResponse]
 
 
@@ -210,9 +217,9 @@ class WorkerInfo(BaseModel):
     tokenizer: Side | None = Field(None, description="Whose tokenizer and chat template both models "
                                    "are asked with: the base's, or the finetune's where the base "
                                    "has no chat template; None from a worker older than this field.")
-    notes: list[str] = Field(default_factory=list, description="What loading the pair found that "
-                             "an operator should know: the tokenizer chosen, an adapter that "
-                             "records another base, a backend fallback.")
+    notes: list[str] = Field(default_factory=list, description="What an operator should know: "
+                             "the tokenizer chosen, an adapter that records another base, a "
+                             "backend fallback, a dataset whose activation difference is zero.")
     datasets: dict[str, str] = Field(description="Anonymized name -> corpus description.")
     layers: list[int]
     n_positions: int

@@ -16,6 +16,7 @@ import torch
 
 from prompts import load_prompt_set
 from tools.adl.coherence import CoherenceGrader
+from tools.adl.differences import difference_notes, null_difference_note
 from tools.adl.pipeline import (
     AdlArtifact,
     AdlReadouts,
@@ -125,6 +126,8 @@ class AdlService:
                          choice.layer, choice.scores)
                 artifact.readouts = artifact.readouts.model_copy(update={"primary_layer": choice.layer})
             artifacts[name] = artifact
+            for note in difference_notes(name, artifact.difference):
+                log.warning("%s", note)
             steering[name] = run_steering(pair, artifact, config.steering, prompts=prompts,
                                           positions=config.steering_positions,
                                           show_progress=show_progress,
@@ -220,6 +223,8 @@ class AdlService:
                  f"showing {k}." if request.k > cached_k else None]
         if request.method == "patchscope":
             notes.append(patchscope_note(layer.layer, artifact.readouts.n_layers_model))
+        null = [p for p in positions if p in artifact.difference.null_positions(layer.layer)]
+        notes.append(null_difference_note(layer.layer, null))
         note = " ".join(n for n in notes if n) or None
         rows: list[PositionTokens] = []
         for position in positions:
@@ -232,7 +237,7 @@ class AdlService:
                 tokens = getattr(readout, request.method)
                 rows.append(PositionTokens(position=position, tokens=tokens[:k]))
         return ReadoutResponse(dataset=request.dataset, layer=layer.layer, method=request.method,
-                               k=k, positions=rows, note=note)
+                               k=k, positions=rows, note=note, null_positions=null)
 
     def _position_steering(self, dataset: str, position: int) -> PositionSteering:
         artifact = self._artifact(dataset)
@@ -265,11 +270,15 @@ class AdlService:
         if entry.control is not None and not entry.control.calibrated:
             notes.append("The strength search was uninformative: even unsteered samples failed its "
                          f"coherence check (pass rates by temperature {entry.control.pass_rates}).")
+        null = entry.position in self._artifact(request.dataset).difference.null_positions(entry.layer)
+        if null:
+            notes.append(null_difference_note(entry.layer, [entry.position]) or "")
         note = " ".join(notes) or None
         samples = [SteeredPrompt(prompt=p, strength=cached[p].strength, steered=cached[p].steered[:n],
                                  unsteered=cached[p].unsteered[:n]) for p in prompts]
         return SteeredSamplesResponse(dataset=request.dataset, layer=entry.layer,
-                                      position=request.position, samples=samples, note=note)
+                                      position=request.position, samples=samples, note=note,
+                                      null_difference=null)
 
     def generate_steered(self, request: GenerateSteeredRequest) -> SteeredSamplesResponse:
         """Live steered samples (no unsteered ones: those come from ask_models, which charges
@@ -319,12 +328,19 @@ class AdlService:
                 dataset=name, layer=lens.layer, n_layers=artifact.readouts.n_layers_model,
                 positions=lens.positions, patchscope=scope.positions, steering=steering,
                 patchscope_note=patchscope_note(lens.layer, artifact.readouts.n_layers_model),
+                null_positions=lens.null_positions,
+                difference_note=null_difference_note(lens.layer, lens.null_positions),
             ))
         first = next(iter(self.artifacts.values()))
         return Overview(
             datasets=datasets, available_layers=[entry.layer for entry in first.readouts.layers],
             n_positions=first.difference.n_positions, steering_prompts=self.steering_prompts,
         )
+
+    def notes(self) -> list[str]:
+        """What an operator should know: the pair's load notes, then where a difference is zero."""
+        return [*self.pair.notes, *(note for name, artifact in self.artifacts.items()
+                                    for note in difference_notes(name, artifact.difference))]
 
     def info(self) -> WorkerInfo:
         first = next(iter(self.artifacts.values()))
@@ -334,7 +350,7 @@ class AdlService:
             label=self.config.label, base_model=self.config.pair.base,
             finetuned_model=self.config.pair.finetuned, device=str(self.pair.device),
             dtype=self.config.load.dtype, backend=self.pair.backend_name,
-            tokenizer=self.pair.tokenizer_side, notes=self.pair.notes,
+            tokenizer=self.pair.tokenizer_side, notes=self.notes(),
             datasets={anonymized_dataset_name(i): describe_corpus(c)
                       for i, c in enumerate(self.config.datasets)},
             layers=first.difference.layers, n_positions=first.difference.n_positions,
