@@ -383,6 +383,8 @@ def test_a_zero_difference_is_said_to_mean_nothing(
         assert readouts.null_positions == [1, 2] and "is zero at position(s) [1, 2]" in (readouts.note or "")
         steered = null_service.steered_samples(SteeredSamplesRequest(dataset=dataset, position=1))
         assert steered.null_difference and "steering along it adds nothing" in (steered.note or "")
+        # Not searched: strength 0, so the "steered" samples are drawn unsteered.
+        assert {x.strength for x in steered.samples} == {0.0}
         first_look = Toolbox(null_service, "adl").overview()["datasets"][0]
         assert first_look["null_positions"] == [0, 1, 2] and first_look["difference_note"]
         assert all(s["null_difference"] and s["note"] for s in first_look["steering"])

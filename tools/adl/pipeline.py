@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -309,14 +310,18 @@ def coherence_key_payload(grader: CoherenceGrader, pair: ModelPair) -> dict[str,
 
 def steering_key(adl_entry: str, settings: SteeringSettings, layer: int, positions: list[int],
                  search_prompts: list[str], prompts: list[str], grader: CoherenceGrader,
-                 pair: ModelPair) -> str:
+                 pair: ModelPair, null_positions: Sequence[int] = ()) -> str:
     """The steering entry's key: the ADL entry's key, the pair that steers as loaded
     (`loaded_pair_fingerprint`, as in `adl_key`), the steering
     settings, layer, positions, both prompt lists and the coherence grader used
-    (`coherence_key_payload`)."""
+    (`coherence_key_payload`); and the positions whose difference is zero, when there are any
+    (they are not searched; entries written before that rule are recomputed)."""
     pair_id = loaded_pair_fingerprint(pair)
-    return _key(STEERING_METHOD_VERSION, adl_entry, pair_id, settings.model_dump(mode="json"), layer,
-                positions, search_prompts, prompts, coherence_key_payload(grader, pair))
+    parts: list[Any] = [STEERING_METHOD_VERSION, adl_entry, pair_id, settings.model_dump(mode="json"),
+                        layer, positions, search_prompts, prompts, coherence_key_payload(grader, pair)]
+    if null_positions:
+        parts.append({"null_positions": list(null_positions)})
+    return _key(*parts)
 
 
 def compute_readouts(
@@ -499,15 +504,20 @@ def run_steering(
     search_prompts = load_prompt_set(settings.search_prompt_set)
     prompts = prompts or load_prompt_set(settings.final_prompt_set)
     grader = coherence_grader or OfflineCoherenceGrader(pair)
-    key = steering_key(artifact.path.name, settings, layer, positions, search_prompts, prompts, grader, pair)
+    null = [p for p in positions if p in difference.null_positions(layer)]
+    key = steering_key(artifact.path.name, settings, layer, positions, search_prompts, prompts, grader,
+                       pair, null)
     target = adl_home() / "adl-steering" / key
 
     def build(tmp: Path) -> dict[str, Any]:
         directions = {p: steering_direction(difference, layer, p) for p in positions}
         log.info("ADL steering at block %d, positions %s (cache %s)", layer, positions, key)
+        if null:
+            log.warning("ADL steering: the difference at block %d is zero at positions %s: no "
+                        "search there (strength 0, unsteered samples).", layer, null)
         with _progress(show_progress) as progress:
             results = search_and_sample(pair, grader, search_prompts, prompts, directions, layer,
-                                        settings, progress)
+                                        settings, progress, null_positions=null)
         (tmp / "steering.json").write_text(json.dumps([r.model_dump() for r in results], indent=2))
         return {"key": key}
 

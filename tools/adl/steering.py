@@ -20,7 +20,7 @@ searches and samples at the first that passes; the result records what it found.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from jaxtyping import Float
@@ -200,15 +200,24 @@ def search_and_sample(
     layer: int,
     settings: SteeringSettings,
     progress: Progress | None = None,
+    null_positions: Collection[int] = (),
 ) -> list[PositionSteering]:
     """For every position (key of `directions`, already scaled to the mean norm): one strength,
     the mean of the search prompts' strengths (`search_strengths`); then `final_samples`
-    steered samples per final prompt at that strength, and as many unsteered ones."""
+    steered samples per final prompt at that strength, and as many unsteered ones. Positions
+    whose difference is zero (`null_positions`: their direction is rounding noise scaled up)
+    are not searched: strength 0, their samples unsteered."""
     if not final_prompts:
         raise AdlInputError("No final steering prompts.")
     control = unsteered_control(pair, grader, search_prompts, layer, settings)
     settings = control.applied(settings)
-    found = search_strengths(pair, grader, search_prompts, directions, layer, settings, progress)
+    searched = {p: d for p, d in directions.items() if p not in null_positions}
+    found = (search_strengths(pair, grader, search_prompts, searched, layer, settings, progress)
+             if searched else {})
+    for position in directions:
+        if position not in searched:
+            found[position] = dict.fromkeys(search_prompts, 0.0)
+    found = {p: found[p] for p in directions}
     return sample_at_strengths(pair, found, final_prompts, directions, layer, settings, control)
 
 
