@@ -125,6 +125,22 @@ def test_an_adapter_saved_with_a_tokenizer(tmp_path: Path) -> None:
         load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter)))
 
 
+def test_an_adapter_that_records_another_base_loads_with_a_note(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = save_tiny_model(tmp_path / "base")
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                   LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    assert load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter))).notes == []
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "someorg/base-instruct"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    pair = load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter)))
+    assert len(pair.notes) == 1 and "records its base model as 'someorg/base-instruct'" in pair.notes[0]
+
+
 REMOTE_CONFIG_CODE = """from transformers import LlamaConfig
 
 

@@ -24,7 +24,7 @@ from tools.chat import has_chat_template
 from tools.errors import BackendUnsupportedError, ModelLoadError, UnknownModelError
 from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec, Side, auto_dtype, device_type
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
-from tools.pair_checks import HUB_NAME, check_pair, declared_base_note, hub_cache_dir
+from tools.pair_checks import HUB_NAME, check_pair, declared_base_note, hub_cache_dir, local_folder
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +229,9 @@ def load_causal_lm(location: str, options: LoadOptions, revision: str | None = N
             location, dtype=torch_dtype(options), revision=revision,
             trust_remote_code=options.trust_remote_code, **placement
         )
-    except ImportError as exc:  # device_map needs accelerate (the worker extra has it)
-        raise ModelLoadError(f"Could not load model {location!r} with device_map="
-                             f"{options.device_map!r}: {exc}") from exc
+    except ImportError as exc:  # device_map needs accelerate; quantized weights their library
+        placed = "" if options.device_map is None else f" with device_map={options.device_map!r}"
+        raise ModelLoadError(f"Could not load model {location!r}{placed}: {exc}") from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load model {location!r}: "
                              f"{_remote_code_hint(exc, options.trust_remote_code)}") from exc
@@ -299,9 +299,6 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
         names=names, trust_remote_code=options.trust_remote_code)
     tokenizer, tokenizer_side = chosen.tokenizer, chosen.side
     notes = [chosen.note] if chosen.note else []
-    if kind == FinetuneKind.ADAPTER and ft_location is not None:
-        declared = declared_base_note(ft_location, spec.base, base_location, names)
-        notes += [declared] if declared else []
     for note in notes:
         log.warning("%s", note)
     base_model = load_causal_lm(base_location, options, spec.base_revision)
@@ -324,6 +321,11 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
                 f"The adapter {spec.finetuned!r} does not fit {spec.base!r}; it was probably made for "
                 f"another base model ({exc}).") from exc
         peft_model.eval()
+        folder = local_folder(ft_location, spec.finetuned_revision, "adapter", downloaded=True)
+        declared = declared_base_note(str(folder), spec.base, base_location, names) if folder else None
+        if declared:
+            log.warning("%s", declared)
+            notes.append(declared)
         # peft injects the LoRA layers into `base_model` in place: calling it runs the finetune,
         # and `peft_model.disable_adapter()` turns it back into the base model.
         return pair_class(LoadedModels(
