@@ -23,7 +23,6 @@ class OverviewSteering(BaseModel):
     """The steered samples of one token position."""
 
     position: int
-    note: str | None = None
     null_difference: bool = Field(False, description="The difference here is zero: the steered "
                                   "samples are unsteered ones.")
     samples: list[OverviewSample]

@@ -228,7 +228,7 @@ def render_markdown(report: InvestigationReport) -> str:
              (f"- profile: {report.profile}; backend: {report.backend or 'not recorded'}; created "
               f"{report.created}"),
              (f"- cache ($ADL_HOME {report.cache['home']}): ADL `{report.cache['adl']}`, steering "
-             f"`{report.cache['steering']}`"), *[f"- {note}" for note in report.notes], ""]
+             f"`{report.cache['steering']}`"), *[f"- {_cell(note)}" for note in report.notes], ""]
     for agent in report.agents:
         lines += [f"## {agent.agent} agent ({agent.provider})", "",
                   f"**Hypothesis:** {_cell(agent.hypothesis or '(none)')}", "",

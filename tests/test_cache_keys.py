@@ -34,6 +34,7 @@ from tools.adl.pipeline import (
     SteeringSettings,
     _key,
     adl_key,
+    base_model_fingerprint,
     load_artifact,
     pair_fingerprint,
     steering_key,
@@ -109,6 +110,8 @@ def test_steering_key_follows_the_pair_that_steers(tmp_path: Path) -> None:
     keys = [key(pair), key(other), key(other_load), key(with_template)]
     assert len(set(keys)) == 4
     assert key(_pair(str(tmp_path / "base"))) == keys[0]
+    # The base side's fingerprint (the base answers' cache) follows the tokenizer too.
+    assert base_model_fingerprint(with_template) != base_model_fingerprint(pair)
 
 
 def test_adl_key_follows_the_scale_chooser_used() -> None:

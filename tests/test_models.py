@@ -121,8 +121,19 @@ def test_an_adapter_saved_with_a_tokenizer(tmp_path: Path) -> None:
     _with_tokenizer(adapter, chat_template=True)
     assert load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter))).tokenizer_side == "finetuned"
     _with_tokenizer(adapter, chat_template=True, extra_token="zebra")
-    with pytest.raises(ModelLoadError, match="different tokenizers"):
+    with pytest.raises(ModelLoadError, match="the finetune's, which would be used, comes with 1 "
+                       "token\\(s\\) the base model has no embedding for \\('zebra'\\)"):
         load_model_pair(ModelPairSpec(base=str(base), finetuned=str(adapter)))
+
+
+def test_a_finetune_tokenizer_with_added_tokens_beside_a_base_with_a_template(tmp_path: Path) -> None:
+    """The base's tokenizer is the one used, so tokens the finetune's adds are only noted."""
+    base = save_tiny_model(tmp_path / "base")
+    finetune = _with_tokenizer(save_tiny_model(tmp_path / "ft", seed=7), chat_template=True,
+                               extra_token="zebra")
+    pair = load_model_pair(ModelPairSpec(base=str(base), finetuned=str(finetune)))
+    assert pair.tokenizer_side == "base" and "zebra" not in pair.tokenizer.get_vocab()
+    assert len(pair.notes) == 1 and "1 token(s) its base lacks ('zebra')" in pair.notes[0]
 
 
 def test_an_adapter_that_records_another_base_loads_with_a_note(tmp_path: Path) -> None:
@@ -161,7 +172,8 @@ def test_a_model_with_its_own_code_runs_only_when_trusted(tmp_path: Path) -> Non
     """A repository that ships its own architecture code (transformers' auto_map) is refused
     with what to do, and loads with `trust_remote_code` (on the hf-hooks backend when the
     bridge does not know the architecture)."""
-    folder = save_tiny_model(tmp_path / "remote")
+    # (transformers copies the code into its modules cache under the folder's name)
+    folder = save_tiny_model(tmp_path / "adl_test_remote_tiny")
     config = json.loads((folder / "config.json").read_text())
     config.update(model_type="remote-tiny", architectures=["RemoteTinyForCausalLM"], auto_map={
         "AutoConfig": "configuration_remote.RemoteTinyConfig",

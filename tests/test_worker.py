@@ -383,11 +383,15 @@ def test_a_zero_difference_is_said_to_mean_nothing(
         assert readouts.null_positions == [1, 2] and "is zero at position(s) [1, 2]" in (readouts.note or "")
         steered = null_service.steered_samples(SteeredSamplesRequest(dataset=dataset, position=1))
         assert steered.null_difference and "steering along it adds nothing" in (steered.note or "")
-        # Not searched: strength 0, so the "steered" samples are drawn unsteered.
+        # Not searched: strength 0, so the "steered" samples are drawn unsteered; live steering
+        # there is refused (it would charge interactions for unsteered samples).
         assert {x.strength for x in steered.samples} == {0.0}
+        live = Toolbox(null_service, "adl", interaction_budget=4).call(
+            "generate_steered", {"position": 1, "prompts": ["hello"]})
+        assert not live.ok and "ask_models" in (live.error or "") and live.interactions == 0
         first_look = Toolbox(null_service, "adl").overview()["datasets"][0]
         assert first_look["null_positions"] == [0, 1, 2] and first_look["difference_note"]
-        assert all(s["null_difference"] and s["note"] for s in first_look["steering"])
+        assert all(s["null_difference"] for s in first_look["steering"])
         assert [n for n in null_service.info().notes if "zero at every computed block" in n]
         outcome = investigate(null_service, make_provider("heuristic"), "adl", Budgets(interactions=0),
                               tmp_path / "t.jsonl", ask=TINY_ASK)

@@ -88,9 +88,9 @@ class Steering:
 class LoadedModels:
     """What `tools.models.load_model_pair` loaded: the tokenizer, the HF model of each side (the
     same object for an adapter pair or a control), the peft wrapper of an adapter pair, and
-    where each side came from, whose the tokenizer is (`tools.models.load_pair_tokenizer`), and
-    what the load found that a researcher should know (a tokenizer choice, an adapter made for
-    another base, a backend fallback)."""
+    where each side came from, the side the tokenizer comes from
+    (`tools.models.load_pair_tokenizer`), and what the load found that a researcher should know
+    (a tokenizer choice, an adapter that records another base, a backend fallback)."""
 
     spec: ModelPairSpec
     tokenizer: PreTrainedTokenizerBase

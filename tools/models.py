@@ -160,26 +160,27 @@ def _remote_code_hint(exc: Exception, trusted: bool) -> str:
     return REMOTE_CODE_HINT if "trust_remote_code" in str(exc) and not trusted else str(exc)
 
 
-def _finetune_tokenizer(location: str, revision: str | None,
-                        trust_remote_code: bool) -> PreTrainedTokenizerBase | None:
-    """The tokenizer a finetune ships (a checkpoint's, or one saved beside an adapter), None when
-    it ships none (a local folder without tokenizer files, a hub repository without one)."""
-    folder = Path(location).expanduser()
-    if folder.is_dir():
-        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-            return None
-        return load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
+def _ships_tokenizer(location: str, revision: str | None) -> bool:
+    """Whether a finetune ships a tokenizer (a checkpoint's, or one saved beside an adapter): by
+    its files where they are here (a local folder; offline, its hub-cache snapshot), else by
+    asking the hub. A hub that cannot answer is an error, not "no tokenizer": the answer decides
+    the prompts' format and the cache keys."""
+    folder = local_folder(location, revision, "finetuned model or adapter")
+    if folder is not None:
+        return any((folder / name).is_file() for name in TOKENIZER_FILES)
+    from huggingface_hub import file_exists
+
     try:
-        return load_tokenizer(location, revision, trust_remote_code=trust_remote_code)
-    except ModelLoadError as exc:
-        log.debug("No tokenizer with the finetune %r (%s): the base's is used.", location, exc)
-        return None
+        return any(file_exists(location, name, revision=revision) for name in TOKENIZER_FILES)
+    except Exception as exc:  # the hub client raises HTTP, connection and validation errors
+        raise ModelLoadError(f"Could not ask the hub whether {location!r} ships a tokenizer: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
 class PairTokenizer:
-    """The one tokenizer both models of a pair run with, whose it is, and what a researcher
-    should know about that choice (None: nothing)."""
+    """The one tokenizer both models of a pair run with, the side it comes from, and what a
+    researcher should know about that choice (None: nothing)."""
 
     tokenizer: PreTrainedTokenizerBase
     side: Side
@@ -194,29 +195,42 @@ def load_pair_tokenizer(
     """The one tokenizer both models run with. As in the reference toolkit
     (`DiffingMethod.tokenizer`), the base's, unless the base has no chat template and the
     finetune ships a tokenizer with one (a chat finetune of a base model): then the finetune's,
-    so that both models are asked in the format the finetune was trained on. A finetune's
-    tokenizer must have the base's vocabulary (the difference is taken token by token)."""
+    so that both models are asked in the format the finetune was trained on. The finetune's
+    tokenizer must give the base's tokens their ids (the difference is taken token by token),
+    and, to be the one used, add none (the base model has no embedding for them)."""
     names = names or (base_location, finetuned_location or base_location)
     base = load_tokenizer(base_location, base_revision, trust_remote_code=trust_remote_code)
-    if finetuned_location is None:
+    if finetuned_location is None or not _ships_tokenizer(finetuned_location, finetuned_revision):
         return PairTokenizer(base, "base")
-    finetuned = _finetune_tokenizer(finetuned_location, finetuned_revision, trust_remote_code)
-    if finetuned is None:
-        return PairTokenizer(base, "base")
-    if finetuned.get_vocab() != base.get_vocab():
+    finetuned = load_tokenizer(finetuned_location, finetuned_revision,
+                               trust_remote_code=trust_remote_code)
+    base_vocab, finetuned_vocab = base.get_vocab(), finetuned.get_vocab()
+    if any(finetuned_vocab.get(token) != index for token, index in base_vocab.items()):
         raise ModelLoadError(
             f"Cannot diff {names[1]!r} against {names[0]!r}: they use different tokenizers "
-            "(different vocabularies). The finetune must keep its base model's tokenizer.")
-    if not has_chat_template(finetuned) or finetuned.chat_template == base.chat_template:
-        return PairTokenizer(base, "base")
-    if has_chat_template(base):
-        return PairTokenizer(base, "base", (
-            f"The finetune {names[1]!r} ships another chat template than its base; both models "
-            "were asked with the base's, as in the reference toolkit."))
-    return PairTokenizer(finetuned, "finetuned", (
-        f"The base {names[0]!r} has no chat template and the finetune {names[1]!r} ships one: "
-        "both models were asked with the finetune's tokenizer and template, as the reference "
-        "toolkit does."))
+            "(the base's tokens have other ids). The finetune must keep its base model's tokenizer.")
+    added = sorted(set(finetuned_vocab) - set(base_vocab))
+    different_template = (has_chat_template(finetuned)
+                          and finetuned.chat_template != base.chat_template)
+    if different_template and not has_chat_template(base):
+        if added:
+            raise ModelLoadError(
+                f"Cannot diff {names[1]!r} against {names[0]!r}: the base has no chat template, and "
+                f"the finetune's, which would be used, comes with {len(added)} token(s) the base "
+                f"model has no embedding for ({', '.join(map(repr, added[:5]))}).")
+        return PairTokenizer(finetuned, "finetuned", (
+            f"The base {names[0]!r} has no chat template and the finetune {names[1]!r} ships one: "
+            "both models were asked with the finetune's tokenizer and template, as the reference "
+            "toolkit does."))
+    notes = []
+    if different_template:
+        notes.append(f"The finetune {names[1]!r} ships another chat template than its base; both "
+                     "models were asked with the base's, as in the reference toolkit.")
+    if added:
+        notes.append(f"The finetune {names[1]!r} ships a tokenizer with {len(added)} token(s) its "
+                     f"base lacks ({', '.join(map(repr, added[:5]))}); both models run with the "
+                     "base's tokenizer.")
+    return PairTokenizer(base, "base", " ".join(notes) or None)
 
 
 def load_causal_lm(location: str, options: LoadOptions, revision: str | None = None) -> Any:
@@ -289,10 +303,9 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
         if kind == FinetuneKind.AUTO:
             kind = _detect_finetune_kind(ft_location, spec.finetuned_revision)
     # Everything that can fail without loading weights fails here, before any model is loaded.
-    check_pair(base_location, ft_location, kind.value, base_revision=spec.base_revision,
-               finetuned_revision=spec.finetuned_revision,
-               names=(spec.base, spec.finetuned or spec.base))
     names = (spec.base, spec.finetuned or spec.base)
+    check_pair(base_location, ft_location, kind.value, base_revision=spec.base_revision,
+               finetuned_revision=spec.finetuned_revision, names=names)
     chosen = load_pair_tokenizer(
         base_location, ft_location if kind != FinetuneKind.NONE else None,
         base_revision=spec.base_revision, finetuned_revision=spec.finetuned_revision,
@@ -336,8 +349,7 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
     if not (Path(base_location).is_dir() and Path(ft_location).is_dir()):
         # Hub files the preflight could not read before the load are in the cache now.
         check_pair(base_location, ft_location, kind.value, base_revision=spec.base_revision,
-                   finetuned_revision=spec.finetuned_revision,
-                   names=(spec.base, spec.finetuned or spec.base), downloaded=True)
+                   finetuned_revision=spec.finetuned_revision, names=names, downloaded=True)
     return pair_class(LoadedModels(
         spec, tokenizer, {"base": base_model, "finetuned": finetuned_model}, None,
         {"base": base_location, "finetuned": ft_location}, options, tokenizer_side, notes))

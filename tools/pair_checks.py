@@ -1,8 +1,10 @@
 """Checks that a base model and a finetune can be diffed, before any weights are loaded.
 
-Reads only configs, tokenizers, adapter configs and the headers of weight files (tensor names and
-shapes), so that a pair that cannot be diffed fails in seconds with an error that names the
-problem and what to do, and not after minutes of loading or in the middle of a run.
+Reads only configs, adapter configs and the headers of weight files (tensor names and shapes),
+so that a pair that cannot be diffed fails in seconds with an error that names the problem and
+what to do, and not after minutes of loading or in the middle of a run (the tokenizers are
+compared in `tools.models.load_pair_tokenizer`, also before any weights load). Also the note on
+an adapter that records another base (`declared_base_note`, after the load).
 """
 
 from __future__ import annotations
@@ -187,18 +189,19 @@ def check_adapter(adapter: Path, base_shapes: dict[str, tuple[int, ...]], names:
                 "Give the base model it was trained on (adapter_config.json, base_model_name_or_path).")
 
 
-def declared_base_note(adapter_location: str, base_name: str, base_location: str,
+def declared_base_note(adapter_folder: str, base_name: str, base_location: str,
                        names: tuple[str, str]) -> str | None:
-    """A note when a local adapter records another base model (`base_model_name_or_path`) than
-    the one it is diffed against. Shapes cannot tell a base model from its instruct version: an
-    adapter trained on one and diffed against the other mixes the other's own training into the
-    difference. A recorded hub name compares by its model name, case aside, with the given
-    base's name, folder name or (an offline model) hub name: a mirror under another organisation
-    or a local copy in a folder of that name is the same model. A recorded folder that does not
-    exist here says nothing."""
+    """A note when an adapter (its folder, or its hub snapshot) records another base model
+    (`base_model_name_or_path`) than the one it is diffed against; run after the load. Shapes
+    cannot tell a base model from its instruct version: an adapter trained on one and diffed
+    against the other mixes the other's own training into the difference. Names compare by
+    their last part, case aside (a hub id's model name, a folder's name), with the given base's
+    name, its folder or (an offline model) its hub name: a mirror under another organisation or
+    a local copy in a folder of that name is the same model, as is the same folder. A recorded
+    folder that does not exist here says nothing."""
     from tools.offline_models import OFFLINE_MODELS
 
-    config_file = Path(adapter_location).expanduser() / "adapter_config.json"
+    config_file = Path(adapter_folder).expanduser() / "adapter_config.json"
     if not config_file.is_file():
         return None
     declared = _read_json(config_file, "adapter config").get("base_model_name_or_path")
@@ -207,19 +210,26 @@ def declared_base_note(adapter_location: str, base_name: str, base_location: str
     given = {base_name, base_location}
     if base_name in OFFLINE_MODELS:
         given.add(OFFLINE_MODELS[base_name].hub_id)
-    declared_path = Path(declared).expanduser()
-    if declared_path.is_dir():
-        same = any(Path(g).expanduser().is_dir()
-                   and Path(g).expanduser().resolve() == declared_path.resolve() for g in given)
-    else:  # a hub name, or a folder of another machine (which says nothing here)
-        same = not HUB_NAME.match(declared) or any(
-            _model_name(g) == _model_name(declared) for g in given)
-    if same:
+    declared_folder = _existing_folder(declared)
+    if declared_folder is None and not HUB_NAME.match(declared):
+        return None  # a folder of another machine
+    same_folder = declared_folder is not None and any(
+        (folder := _existing_folder(g)) is not None and folder == declared_folder for g in given)
+    if same_folder or any(_model_name(g) == _model_name(declared) for g in given):
         return None
     return (f"The adapter {names[1]!r} records its base model as {declared!r}, and it was diffed "
             f"against {names[0]!r}. If that is another model (a base model and its instruct "
             "version have the same shapes), the difference also holds what tells the two apart: "
             "give the base it was trained on.")
+
+
+def _existing_folder(name: str) -> Path | None:
+    """`name` as a resolved folder when it is one here (a name too long for a path is not)."""
+    try:
+        path = Path(name).expanduser()
+        return path.resolve() if path.is_dir() else None
+    except (OSError, RuntimeError, ValueError):
+        return None
 
 
 def _model_name(name: str) -> str:

@@ -242,7 +242,7 @@ class Toolbox:
         which charges for them). Costs 1 model interaction per steered sample (prompts x n)."""
         response = self.client.generate_steered(GenerateSteeredRequest(
             dataset=dataset, position=position, prompts=prompts, n=n))
-        return response.model_dump(exclude_none=True)
+        return response.model_dump(exclude_none=True, exclude={"null_difference"})  # (refused there)
 
     @tool()
     def add_hypothesis(self, description: Annotated[str, Field(min_length=1)]) -> dict[str, Any]:
@@ -368,7 +368,6 @@ class Toolbox:
                    if d.null_positions else {}),
                 "steering": [{
                     "position": s.position,
-                    **({"note": s.note} if s.note else {}),
                     **({"null_difference": True} if s.null_difference else {}),
                     "samples": [{"prompt": x.prompt, "strength": x.strength,
                                  "steered": x.steered[0][:OVERVIEW_SAMPLE_CHARS],

@@ -294,7 +294,7 @@ class _State:
         base = {" ".join(s.split()) for a in self.answers for s in SENTENCE.split(a["base"])}
         first_look = [s.generation for s in self.samples]
         first_look += [x.steered for d in self.overview_datasets for e in d.steering
-                       for x in e.samples]
+                       if not e.null_difference for x in e.samples]
         answers = [a["finetuned"] for a in self.answers]
         quotes: list[str] = []
         for texts in (first_look, answers):

@@ -88,7 +88,8 @@ BUILD_DTYPE: DType = "float32"
 
 def build_load_options(load: LoadOptions | None = None) -> LoadOptions:
     """How an organism is built when its pair will be loaded with `load`: on the same device
-    and placement, in BUILD_DTYPE (a worker on a GPU builds its missing organism there)."""
+    and placement (and `trust_remote_code`), in BUILD_DTYPE (a worker on a GPU builds its
+    missing organism there)."""
     load = load or LoadOptions()
     return load.model_copy(update={"dtype": BUILD_DTYPE})
 
@@ -303,7 +304,7 @@ def _train_and_measure(
     finetune = _build_spec(organism)
     recipe = finetune.recipe
     location = resolve_model_location(organism.base_model)
-    tokenizer = load_tokenizer(location)
+    tokenizer = load_tokenizer(location, trust_remote_code=options.trust_remote_code)
     model = load_causal_lm(location, options)
     train = [encode_example(tokenizer, e, recipe.max_length) for e in data.train]
     heldout = [encode_example(tokenizer, e, recipe.max_length) for e in data.heldout]

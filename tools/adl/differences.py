@@ -108,10 +108,12 @@ def select_sample_tokens(
 
 
 # A mean difference whose norm is at most this fraction of the base's mean residual norm is
-# zero up to float rounding (float32's epsilon is 1.2e-7): the finetune did not change those
+# zero up to float32 rounding (its epsilon is 1.2e-7): the finetune did not change those
 # activations (identical weights, an adapter that adds nothing, the base diffed with itself).
-# Its readouts are a zero vector's and steering along it adds nothing. A numerical limit, not
-# chosen by looking at any organism.
+# Its readouts are a zero vector's and steering along it adds nothing. The differences are
+# accumulated in float64; from a bfloat16 model (epsilon 7.8e-3) only near-exact zeros fall
+# under it, which errs on the side of reading a difference. A numerical limit, not chosen by
+# looking at any organism.
 NULL_DIFFERENCE_RTOL = 1e-6
 
 
@@ -153,6 +155,11 @@ class ActivationDifference:
         limits = NULL_DIFFERENCE_RTOL * self.norm_base[index].double()
         return [p for p in range(self.n_positions) if norms[p] <= limits[p]]
 
+    def is_null(self, layer: int, position: int) -> bool:
+        """Whether the difference at one layer and position is zero (`null_positions`)."""
+        self.check_position(position)
+        return position in self.null_positions(layer)
+
     def reference_norm(self, layer: int, side: Side = "base") -> float:
         """Mean residual norm of `side` at a layer over positions 1.. (position 0 is an attention
         sink with a norm orders of magnitude larger, so it is left out when there are others)."""
@@ -172,7 +179,7 @@ def null_difference_note(layer: int, positions: Sequence[int]) -> str | None:
     if not positions:
         return None
     return (f"The activation difference at block {layer} is zero at position(s) {list(positions)} "
-            f"(its norm is below {NULL_DIFFERENCE_RTOL:g} of the activations'): there the "
+            f"(its norm is at most {NULL_DIFFERENCE_RTOL:g} of the activations'): there the "
             "finetuned model's activations equal the base model's on this text. Their tokens are "
             "those of a zero vector and steering along it adds nothing: they say nothing about "
             "the finetune.")
@@ -182,7 +189,7 @@ def difference_notes(dataset: str, difference: ActivationDifference) -> list[str
     """Where a dataset's difference is zero: one note when it is zero everywhere (the finetune
     does not change these activations), else one per block with zero positions."""
     null = {layer: difference.null_positions(layer) for layer in difference.layers}
-    if all(len(positions) == difference.n_positions for positions in null.values()):
+    if null and all(len(positions) == difference.n_positions for positions in null.values()):
         return [(f"{dataset}: the activation difference is zero at every computed block and "
                 "position: on this text the finetuned model's activations equal the base "
                 "model's (identical weights, or an adapter that adds nothing). Its readouts and "

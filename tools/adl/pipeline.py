@@ -117,7 +117,8 @@ class AdlRecord(BaseModel):
     method_version: int
     load: LoadOptions | None = Field(None, description="The load options (None: not recorded "
                                      "by the entries written before).")
-    pair_fingerprint: str | None = Field(None, description="`pair_fingerprint` (None: not recorded).")
+    pair_fingerprint: str | None = Field(None, description="`loaded_pair_fingerprint` (`pair_fingerprint` "
+                                        "in entries written before it; None: not recorded).")
     scale_chooser: JudgeIdentity | None = Field(None, description="The Patchscope scale chooser "
                                                 "(None: not recorded).")
 
@@ -504,7 +505,7 @@ def run_steering(
     search_prompts = load_prompt_set(settings.search_prompt_set)
     prompts = prompts or load_prompt_set(settings.final_prompt_set)
     grader = coherence_grader or OfflineCoherenceGrader(pair)
-    null = [p for p in positions if p in difference.null_positions(layer)]
+    null = [p for p in positions if difference.is_null(layer, p)]
     key = steering_key(artifact.path.name, settings, layer, positions, search_prompts, prompts, grader,
                        pair, null)
     target = adl_home() / "adl-steering" / key

@@ -223,7 +223,8 @@ class AdlService:
                  f"showing {k}." if request.k > cached_k else None]
         if request.method == "patchscope":
             notes.append(patchscope_note(layer.layer, artifact.readouts.n_layers_model))
-        null = [p for p in positions if p in artifact.difference.null_positions(layer.layer)]
+        null_here = artifact.difference.null_positions(layer.layer)
+        null = [p for p in positions if p in null_here]
         notes.append(null_difference_note(layer.layer, null))
         note = " ".join(n for n in notes if n) or None
         rows: list[PositionTokens] = []
@@ -270,7 +271,7 @@ class AdlService:
         if entry.control is not None and not entry.control.calibrated:
             notes.append("The strength search was uninformative: even unsteered samples failed its "
                          f"coherence check (pass rates by temperature {entry.control.pass_rates}).")
-        null = entry.position in self._artifact(request.dataset).difference.null_positions(entry.layer)
+        null = self._artifact(request.dataset).difference.is_null(entry.layer, entry.position)
         if null:
             notes.append(null_difference_note(entry.layer, [entry.position]) or "")
         note = " ".join(notes) or None
@@ -284,6 +285,10 @@ class AdlService:
         """Live steered samples (no unsteered ones: those come from ask_models, which charges
         for them) at the position's searched strength."""
         entry = self._position_steering(request.dataset, request.position)
+        if self._artifact(request.dataset).difference.is_null(entry.layer, entry.position):
+            raise ToolInputError(  # it would charge interactions for unsteered samples
+                f"{null_difference_note(entry.layer, [entry.position])} Ask the finetuned model "
+                "itself with ask_models instead.", ["position"])
         self._check_prompts(request.prompts)
         if request.n > self.limits.max_samples:
             raise ToolInputError(f"n={request.n} is above the limit of {self.limits.max_samples} "
