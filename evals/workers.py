@@ -8,6 +8,7 @@ organism and serving it in-process (the worker extra) are imported when they are
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Sequence
 
@@ -21,6 +22,8 @@ from tools.model_spec import BackendName, LoadOptions
 from tools.url import redact_url
 from tools.worker.client import TOKEN_ENV, HttpWorkerClient, WorkerClient
 from tools.worker.schema import WorkerConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PROFILES", "AnalysisProfile", "OwnWorkerOptions", "connect", "organism_worker_config"]
 
@@ -86,9 +89,11 @@ def connect(
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
     if worker_url:
         client = HttpWorkerClient(worker_url, token=os.environ.get(TOKEN_ENV) or None)
-        served = client.info().label
-        if served != organism:
-            raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {served!r}, not {organism!r}.")
+        info = client.info()
+        if info.label != organism:
+            raise AdlInputError(f"The worker at {redact_url(worker_url)} serves {info.label!r}, not {organism!r}.")
+        for note in info.notes:  # (an in-process worker logs its own as it starts)
+            log.warning("The worker of %s: %s", organism, note)
         return client
     backend = (worker_config or options or OwnWorkerOptions()).backend
     needed = [m for m in IN_PROCESS_MODULES if backend == "bridge" or m != BRIDGE_MODULE]

@@ -398,3 +398,22 @@ def test_a_run_whose_worker_or_provider_failed_fails_its_unit_and_runs_again(
     with pytest.raises(AssertionError, match="was graded"):  # the second attempt reaches the grader
         grid_run.run_unit(unit, finished)
     assert attempts == [f"{unit.file_stem}.attempt2.jsonl"]
+
+
+def test_a_worker_s_notes_are_logged_where_the_grid_connects(
+        worker_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker process's notes (a zero difference, a backend fallback, ...) reach the grid's
+    log when the grid connects to it; the tiny worker has none."""
+    from evals.workers import connect
+    from tools.worker.client import HttpWorkerClient
+
+    with caplog.at_level("WARNING", logger="evals.workers"):
+        connect("cake_bake", worker_url, "quick")
+    assert not [r for r in caplog.records if r.name == "evals.workers"]
+    real_info = HttpWorkerClient.info
+    monkeypatch.setattr(HttpWorkerClient, "info", lambda self: real_info(self).model_copy(
+        update={"notes": ["dataset_1: the activation difference is zero at every computed block"]}))
+    with caplog.at_level("WARNING", logger="evals.workers"):
+        connect("cake_bake", worker_url, "quick")
+    assert any("The worker of cake_bake: dataset_1: the activation difference is zero" in r.getMessage()
+               for r in caplog.records)
