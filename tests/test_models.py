@@ -152,6 +152,37 @@ def test_an_adapter_that_records_another_base_loads_with_a_note(tmp_path: Path) 
     assert len(pair.notes) == 1 and "records its base model as 'someorg/base-instruct'" in pair.notes[0]
 
 
+def test_the_base_an_adapter_records_stands_in_for_a_missing_base(tmp_path: Path) -> None:
+    """`adl investigate` without --base: an adapter's recorded base (a folder here or a hub id);
+    a full model, a folder of another machine or no record ask for the base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from evals.cli import app
+    from tools.models import recorded_base
+
+    base = save_tiny_model(tmp_path / "base")
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                   LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    assert Path(recorded_base(str(adapter))).resolve() == base.resolve()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    for recorded, error in (("someorg/some-base", None), ("/a/folder/of/another/machine", "neither"),
+                            ("", "does not record")):
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": recorded}))
+        if error is None:
+            assert recorded_base(str(adapter)) == recorded
+        else:
+            with pytest.raises(ModelLoadError, match=f"{error}.*--base"):
+                recorded_base(str(adapter))
+    with pytest.raises(ModelLoadError, match="is a full model, which does not record its base"):
+        recorded_base(str(base))
+    result = CliRunner().invoke(app, ["investigate", "--finetune", str(base), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and isinstance(result.exception, ModelLoadError)
+    assert not (tmp_path / "r").exists()
+
+
 REMOTE_CONFIG_CODE = """from transformers import LlamaConfig
 
 

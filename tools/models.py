@@ -9,6 +9,7 @@ switches the adapter off to act as the base model and on to act as the finetuned
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,39 @@ def _detect_finetune_kind(location: str, revision: str | None) -> FinetuneKind:
             f"Finetuned model {location!r} was not found: not a local folder, and the hub "
             f"could not provide it ({type(exc).__name__}: {exc})."
         ) from exc
+
+
+def recorded_base(finetune: str, revision: str | None = None) -> str:
+    """The base model an adapter records (`base_model_name_or_path` in its adapter_config.json),
+    for a caller that was given no base: a hub id, or a folder that exists here. A full
+    checkpoint names no base reliably, and a folder of another machine is no base here: both
+    are errors that ask for the base."""
+    location = _resolve_finetune_location(finetune)
+    if _detect_finetune_kind(location, revision) != FinetuneKind.ADAPTER:
+        raise ModelLoadError(f"{finetune!r} is a full model, which does not record its base: give "
+                             "the base model it was finetuned from (--base).")
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        config_file = folder / "adapter_config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_file = Path(hf_hub_download(location, "adapter_config.json", revision=revision))
+        except Exception as exc:  # offline and not cached, network errors, ...
+            raise ModelLoadError(f"Could not read the adapter config of {finetune!r} "
+                                 f"({type(exc).__name__}: {exc}); give the base (--base).") from exc
+    try:
+        recorded = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise ModelLoadError(f"The adapter config {config_file} cannot be read ({exc}).") from exc
+    if not isinstance(recorded, str) or not recorded.strip():
+        raise ModelLoadError(f"The adapter {finetune!r} does not record its base model "
+                             "(base_model_name_or_path): give it (--base).")
+    if not (HUB_NAME.match(recorded) or Path(recorded).expanduser().is_dir()):
+        raise ModelLoadError(f"The adapter {finetune!r} records its base as {recorded!r}, which is "
+                             "neither a hub id nor a folder here: give the base (--base).")
+    return recorded
 
 
 def _resolve_finetune_location(name: str) -> str:

@@ -25,8 +25,9 @@ KINDS = {"auto": FinetuneKind.AUTO, "adapter": FinetuneKind.ADAPTER, "full": Fin
 
 
 def investigate_command(
-    base: str = typer.Option(..., help="Base model: hub id, local folder or offline short name "
-                             "(`adl models list`)."),
+    base: str | None = typer.Option(None, help="Base model: hub id, local folder or offline short "
+                                    "name (`adl models list`). Default: the base an adapter "
+                                    "records (adapter_config.json); a full model needs it."),
     finetune: str = typer.Option(..., help="Finetune: hub id or local folder; a peft adapter made "
                                  "by any tool, or a full finetuned model."),
     kind: str = typer.Option("auto", help="auto, adapter or full (auto: a folder with "
@@ -62,6 +63,11 @@ def investigate_command(
         raise AdlInputError(f"Unknown --agent {agent!r}; choose adl, blackbox or both.")
     if profile not in PROFILES:
         raise AdlInputError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    if base is None:
+        from tools.models import recorded_base
+
+        base = recorded_base(finetune)
+        console.print(f"base: {escape(base)} (recorded by the adapter)")
     pair = ModelPairSpec(base=base, finetuned=finetune, finetune_kind=KINDS[kind])
     if out is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
