@@ -35,6 +35,7 @@ from agent.transcript import (
     RunStartedData,
     ToolCallData,
     TranscriptWriter,
+    WorkerFacts,
 )
 from prompts import load_text
 from tools.errors import AdlError
@@ -257,6 +258,16 @@ def run_agent(provider: Provider, toolbox: Toolbox, budgets: Budgets,
         return finish("provider_error", None, str(exc))
 
 
+def _worker_facts(client: WorkerClient) -> WorkerFacts | None:
+    """The worker's backend, tokenizer side and notes; None when it does not answer (the loop's
+    first message then ends the run as `worker_unavailable`)."""
+    try:
+        info = client.info()
+    except AdlError:
+        return None
+    return WorkerFacts(backend=info.backend, tokenizer=info.tokenizer, notes=info.notes)
+
+
 def investigate(
     client: WorkerClient,
     provider: Provider,
@@ -278,6 +289,6 @@ def investigate(
             agent=agent, provider=provider.name, provider_is_llm=provider.is_llm,
             model=provider.model, provider_options=provider.options,
             context_window=provider.context_window, budgets=budgets, ask_models=ask,
-            **(metadata or {})))
+            worker=_worker_facts(client), **(metadata or {})))
         outcome = run_agent(provider, toolbox, budgets, sink)
     return outcome.model_copy(update={"board": [h.model_copy(deep=True) for h in toolbox.hypotheses]})

@@ -59,6 +59,15 @@ class RunOutcome(BaseModel):
     board: list[Hypothesis] = Field(default_factory=list, description="The hypothesis board at the end.")
 
 
+class WorkerFacts(BaseModel):
+    """What the worker says about the pair behind a run, for the operator (the agent does not
+    see it): the backend, whose tokenizer, and its notes (a zero difference, a fallback, ...)."""
+
+    backend: str | None = None
+    tokenizer: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
 class RunStartedData(BaseModel):
     """The run's settings. The caller's metadata (organism, experiment, unit, ...) is kept as
     further fields; transcripts older than a field lack it (None)."""
@@ -73,6 +82,8 @@ class RunStartedData(BaseModel):
     context_window: int | None = None
     budgets: Budgets
     ask_models: AskSettings | None = None
+    worker: WorkerFacts | None = Field(None, description="None: the worker did not answer (the run "
+                                       "then ends at its first message), or an older transcript.")
 
 
 class MessageData(BaseModel):

@@ -44,6 +44,8 @@ from agent.transcript import (
     LlmCallEvent,
     MessageData,
     MessageEvent,
+    RunStartedData,
+    RunStartedEvent,
     ToolCallData,
     ToolCallEvent,
     read_transcript,
@@ -464,6 +466,15 @@ class Store:
             "latency_s": c.latency_s, "interactions_left": c.interactions_left}))
             for c in self.tool_calls(run_id)]
         return [item for _, _, item in sorted(rows, key=lambda row: (row[0], row[1]))]
+
+    def run_started(self, run_id: int) -> RunStartedData | None:
+        """A run's settings as its transcript recorded them (the worker's facts among them);
+        None when the transcript file is gone or has no start event."""
+        run = self.run(run_id)
+        path = Path(run.transcript_path) if run is not None and run.transcript_path else None
+        if path is None or not path.exists():
+            return None
+        return next((e.data for e in read_transcript(path) if isinstance(e, RunStartedEvent)), None)
 
     def usage(self, run_id: int) -> list[Usage]:
         with self.session() as session:

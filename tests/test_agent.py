@@ -22,6 +22,7 @@ from agent.transcript import (
     NoticeData,
     NoticeEvent,
     RunEndedEvent,
+    RunStartedData,
     ToolCallEvent,
     TranscriptWriter,
     read_transcript,
@@ -139,6 +140,9 @@ def test_heuristic_policy_investigates_and_submits(service: AdlService, tmp_path
     assert outcome.end_reason == "submitted" and outcome.hypothesis
     assert outcome.interactions_used <= budget
     names = [e.data.name for e in read_transcript(tmp_path / "t.jsonl") if isinstance(e, ToolCallEvent)]
+    started = read_transcript(tmp_path / "t.jsonl")[0].data
+    assert isinstance(started, RunStartedData) and started.worker is not None
+    assert (started.worker.backend, started.worker.tokenizer, started.worker.notes) == ("bridge", "base", [])
     if agent == "adl":
         assert names[0] == "get_token_readouts"
     if budget:

@@ -11,7 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.loop import RunOutcome
-from agent.transcript import MessageData, ToolCallData, TranscriptWriter
+from agent.transcript import (
+    Budgets,
+    MessageData,
+    RunStartedData,
+    ToolCallData,
+    TranscriptWriter,
+    WorkerFacts,
+)
 from evals.store import Grade, open_store
 
 MARKUP = ("[/]", "[bold]x[/bold]", "[link=https://evil.example]y[/link]")
@@ -37,6 +44,9 @@ def database(tmp_path: Path) -> str:
     assert run is not None
     transcript = tmp_path / "run.jsonl"
     with TranscriptWriter(transcript) as writer:
+        writer.write(RunStartedData(agent="adl", provider=PROVIDER, provider_is_llm=True, model="m",
+                                    budgets=Budgets(interactions=2),
+                                    worker=WorkerFacts(backend="bridge", tokenizer="base", notes=[TEXT])))
         writer.write(MessageData(role="user", content=TEXT))
         writer.write(MessageData(role="assistant", content=TEXT, tool_calls=[]))
         writer.write(ToolCallData(id="t1", name="ask_models[/]", arguments=TEXT, ok=False, error=TEXT,
@@ -67,6 +77,7 @@ def test_eval_show_prints_model_text_literally(database: str) -> None:
     output = _adl("eval", "show", "1", "--database", database)
     _printed_literally(output)
     assert "ask_models[/]" in output and PROVIDER in output and f"llm:{PROVIDER}" in output
+    assert "worker: backend bridge, tokenizer base" in output and "worker note: look:" in output
     assert output.count("[link=https://evil.example]y[/link]") >= 6  # messages, tool, detail, hypothesis, grade
 
 

@@ -8,7 +8,16 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tools.errors import AdlInputError
 
@@ -75,6 +84,15 @@ class LoadOptions(BaseModel):
         False, description="Run a model's own code from its repository (transformers' "
         "trust_remote_code), for architectures transformers does not ship. Off by default: "
         "that code runs with this process's rights; turn it on only for repositories you trust.")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_trust(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Off (the default), it is left out: stored configs and records written before the field
+        # existed compare equal to today's.
+        data = handler(self)
+        if not self.trust_remote_code:
+            data.pop("trust_remote_code", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod

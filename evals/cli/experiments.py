@@ -210,6 +210,13 @@ def show_command(
         f"{run.input_tokens}+{run.output_tokens} | cost "
         + ("unknown" if run.cost_usd is None else f"${run.cost_usd:.4f}")),
         title=f"run {run.id}"))
+    started = store.run_started(run_id)
+    if started is not None and started.worker is not None:  # worker text as text, never markup
+        worker = started.worker
+        console.print(Text(f"worker: backend {worker.backend or 'not recorded'}, tokenizer "
+                           f"{worker.tokenizer or 'not recorded'}"))
+        for note in worker.notes:
+            console.print(Text(f"  worker note: {note}", style="yellow"))
     for item in transcript:
         if isinstance(item, MessageData):
             if item.role == "system":
