@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from agent.loop import Budgets, investigate
 from agent.providers import make_provider
-from tools.adl.differences import LayerSpec
+from tools.adl.differences import ActivationDifference, LayerSpec
 from tools.adl.pipeline import AdlReadouts
 from tools.adl.profiles import AnalysisProfile, profile_settings
 from tools.adl.steering import PositionSteering, UnsteeredControl
@@ -49,6 +49,8 @@ class TokenList(BaseModel):
     logit_lens_suppressed: list[str]
     patchscope: list[str]
     patchscope_scale: float
+    zero_difference: bool = Field(False, description="The difference here is zero: these are a "
+                                  "zero vector's tokens.")
 
 
 class LayerTokens(BaseModel):
@@ -64,6 +66,8 @@ class SteeringSamples(BaseModel):
     prompt: str
     steered: list[str]
     unsteered: list[str]
+    zero_difference: bool = Field(False, description="The difference here is zero: not searched, "
+                                  "the steered samples are unsteered ones.")
 
 
 class AgentResult(BaseModel):
@@ -101,7 +105,7 @@ class InvestigationReport(BaseModel):
     notes: list[str]
 
 
-def _token_lists(readouts: AdlReadouts, k: int) -> list[LayerTokens]:
+def _token_lists(readouts: AdlReadouts, difference: ActivationDifference, k: int) -> list[LayerTokens]:
     def words(tokens: Sequence[object]) -> list[str]:
         return [t.token for t in tokens][:k]  # type: ignore[attr-defined]
 
@@ -110,15 +114,18 @@ def _token_lists(readouts: AdlReadouts, k: int) -> list[LayerTokens]:
             TokenList(position=p.position, logit_lens=words(p.logit_lens),
                       logit_lens_suppressed=words(p.logit_lens_suppressed),
                       patchscope=words(p.patchscope.get(str(p.patchscope_scale), [])),
-                      patchscope_scale=p.patchscope_scale)
+                      patchscope_scale=p.patchscope_scale,
+                      zero_difference=difference.is_null(layer.layer, p.position))
             for p in layer.positions])
         for layer in readouts.layers
     ]
 
 
-def _steering_rows(steering: list[PositionSteering]) -> list[SteeringSamples]:
+def _steering_rows(steering: list[PositionSteering],
+                   difference: ActivationDifference) -> list[SteeringSamples]:
     return [SteeringSamples(position=entry.position, layer=entry.layer, strength=entry.strength,
-                            prompt=sample.prompt, steered=sample.steered, unsteered=sample.unsteered)
+                            prompt=sample.prompt, steered=sample.steered, unsteered=sample.unsteered,
+                            zero_difference=difference.is_null(entry.layer, entry.position))
             for entry in steering for sample in entry.samples]
 
 
@@ -185,8 +192,8 @@ def run_investigation(
                   "ask_models": (ask or AskSettings()).model_dump()},
         cache={"home": str(adl_home()), "adl": artifact.path.name,
                "steering": steering[0].cache_key if steering and steering[0].cache_key else "none"},
-        layers=_token_lists(artifact.readouts, REPORT_TOKENS),
-        steering=_steering_rows(steering),
+        layers=_token_lists(artifact.readouts, artifact.difference, REPORT_TOKENS),
+        steering=_steering_rows(steering, artifact.difference),
         steering_control=steering[0].control if steering else None,
         agents=results, timings=timings, notes=notes,
     )
@@ -221,6 +228,9 @@ def control_summary(control: UnsteeredControl | None) -> str:
     return control.describe()
 
 
+ZERO_MARK = " (zero difference)"  # a readout row or steering row that says nothing
+
+
 def render_markdown(report: InvestigationReport) -> str:
     """The report as markdown (model text escaped)."""
     lines = [f"# What did `{report.finetune}` learn?", "",
@@ -244,13 +254,14 @@ def render_markdown(report: InvestigationReport) -> str:
         lines += [f"### Block {layer.layer}{' (primary)' if layer.primary else ''}", "",
                   "| position | logit lens | hub-suppressed | Patchscope (scale) |", "|---|---|---|---|"]
         for p in layer.positions:
-            lines.append(f"| {p.position} | {_cell(', '.join(p.logit_lens))} | "
+            lines.append(f"| {p.position}{ZERO_MARK if p.zero_difference else ''} | "
+                         f"{_cell(', '.join(p.logit_lens))} | "
                          f"{_cell(', '.join(p.logit_lens_suppressed))} | ({p.patchscope_scale:g}) "
                          f"{_cell(', '.join(p.patchscope))} |")
         lines.append("")
     lines += ["## Steered vs unsteered samples", "", control_summary(report.steering_control), "",
               "| position | strength | prompt | steered | unsteered |", "|---|---|---|---|---|"]
-    lines += [f"| {s.position} | {s.strength:.3f} | {_cell(s.prompt)} | {_cell(s.steered[0] if s.steered else '')} | "
+    lines += [f"| {s.position}{ZERO_MARK if s.zero_difference else ''} | {s.strength:.3f} | {_cell(s.prompt)} | {_cell(s.steered[0] if s.steered else '')} | "
               f"{_cell(s.unsteered[0] if s.unsteered else '')} |" for s in report.steering]
     lines += ["", "## Time per step", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {t.step} | {t.seconds:.1f} |" for t in report.timings]

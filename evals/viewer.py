@@ -267,11 +267,14 @@ def create_viewer_app(store: Store, allowed_hosts: Sequence[str] = LOOPBACK_HOST
         usage = store.usage(run_id)
         try:
             transcript, transcript_error = _transcript(store.transcript(run_id)), None
+            started = store.run_started(run_id)
         except TranscriptFormatError as exc:  # the run is still shown, with the reason
             transcript, transcript_error = [], exc.brief()  # no folders of the runner's disk
+            started = None
         return page("run.html", title=f"Run {run_id}", run=run, experiment=experiment,
                     provider_note=provider_label(run), grades=store.grades(run_id),
                     models=sorted({u.model for u in usage if u.model}),
+                    worker=started.worker if started is not None else None,
                     transcript=transcript, transcript_error=transcript_error)
 
     return app

@@ -147,3 +147,25 @@ def test_the_control_summary_warns_when_no_temperature_passed() -> None:
     passed = UnsteeredControl(temperature=1.0, pass_rates={"1.2": 0.1, "1": 1.0}, calibrated=True)
     assert "ran at temperature 1" in control_summary(passed) and "noise" not in control_summary(passed)
     assert "not recorded" in control_summary(None)
+
+
+def test_a_finetune_with_the_base_s_own_weights_reads_as_no_difference(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full "finetune" that is the base's weights: the report says the difference is zero,
+    marks every readout and steering row, and the ADL agent finds no domain in them."""
+    import shutil
+
+    same = shutil.copytree(tiny_model_dir, tmp_path / "same-weights")
+    monkeypatch.setenv("ADL_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, [
+        "investigate", "--base", str(tiny_model_dir), "--finetune", str(same), "--kind", "full",
+        "--provider", "heuristic", "--budget", "0", "--agent", "adl", "--profile", "quick",
+        "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = InvestigationReport.model_validate_json((tmp_path / "report" / "report.json").read_text())
+    assert any("zero at every computed block and position" in note for note in report.notes)
+    assert all(p.zero_difference for layer in report.layers for p in layer.positions)
+    assert report.steering and all(s.zero_difference and s.strength == 0 for s in report.steering)
+    assert "(zero difference)" in (tmp_path / "report" / "report.md").read_text()
+    assert "(zero difference)" in (tmp_path / "report" / "report.html").read_text()
+    assert report.agents[0].hypothesis and "logit lens" not in report.agents[0].hypothesis

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agent.providers.base import ToolCall, Usage
-from agent.transcript import LlmCallData, MessageData, ToolCallData, TranscriptWriter
+from agent.transcript import LlmCallData, MessageData, ToolCallData, TranscriptWriter, WorkerFacts
 from evals import viewer
 from evals.store import Grade, Store, open_store
 from evals.viewer import CONTENT_SECURITY_POLICY, HEURISTIC_LABEL, create_viewer_app, serve_viewer
@@ -37,7 +37,8 @@ class Viewer:
 
 def _write_transcript(path: Path, agent: str, budget: int, repeat: int) -> None:
     with TranscriptWriter(path) as t:
-        t.write(run_started(agent, PROVIDER, provider_is_llm=False, repeat=repeat))
+        t.write(run_started(agent, PROVIDER, provider_is_llm=False, repeat=repeat,
+                            worker=WorkerFacts(backend="bridge", tokenizer="base", notes=[HOSTILE])))
         t.write(MessageData(role="system", content="You investigate a finetuned model."))
         t.write(MessageData(role="user", content=f"Budget: {budget} model interactions."))
         t.write(LlmCallData(model="offline-baseline-v2", provider=PROVIDER,
@@ -201,6 +202,7 @@ def test_pages_carry_the_csp_and_escape_model_output(served: Viewer) -> None:
             assert "<script" not in response.text
         page = client.get(f"/runs/{run_id}").text
         assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;b&gt;bold?&lt;/b&gt;" in page
+        assert "backend bridge, tokenizer base" in page  # the worker's facts, its notes escaped
         plot = client.get(f"/experiments/{EXPERIMENT}/plot.png")
         assert plot.headers["content-type"] == "image/png"
         assert plot.content.startswith(b"\x89PNG")
