@@ -109,13 +109,15 @@ def _token_lists(readouts: AdlReadouts, difference: ActivationDifference, k: int
     def words(tokens: Sequence[object]) -> list[str]:
         return [t.token for t in tokens][:k]  # type: ignore[attr-defined]
 
+    null = {layer: difference.null_positions(layer) for layer in difference.layers}
+
     return [
         LayerTokens(layer=layer.layer, primary=layer.layer == readouts.primary_layer, positions=[
             TokenList(position=p.position, logit_lens=words(p.logit_lens),
                       logit_lens_suppressed=words(p.logit_lens_suppressed),
                       patchscope=words(p.patchscope.get(str(p.patchscope_scale), [])),
                       patchscope_scale=p.patchscope_scale,
-                      zero_difference=difference.is_null(layer.layer, p.position))
+                      zero_difference=p.position in null[layer.layer])
             for p in layer.positions])
         for layer in readouts.layers
     ]
@@ -123,9 +125,10 @@ def _token_lists(readouts: AdlReadouts, difference: ActivationDifference, k: int
 
 def _steering_rows(steering: list[PositionSteering],
                    difference: ActivationDifference) -> list[SteeringSamples]:
+    null = {layer: difference.null_positions(layer) for layer in {e.layer for e in steering}}
     return [SteeringSamples(position=entry.position, layer=entry.layer, strength=entry.strength,
                             prompt=sample.prompt, steered=sample.steered, unsteered=sample.unsteered,
-                            zero_difference=difference.is_null(entry.layer, entry.position))
+                            zero_difference=entry.position in null[entry.layer])
             for entry in steering for sample in entry.samples]
 
 

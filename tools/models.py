@@ -9,7 +9,6 @@ switches the adapter off to act as the base model and on to act as the finetuned
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,14 @@ from tools.chat import has_chat_template
 from tools.errors import BackendUnsupportedError, ModelLoadError, UnknownModelError
 from tools.model_spec import FinetuneKind, LoadOptions, ModelPairSpec, Side, auto_dtype, device_type
 from tools.offline_models import OFFLINE_MODELS, offline_model_dir
-from tools.pair_checks import HUB_NAME, check_pair, declared_base_note, hub_cache_dir, local_folder
+from tools.pair_checks import (
+    HUB_NAME,
+    check_pair,
+    declared_base_note,
+    hub_cache_dir,
+    local_folder,
+    recorded_base_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +155,8 @@ def recorded_base(finetune: str, revision: str | None = None) -> str:
         except Exception as exc:  # offline and not cached, network errors, ...
             raise ModelLoadError(f"Could not read the adapter config of {finetune!r} "
                                  f"({type(exc).__name__}: {exc}); give the base (--base).") from exc
-    try:
-        recorded = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise ModelLoadError(f"The adapter config {config_file} cannot be read ({exc}).") from exc
-    if not isinstance(recorded, str) or not recorded.strip():
+    recorded = recorded_base_name(config_file)
+    if recorded is None:
         raise ModelLoadError(f"The adapter {finetune!r} does not record its base model "
                              "(base_model_name_or_path): give it (--base).")
     if not (HUB_NAME.match(recorded) or Path(recorded).expanduser().is_dir()):
@@ -345,9 +348,10 @@ def _load_model_pair(spec: ModelPairSpec, options: LoadOptions | None, backend: 
         base_revision=spec.base_revision, finetuned_revision=spec.finetuned_revision,
         names=names, trust_remote_code=options.trust_remote_code)
     tokenizer, tokenizer_side = chosen.tokenizer, chosen.side
-    notes = [chosen.note] if chosen.note else []
-    for note in notes:
-        log.warning("%s", note)
+    notes: list[str] = []
+    if chosen.note:
+        log.warning("%s", chosen.note)
+        notes.append(chosen.note)
     base_model = load_causal_lm(base_location, options, spec.base_revision)
     if kind == FinetuneKind.NONE or ft_location is None:
         return pair_class(LoadedModels(

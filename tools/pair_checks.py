@@ -202,10 +202,8 @@ def declared_base_note(adapter_folder: str, base_name: str, base_location: str,
     from tools.offline_models import OFFLINE_MODELS
 
     config_file = Path(adapter_folder).expanduser() / "adapter_config.json"
-    if not config_file.is_file():
-        return None
-    declared = _read_json(config_file, "adapter config").get("base_model_name_or_path")
-    if not isinstance(declared, str) or not declared.strip():
+    declared = recorded_base_name(config_file) if config_file.is_file() else None
+    if declared is None:
         return None
     given = {base_name, base_location}
     if base_name in OFFLINE_MODELS:
@@ -221,6 +219,12 @@ def declared_base_note(adapter_folder: str, base_name: str, base_location: str,
             f"against {names[0]!r}. If that is another model (a base model and its instruct "
             "version have the same shapes), the difference also holds what tells the two apart: "
             "give the base it was trained on.")
+
+
+def recorded_base_name(adapter_config: Path) -> str | None:
+    """The base an adapter config records (`base_model_name_or_path`), None when it records none."""
+    recorded = _read_json(adapter_config, "adapter config").get("base_model_name_or_path")
+    return recorded.strip() if isinstance(recorded, str) and recorded.strip() else None
 
 
 def _existing_folder(name: str) -> Path | None:

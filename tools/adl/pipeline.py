@@ -288,8 +288,8 @@ def adl_key(pair_id: str, corpus_fingerprint: str, settings: AdlSettings, layers
             scale_chooser: ScaleChooser) -> str:
     """The ADL entry's key, from what produces it: the pair as loaded (`loaded_pair_fingerprint`:
     spec, load options, model files, tokenizer), the corpus' content, the settings, the resolved
-    layers and the scale chooser used. The offline rule adds nothing (the keys of entries written before are
-    unchanged); any other chooser adds its identity, settings included."""
+    layers and the scale chooser used. The offline rule adds nothing (the keys of entries
+    written before are unchanged); any other chooser adds its identity, settings included."""
     parts: list[Any] = [METHOD_VERSION, pair_id, corpus_fingerprint, settings.difference_key_payload(),
                         layers]
     if type(scale_chooser) is not OfflineScaleChooser:
@@ -505,7 +505,8 @@ def run_steering(
     search_prompts = load_prompt_set(settings.search_prompt_set)
     prompts = prompts or load_prompt_set(settings.final_prompt_set)
     grader = coherence_grader or OfflineCoherenceGrader(pair)
-    null = [p for p in positions if difference.is_null(layer, p)]
+    null_here = difference.null_positions(layer)
+    null = [p for p in positions if p in null_here]
     key = steering_key(artifact.path.name, settings, layer, positions, search_prompts, prompts, grader,
                        pair, null)
     target = adl_home() / "adl-steering" / key
