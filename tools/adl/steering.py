@@ -212,12 +212,9 @@ def search_and_sample(
     control = unsteered_control(pair, grader, search_prompts, layer, settings)
     settings = control.applied(settings)
     searched = {p: d for p, d in directions.items() if p not in null_positions}
-    found = (search_strengths(pair, grader, search_prompts, searched, layer, settings, progress)
-             if searched else {})
-    for position in directions:
-        if position not in searched:
-            found[position] = dict.fromkeys(search_prompts, 0.0)
-    found = {p: found[p] for p in directions}
+    strengths = (search_strengths(pair, grader, search_prompts, searched, layer, settings, progress)
+                 if searched else {})
+    found = {p: strengths.get(p) or dict.fromkeys(search_prompts, 0.0) for p in directions}
     return sample_at_strengths(pair, found, final_prompts, directions, layer, settings, control)
 
 
